@@ -1,0 +1,88 @@
+//! Error types, one per operation, named after the method that returns them.
+
+use std::fmt;
+
+/// Why [`MessagePort::post_message`](crate::MessagePort::post_message) refused a message.
+///
+/// Posting never reports whether the message was *delivered*: as on the web, a message posted to
+/// a port whose peer is gone is silently dropped. These errors are about the message itself.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
+pub enum PostError {
+    /// The data holds a port slot ([`Value::Port`](crate::Value::Port)) whose index is not in the
+    /// transfer list: the web's `DataCloneError` for a port that is not transferred.
+    #[error("port slot {slot} is not in the transfer list of {transferred} port(s)")]
+    PortNotTransferred {
+        /// The slot index found in the data.
+        slot: u32,
+        /// How many ports the transfer list holds.
+        transferred: usize,
+    },
+    /// The transfer list held the peer of the posting port (`port1.post_message(x, [port2])`).
+    /// The message is dropped, every port in its transfer list is closed, and the channel is
+    /// dead: the posting port observes close once its queue is drained.
+    #[error("the transfer list holds the peer of the posting port; the channel is closed")]
+    PeerTransferred,
+}
+
+/// Returned by [`MessagePort::try_recv`](crate::MessagePort::try_recv).
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+pub enum TryRecvError {
+    /// No message is queued right now; the channel is still open.
+    #[error("no message is queued")]
+    Empty,
+    /// The channel is closed and every message was delivered.
+    #[error("the port is closed")]
+    Closed,
+}
+
+/// Returned by [`MessagePort::recv_timeout`](crate::MessagePort::recv_timeout).
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+pub enum RecvTimeoutError {
+    /// The timeout passed with no message.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// The channel is closed and every message was delivered.
+    #[error("the port is closed")]
+    Closed,
+}
+
+/// A message's data could not be turned into the type the receiver asked for: the web's
+/// `messageerror`. It concerns that one message; the port keeps working.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The data does not have the shape of the requested type.
+    #[error("message data does not match the requested type: {0}")]
+    Mismatch(String),
+    /// The data was already moved out of this event by [`MessageEvent::take_data`](crate::MessageEvent::take_data).
+    #[error("message data was already taken")]
+    Taken,
+    /// The sender's `Serialize` implementation failed.
+    #[error("message data could not be serialized: {0}")]
+    Serialize(String),
+}
+
+/// An error converting between a Rust value and a [`Value`](crate::Value) through serde.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueError(pub(crate) String);
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ValueError {}
+
+impl serde::ser::Error for ValueError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        ValueError(msg.to_string())
+    }
+}
+
+impl serde::de::Error for ValueError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        ValueError(msg.to_string())
+    }
+}

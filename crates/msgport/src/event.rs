@@ -1,0 +1,136 @@
+//! [`MessageEvent`]: what a port receives.
+
+use std::any::{Any, TypeId};
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::DecodeError;
+use crate::port::MessagePort;
+use crate::value::{self, Value};
+
+/// Data posted within one process: the sender's own value, moved as is. It is converted (through
+/// serde) only if the receiver asks for another type, and encoded only if it leaves the process.
+pub(crate) trait NativeData: Send {
+    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    fn to_value(&self) -> Result<Value, DecodeError>;
+}
+
+impl<T: Serialize + Send + 'static> NativeData for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+
+    fn to_value(&self) -> Result<Value, DecodeError> {
+        if let Some(v) = (self as &dyn Any).downcast_ref::<Value>() {
+            return Ok(v.clone());
+        }
+        value::to_value(self).map_err(|e| DecodeError::Serialize(e.to_string()))
+    }
+}
+
+/// The data of a message: a moved Rust value, or nothing once taken.
+pub(crate) enum Payload {
+    Native(Box<dyn NativeData>),
+    Taken,
+}
+
+/// A message received on a [`MessagePort`]: its data, and the ports that were transferred with
+/// it (Electron's `event.data` and `event.ports`).
+///
+/// The data is decoded on demand, into whatever type the receiver asks for:
+/// [`data`](Self::data) (repeatable), [`take_data`](Self::take_data) (moves the sender's value
+/// out without any conversion when the types match), or [`value`](Self::value) (the dynamic
+/// [`Value`]). A failed decode is an error for this message only (the web's `messageerror`).
+///
+/// ```
+/// use msgport::{MessageChannel, value};
+///
+/// let (a, b) = MessageChannel::new().into_ports();
+/// a.post_message(value!({ "answer": 42 }), []).unwrap();
+/// let event = b.blocking_recv().unwrap();
+/// assert_eq!(event.value().unwrap(), value!({ "answer": 42 }));
+/// assert!(event.ports.is_empty());
+/// ```
+pub struct MessageEvent {
+    payload: Payload,
+    /// The ports transferred with this message, in transfer-list order; empty when none were.
+    pub ports: Vec<MessagePort>,
+}
+
+impl MessageEvent {
+    pub(crate) fn new(payload: Payload, ports: Vec<MessagePort>) -> Self {
+        MessageEvent { payload, ports }
+    }
+
+    /// Decodes the data as `T`, leaving it in place (so it can be decoded again, as another
+    /// type). When `T` is the sender's own type this still goes through serde; use
+    /// [`take_data`](Self::take_data) to move it out for free.
+    pub fn data<T: DeserializeOwned + 'static>(&self) -> Result<T, DecodeError> {
+        let v = self.value()?;
+        if TypeId::of::<T>() == TypeId::of::<Value>() {
+            let boxed: Box<dyn Any> = Box::new(v);
+            return Ok(*boxed.downcast::<T>().expect("type checked above"));
+        }
+        value::from_value(v).map_err(|e| DecodeError::Mismatch(e.to_string()))
+    }
+
+    /// Moves the data out as `T`. When `T` is the type the sender posted, the sender's value is
+    /// returned as is (no serialization); otherwise it is converted through serde. On success the
+    /// data is gone from the event; on a mismatch it stays, so another type can be tried.
+    pub fn take_data<T: DeserializeOwned + 'static>(&mut self) -> Result<T, DecodeError> {
+        match &self.payload {
+            Payload::Taken => Err(DecodeError::Taken),
+            Payload::Native(native) if native.as_any().type_id() == TypeId::of::<T>() => {
+                let Payload::Native(native) = std::mem::replace(&mut self.payload, Payload::Taken)
+                else {
+                    unreachable!("matched above")
+                };
+                Ok(*native.into_any().downcast::<T>().expect("type checked above"))
+            }
+            Payload::Native(_) => {
+                let v = self.data::<T>()?;
+                self.payload = Payload::Taken;
+                Ok(v)
+            }
+        }
+    }
+
+    /// Consumes the event, returning the data as `T` and the transferred ports.
+    pub fn into_parts<T: DeserializeOwned + 'static>(
+        mut self,
+    ) -> Result<(T, Vec<MessagePort>), DecodeError> {
+        let data = self.take_data()?;
+        Ok((data, std::mem::take(&mut self.ports)))
+    }
+
+    /// The data as a dynamic [`Value`] (the structured-clone data model).
+    pub fn value(&self) -> Result<Value, DecodeError> {
+        match &self.payload {
+            Payload::Native(native) => native.to_value(),
+            Payload::Taken => Err(DecodeError::Taken),
+        }
+    }
+
+    /// Whether the data was posted as a `T` (and not yet taken): a cheap type test, no decoding.
+    pub fn is<T: 'static>(&self) -> bool {
+        matches!(&self.payload, Payload::Native(n) if n.as_any().type_id() == TypeId::of::<T>())
+    }
+}
+
+impl fmt::Debug for MessageEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("MessageEvent");
+        match self.value() {
+            Ok(v) => d.field("data", &v),
+            Err(e) => d.field("data", &e),
+        };
+        d.field("ports", &self.ports.len()).finish()
+    }
+}

@@ -1,0 +1,68 @@
+//! # msgport: Electron-style MessagePorts for Rust
+//!
+//! A [`MessageChannel`] is a pair of entangled [`MessagePort`]s: a message posted on one arrives
+//! on the other, in order. A message carries structured data (any `serde` type, or the dynamic
+//! [`Value`] of the structured-clone model) and a transfer list of ports, which move to the
+//! receiver and can be transferred again, any number of hops. Messages posted before the other
+//! side listens wait in its queue. When one end is closed or dropped, the other observes a close
+//! event after every message posted before it (Electron's extension to the web's ports).
+//!
+//! ```
+//! use msgport::MessageChannel;
+//!
+//! let (port1, port2) = MessageChannel::new().into_ports();
+//! // A reply stream: one request, several replies, ended by close.
+//! let worker = std::thread::spawn(move || {
+//!     let request = port2.blocking_recv().unwrap();
+//!     let (count, [reply]): (u32, [msgport::MessagePort; 1]) = {
+//!         let (count, ports) = request.into_parts::<u32>().unwrap();
+//!         (count, ports.try_into().unwrap())
+//!     };
+//!     for i in 0..count {
+//!         reply.post_message(i, []).unwrap();
+//!     }
+//!     // Dropping `reply` closes it: the requester sees the end of the stream.
+//! });
+//! let (reply_here, reply_there) = MessageChannel::new().into_ports();
+//! port1.post_message(3u32, [reply_there]).unwrap();
+//! let mut got = Vec::new();
+//! while let Some(event) = reply_here.blocking_recv() {
+//!     got.push(event.data::<u32>().unwrap());
+//! }
+//! assert_eq!(got, [0, 1, 2]);
+//! worker.join().unwrap();
+//! ```
+//!
+//! ## Where Electron's pieces are
+//!
+//! | Electron | msgport |
+//! |---|---|
+//! | `new MessageChannelMain()` → `{ port1, port2 }` | [`MessageChannel::new`] → [`MessageChannel::port1`], [`MessageChannel::port2`] |
+//! | `port.postMessage(data, [ports])` | [`MessagePort::post_message`]`(data, [ports])` |
+//! | `port.on('message', (e) => …)` | [`MessagePort::on_message`], then [`MessagePort::start`] |
+//! | `port.on('close', …)` | [`MessagePort::on_close`]; or a pull returning `None` / `Closed` |
+//! | `port.start()` / `port.close()` | [`MessagePort::start`] / [`MessagePort::close`] (and `Drop`) |
+//! | `event.data` / `event.ports` | [`MessageEvent::data`] (typed) or [`MessageEvent::value`], and [`MessageEvent::ports`] |
+//! | `messageerror` | the [`DecodeError`] of that one message's decode |
+//! | `await` on a message (web-style) | [`MessagePort::recv`], also [`blocking_recv`](MessagePort::blocking_recv), [`try_recv`](MessagePort::try_recv), a `Stream` |
+//!
+//! ## Modules of this crate
+//! - ports: the state machine (`src/port/endpoint.rs` documents its lock order and diagram);
+//! - [`value`](Value): the data model and its serde bridge ([`to_value`], [`from_value`], [`value!`]);
+//! - [`codec`]: the CBOR wire encoding (RFC 8949) used when a message leaves the process,
+//!   specified in `docs/wire-format.md`.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+mod error;
+mod event;
+mod port;
+mod sync;
+mod value;
+
+pub use error::{DecodeError, PostError, RecvTimeoutError, TryRecvError, ValueError};
+pub use event::MessageEvent;
+pub use port::{MessageChannel, MessagePort, Recv};
+pub use value::{from_value, to_value, BigInt, Binary, BinaryKind, ErrorValue, Value};

@@ -1,0 +1,305 @@
+//! [`MessageChannel`] and [`MessagePort`]: entangled pairs of ports.
+//!
+//! The rules (DESIGN §2), each proven by a test of the semantics suite
+//! (`tests/semantics.rs`, run over every topology):
+//!
+//! - messages arrive exactly once, in the order posted, also when either end is transferred;
+//! - messages wait in the receiver's queue until it is started ([`MessagePort::start`], or any
+//!   pull: `recv`, `blocking_recv`, `recv_timeout`, `try_recv`, the `Stream`);
+//! - [`MessagePort::close`] and `Drop` are the same; the peer observes the close exactly once,
+//!   after every message posted before it, and only once it is started;
+//! - posting to a port whose peer is gone, or on a port closed locally, silently drops the
+//!   message (as on the web and in Electron);
+//! - a transferred port arrives unstarted and without callbacks, with its queue intact; a closed
+//!   port can be transferred and arrives closed;
+//! - `port1.post_message(x, [port2])` drops the message and kills the channel.
+
+mod endpoint;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{PostError, RecvTimeoutError, TryRecvError};
+use crate::event::{MessageEvent, Payload};
+use crate::sync::Arc;
+use crate::value::Value;
+use endpoint::{Endpoint, Pulled};
+
+/// A connected pair of ports: a message posted on one arrives on the other.
+///
+/// ```
+/// use msgport::MessageChannel;
+///
+/// let channel = MessageChannel::new();
+/// // It's OK to post before the other end listens: messages queue until it starts.
+/// channel.port2.post_message("hello", []).unwrap();
+/// let event = channel.port1.blocking_recv().unwrap();
+/// assert_eq!(event.data::<String>().unwrap(), "hello");
+/// ```
+#[derive(Debug)]
+pub struct MessageChannel {
+    /// One end of the channel.
+    pub port1: MessagePort,
+    /// The other end of the channel.
+    pub port2: MessagePort,
+}
+
+impl MessageChannel {
+    /// Creates a channel: two entangled ports, neither started.
+    pub fn new() -> Self {
+        let a = Arc::new(Endpoint::new());
+        let b = Arc::new(Endpoint::new());
+        MessageChannel {
+            port1: MessagePort {
+                ep: a.clone(),
+                peer: b.clone(),
+            },
+            port2: MessagePort { ep: b, peer: a },
+        }
+    }
+
+    /// The two ports, as a tuple `(port1, port2)`.
+    pub fn into_ports(self) -> (MessagePort, MessagePort) {
+        (self.port1, self.port2)
+    }
+}
+
+impl Default for MessageChannel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One end of a [`MessageChannel`] (Electron's `MessagePortMain`).
+///
+/// A port is not `Clone`: it is moved into the transfer list of
+/// [`post_message`](Self::post_message), so the web's transfer errors (a port in its own
+/// transfer list, the same port twice, a port already transferred) cannot be written:
+///
+/// ```compile_fail
+/// let (a, b) = msgport::MessageChannel::new().into_ports();
+/// let (c, _d) = msgport::MessageChannel::new().into_ports();
+/// a.post_message((), [c]).unwrap();
+/// a.post_message((), [c]).unwrap(); // error: use of moved value `c`
+/// ```
+///
+/// ```compile_fail
+/// let (a, _b) = msgport::MessageChannel::new().into_ports();
+/// a.post_message((), [a]).unwrap(); // error: cannot move out of `a` because it is borrowed
+/// ```
+///
+/// ```compile_fail
+/// let (a, _b) = msgport::MessageChannel::new().into_ports();
+/// let c = a.clone(); // error: no method named `clone`
+/// ```
+///
+/// Receiving, in the four ways Rust code expects, all of which start the port:
+/// [`recv`](Self::recv) (async, any executor), [`blocking_recv`](Self::blocking_recv) /
+/// [`recv_timeout`](Self::recv_timeout), [`try_recv`](Self::try_recv), and the
+/// [`Stream`](futures_core::Stream) implementation; or Electron's callback style with
+/// [`on_message`](Self::on_message) / [`on_close`](Self::on_close) and then
+/// [`start`](Self::start).
+///
+/// `MessagePort` is `Send` and `Sync`: it can be posted on from several threads at once. Pull
+/// from one task or thread at a time; several pullers are correct but each message goes to one
+/// of them.
+pub struct MessagePort {
+    /// This end's receiving side.
+    ep: Arc<Endpoint>,
+    /// The peer's receiving side, where this end posts.
+    peer: Arc<Endpoint>,
+}
+
+impl MessagePort {
+    /// Posts a message to the peer, moving the ports of `transfer` along with it.
+    ///
+    /// `data` is any `serde::Serialize` value (or a [`Value`]). Within one process it is moved,
+    /// never encoded; the receiver decodes it as the type it asks for. `transfer` is anything
+    /// that iterates over ports: `[]`, `[port]`, a `Vec`, an `Option`. They arrive in
+    /// [`MessageEvent::ports`] in the same order, unstarted, with any messages queued at them.
+    ///
+    /// Posting does not say whether the message is delivered: if the peer is gone, or this port
+    /// was closed, the message is silently dropped (with the ports in it, which close).
+    ///
+    /// # Errors
+    /// - [`PostError::PortNotTransferred`]: `data` is a [`Value`] holding a [`Value::Port`] slot
+    ///   that indexes past the transfer list; nothing is sent, the ports of `transfer` close.
+    /// - [`PostError::PeerTransferred`]: `transfer` holds this port's own peer; the message is
+    ///   dropped and the channel is closed for good.
+    pub fn post_message<T, I>(&self, data: T, transfer: I) -> Result<(), PostError>
+    where
+        T: Serialize + Send + 'static,
+        I: IntoIterator<Item = MessagePort>,
+    {
+        let ports: Vec<MessagePort> = transfer.into_iter().collect();
+        if let Some(v) = (&data as &dyn std::any::Any).downcast_ref::<Value>() {
+            if let Some(slot) = v.max_port_slot() {
+                if slot as usize >= ports.len() {
+                    return Err(PostError::PortNotTransferred {
+                        slot,
+                        transferred: ports.len(),
+                    });
+                }
+            }
+        }
+        if ports.iter().any(|p| Arc::ptr_eq(&p.ep, &self.peer)) {
+            // Dropping the transfer list closes the peer; this end sees the close next.
+            drop(ports);
+            return Err(PostError::PeerTransferred);
+        }
+        for port in &ports {
+            port.ep.detach_for_transfer();
+        }
+        let message = MessageEvent::new(Payload::Native(Box::new(data)), ports);
+        if let Err(dropped) = self.peer.push(message) {
+            drop(dropped);
+        }
+        Ok(())
+    }
+
+    /// Starts delivery: queued messages (and a pending close) go to the callbacks registered with
+    /// [`on_message`](Self::on_message) / [`on_close`](Self::on_close), or wait for a pull.
+    /// Idempotent. Pulling starts the port by itself; `start` is needed for callbacks, as with
+    /// Electron's `MessagePortMain`.
+    pub fn start(&self) {
+        self.ep.start();
+    }
+
+    /// Closes this end (idempotent). Messages queued here are discarded (ports in them close);
+    /// the peer observes the close after the messages this end posted before it. Pulls on this
+    /// end return "closed" from now on. Dropping a port closes it.
+    pub fn close(&self) {
+        if self.ep.close() {
+            self.peer.peer_closed();
+        }
+    }
+
+    /// Whether this end was closed locally ([`close`](Self::close)). To learn that the *peer*
+    /// closed, pull until "closed" or register [`on_close`](Self::on_close).
+    pub fn is_closed(&self) -> bool {
+        self.ep.is_closed()
+    }
+
+    /// Registers the message callback, replacing any previous one (Electron's
+    /// `port.on('message', ...)`). It does **not** start the port: call [`start`](Self::start).
+    ///
+    /// Callbacks run on the thread that makes the message available: the poster's thread for a
+    /// started port, or the thread calling `start` for queued messages. Only one callback of a
+    /// port runs at a time, in order; a message posted meanwhile (also from inside a callback) is
+    /// delivered by the thread already dispatching. Keep callbacks short and hand heavy work
+    /// off. A panic in a callback is caught and logged; the port keeps working.
+    ///
+    /// The callback is dropped when the port is closed or transferred. A callback that owns its
+    /// own port (say in an `Arc`) keeps it alive: close it explicitly.
+    pub fn on_message<F>(&self, callback: F)
+    where
+        F: FnMut(MessageEvent) + Send + 'static,
+    {
+        self.ep.set_on_message(Some(Box::new(callback)));
+    }
+
+    /// Registers the close callback (Electron's `port.on('close', ...)`), called once when the
+    /// peer's close is observed: after every earlier message, and only once started. It runs as
+    /// [`on_message`](Self::on_message) callbacks do, and also when a pull observes the close.
+    pub fn on_close<F>(&self, callback: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.ep.set_on_close(Some(Box::new(callback)));
+    }
+
+    /// Removes the message and close callbacks.
+    pub fn remove_listeners(&self) {
+        self.ep.set_on_message(None);
+        self.ep.set_on_close(None);
+    }
+
+    /// Receives the next message; `None` once the channel is closed and drained. Starts the port.
+    ///
+    /// Works on any executor. # Cancel safety: dropping the future loses no message.
+    pub fn recv(&self) -> Recv<'_> {
+        Recv { port: self }
+    }
+
+    /// Polls for the next message: `Ready(Some)`, `Ready(None)` when closed, or `Pending` with
+    /// the waker registered. Starts the port.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<MessageEvent>> {
+        match self.ep.pull(Some(cx.waker())) {
+            Pulled::Message(m) => Poll::Ready(Some(m)),
+            Pulled::Closed => Poll::Ready(None),
+            Pulled::Empty => Poll::Pending,
+        }
+    }
+
+    /// Receives the next message, blocking this thread; `None` once closed and drained.
+    /// Starts the port. Do not call it from async code.
+    pub fn blocking_recv(&self) -> Option<MessageEvent> {
+        match self.ep.pull_blocking(None) {
+            Pulled::Message(m) => Some(m),
+            Pulled::Closed => None,
+            Pulled::Empty => unreachable!("an untimed wait returns an event"),
+        }
+    }
+
+    /// Receives the next message, blocking for at most `timeout`. Starts the port.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<MessageEvent, RecvTimeoutError> {
+        let deadline = Instant::now().checked_add(timeout);
+        match self.ep.pull_blocking(deadline) {
+            Pulled::Message(m) => Ok(m),
+            Pulled::Closed => Err(RecvTimeoutError::Closed),
+            Pulled::Empty => Err(RecvTimeoutError::Timeout),
+        }
+    }
+
+    /// Receives a message if one is queued, without waiting. Starts the port.
+    pub fn try_recv(&self) -> Result<MessageEvent, TryRecvError> {
+        match self.ep.pull(None) {
+            Pulled::Message(m) => Ok(m),
+            Pulled::Closed => Err(TryRecvError::Closed),
+            Pulled::Empty => Err(TryRecvError::Empty),
+        }
+    }
+}
+
+impl Drop for MessagePort {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl fmt::Debug for MessagePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessagePort")
+            .field("endpoint", &Arc::as_ptr(&self.ep))
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// The future of [`MessagePort::recv`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct Recv<'a> {
+    port: &'a MessagePort,
+}
+
+impl Future for Recv<'_> {
+    type Output = Option<MessageEvent>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.port.poll_recv(cx)
+    }
+}
+
+impl futures_core::Stream for MessagePort {
+    type Item = MessageEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<MessageEvent>> {
+        self.poll_recv(cx)
+    }
+}
