@@ -1,1 +1,544 @@
-//! codec
+//! The wire encoding of [`Value`]: CBOR (RFC 8949), specified in `docs/wire-format.md`.
+//!
+//! Messages that stay in one process are never encoded; this is the form a message takes when it
+//! leaves the process. [`decode`] reads bytes from another process, so it treats them as
+//! hostile: every malformed, truncated, too deep or unknown input is a [`CodecError`], never a
+//! panic, and no length read from the input is trusted for an allocation beyond the bytes that
+//! remain. Proven by `tests/codec.rs` (round trips, property-based) and `fuzz/` (`decode`).
+
+use minicbor::data::{Tag, Type};
+use minicbor::{Decoder, Encoder};
+
+use crate::value::{BigInt, Binary, BinaryKind, ErrorValue, Value};
+
+/// Tag 1: epoch-based date/time in seconds (RFC 8949 §3.4.2). A `Date` holds whole
+/// milliseconds (JavaScript's TimeClip), written as seconds and rounded back on reading.
+pub const TAG_EPOCH_DATE: u64 = 1;
+/// Tag 2: unsigned bignum (RFC 8949 §3.4.3).
+pub const TAG_POS_BIGNUM: u64 = 2;
+/// Tag 3: negative bignum, −1 − n (RFC 8949 §3.4.3).
+pub const TAG_NEG_BIGNUM: u64 = 3;
+/// Tag 258: a set, as an array of its elements.
+pub const TAG_SET: u64 = 258;
+/// Tag 259: a map whose keys may be of any kind (JavaScript `Map`).
+pub const TAG_MAP: u64 = 259;
+/// Tag 21066: an ECMAScript regular expression, `[source, flags]`.
+pub const TAG_REGEXP: u64 = 21066;
+/// Tag 55799: self-described CBOR; accepted and skipped on input.
+pub const TAG_SELF_DESCRIBED: u64 = 55799;
+/// msgport's tag for a port slot: an unsigned index into the message's transfer list.
+pub const TAG_PORT: u64 = 0x6d70_0001;
+/// msgport's tag for an `Error`: `[name, message, stack or null]`.
+pub const TAG_ERROR: u64 = 0x6d70_0002;
+/// msgport's tag for a `DataView`: a byte string.
+pub const TAG_DATAVIEW: u64 = 0x6d70_0003;
+
+/// How deep arrays, objects, maps and sets may nest in decoded input.
+pub const MAX_DEPTH: usize = 256;
+
+/// Why bytes could not be decoded into a [`Value`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The bytes are not well-formed CBOR, or are truncated.
+    #[error("malformed CBOR: {0}")]
+    Malformed(String),
+    /// Nesting deeper than [`MAX_DEPTH`].
+    #[error("nesting deeper than {MAX_DEPTH}")]
+    TooDeep,
+    /// Bytes follow the one encoded value.
+    #[error("{0} trailing byte(s) after the value")]
+    TrailingBytes(usize),
+    /// A tag msgport does not define.
+    #[error("unknown CBOR tag {0}")]
+    UnknownTag(u64),
+    /// Well-formed CBOR that does not follow msgport's wire format.
+    #[error("invalid msgport data: {0}")]
+    Invalid(&'static str),
+}
+
+impl From<minicbor::decode::Error> for CodecError {
+    fn from(e: minicbor::decode::Error) -> Self {
+        CodecError::Malformed(e.to_string())
+    }
+}
+
+/// Encodes `value` as one CBOR data item.
+pub fn encode(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(value, &mut out);
+    out
+}
+
+/// Appends the CBOR encoding of `value` to `out`.
+pub fn encode_into(value: &Value, out: &mut Vec<u8>) {
+    let mut e = Encoder::new(out);
+    match write_value(&mut e, value) {
+        Ok(()) => {}
+        Err(never) => match never {},
+    }
+}
+
+type EncodeResult = Result<(), std::convert::Infallible>;
+
+fn ok<T>(r: Result<T, minicbor::encode::Error<std::convert::Infallible>>) -> EncodeResult {
+    // Writing into a Vec cannot fail, and the primitive encoders raise no other error.
+    r.map(drop).or(Ok(()))
+}
+
+const MAX_SAFE: f64 = 9_007_199_254_740_992.0; // 2^53
+
+fn write_value(e: &mut Encoder<&mut Vec<u8>>, v: &Value) -> EncodeResult {
+    match v {
+        Value::Undefined => ok(e.undefined()),
+        Value::Null => ok(e.null()),
+        Value::Bool(b) => ok(e.bool(*b)),
+        Value::Number(n) => write_number(e, *n),
+        Value::BigInt(b) => write_bigint(e, b),
+        Value::String(s) => ok(e.str(s)),
+        Value::Binary(b) => {
+            if let Some(tag) = binary_tag(b.kind) {
+                ok(e.tag(Tag::new(tag)))?;
+            }
+            ok(e.bytes(&b.bytes))
+        }
+        Value::Date(ms) => {
+            ok(e.tag(Tag::new(TAG_EPOCH_DATE)))?;
+            if ms.rem_euclid(1000.0) == 0.0 {
+                write_number(e, ms / 1000.0)
+            } else {
+                ok(e.f64(ms / 1000.0))
+            }
+        }
+        Value::RegExp { source, flags } => {
+            ok(e.tag(Tag::new(TAG_REGEXP)))?;
+            ok(e.array(2))?;
+            ok(e.str(source))?;
+            ok(e.str(flags))
+        }
+        Value::Array(items) => {
+            ok(e.array(items.len() as u64))?;
+            items.iter().try_for_each(|item| write_value(e, item))
+        }
+        Value::Object(entries) => {
+            ok(e.map(entries.len() as u64))?;
+            for (k, v) in entries {
+                ok(e.str(k))?;
+                write_value(e, v)?;
+            }
+            Ok(())
+        }
+        Value::Map(entries) => {
+            ok(e.tag(Tag::new(TAG_MAP)))?;
+            ok(e.map(entries.len() as u64))?;
+            for (k, v) in entries {
+                write_value(e, k)?;
+                write_value(e, v)?;
+            }
+            Ok(())
+        }
+        Value::Set(items) => {
+            ok(e.tag(Tag::new(TAG_SET)))?;
+            ok(e.array(items.len() as u64))?;
+            items.iter().try_for_each(|item| write_value(e, item))
+        }
+        Value::Error(err) => {
+            ok(e.tag(Tag::new(TAG_ERROR)))?;
+            ok(e.array(3))?;
+            ok(e.str(&err.name))?;
+            ok(e.str(&err.message))?;
+            match &err.stack {
+                Some(s) => ok(e.str(s)),
+                None => ok(e.null()),
+            }
+        }
+        Value::Port(i) => {
+            ok(e.tag(Tag::new(TAG_PORT)))?;
+            ok(e.u32(*i))
+        }
+    }
+}
+
+fn write_number(e: &mut Encoder<&mut Vec<u8>>, n: f64) -> EncodeResult {
+    // Integers within ±2^53 (but not -0) take the compact integer form; everything else is a
+    // double, so every f64 bit pattern but NaN payloads survives.
+    if n.fract() == 0.0 && n.abs() <= MAX_SAFE && !(n == 0.0 && n.is_sign_negative()) {
+        if n >= 0.0 {
+            ok(e.u64(n as u64))
+        } else {
+            ok(e.i64(n as i64))
+        }
+    } else {
+        ok(e.f64(n))
+    }
+}
+
+fn write_bigint(e: &mut Encoder<&mut Vec<u8>>, b: &BigInt) -> EncodeResult {
+    if b.is_negative() {
+        ok(e.tag(Tag::new(TAG_NEG_BIGNUM)))?;
+        ok(e.bytes(&minus_one(b.magnitude())))
+    } else {
+        ok(e.tag(Tag::new(TAG_POS_BIGNUM)))?;
+        ok(e.bytes(b.magnitude()))
+    }
+}
+
+/// `n - 1` for a non-zero big-endian magnitude.
+fn minus_one(magnitude: &[u8]) -> Vec<u8> {
+    let mut out = magnitude.to_vec();
+    for byte in out.iter_mut().rev() {
+        let (v, borrow) = byte.overflowing_sub(1);
+        *byte = v;
+        if !borrow {
+            break;
+        }
+    }
+    out
+}
+
+/// `n + 1` for a big-endian magnitude.
+fn plus_one(magnitude: &[u8]) -> Vec<u8> {
+    let mut out = magnitude.to_vec();
+    for byte in out.iter_mut().rev() {
+        let (v, carry) = byte.overflowing_add(1);
+        *byte = v;
+        if !carry {
+            return out;
+        }
+    }
+    out.insert(0, 1);
+    out
+}
+
+/// RFC 8746 typed-array tags (little-endian forms), msgport's tag for `DataView`, none for
+/// `ArrayBuffer` (a plain byte string).
+fn binary_tag(kind: BinaryKind) -> Option<u64> {
+    Some(match kind {
+        BinaryKind::ArrayBuffer => return None,
+        BinaryKind::DataView => TAG_DATAVIEW,
+        BinaryKind::Uint8 => 64,
+        BinaryKind::Uint8Clamped => 68,
+        BinaryKind::Int8 => 72,
+        BinaryKind::Uint16 => 69,
+        BinaryKind::Uint32 => 70,
+        BinaryKind::BigUint64 => 71,
+        BinaryKind::Int16 => 77,
+        BinaryKind::Int32 => 78,
+        BinaryKind::BigInt64 => 79,
+        BinaryKind::Float32 => 85,
+        BinaryKind::Float64 => 86,
+    })
+}
+
+/// The kind and, for big-endian forms, the element size to swap, of an RFC 8746 tag.
+fn typed_array_kind(tag: u64) -> Option<(BinaryKind, Option<usize>)> {
+    Some(match tag {
+        64 => (BinaryKind::Uint8, None),
+        68 => (BinaryKind::Uint8Clamped, None),
+        72 => (BinaryKind::Int8, None),
+        69 => (BinaryKind::Uint16, None),
+        70 => (BinaryKind::Uint32, None),
+        71 => (BinaryKind::BigUint64, None),
+        77 => (BinaryKind::Int16, None),
+        78 => (BinaryKind::Int32, None),
+        79 => (BinaryKind::BigInt64, None),
+        85 => (BinaryKind::Float32, None),
+        86 => (BinaryKind::Float64, None),
+        65 => (BinaryKind::Uint16, Some(2)),
+        66 => (BinaryKind::Uint32, Some(4)),
+        67 => (BinaryKind::BigUint64, Some(8)),
+        73 => (BinaryKind::Int16, Some(2)),
+        74 => (BinaryKind::Int32, Some(4)),
+        75 => (BinaryKind::BigInt64, Some(8)),
+        81 => (BinaryKind::Float32, Some(4)),
+        82 => (BinaryKind::Float64, Some(8)),
+        _ => return None,
+    })
+}
+
+/// Decodes exactly one CBOR data item into a [`Value`].
+pub fn decode(bytes: &[u8]) -> Result<Value, CodecError> {
+    let mut d = Decoder::new(bytes);
+    let v = read_value(&mut d, 0)?;
+    match bytes.len() - d.position() {
+        0 => Ok(v),
+        n => Err(CodecError::TrailingBytes(n)),
+    }
+}
+
+fn remaining(d: &Decoder<'_>) -> usize {
+    d.input().len().saturating_sub(d.position())
+}
+
+/// Consumes a `break` if one is next (the end of an indefinite-length item).
+fn at_break(d: &mut Decoder<'_>) -> Result<bool, CodecError> {
+    if d.datatype()? == Type::Break {
+        d.set_position(d.position() + 1);
+        Ok(true)
+    } else {
+        Ok(false)
+    }
+}
+
+fn read_value(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
+    if depth > MAX_DEPTH {
+        return Err(CodecError::TooDeep);
+    }
+    Ok(match d.datatype()? {
+        Type::Bool => Value::Bool(d.bool()?),
+        Type::Null => {
+            d.null()?;
+            Value::Null
+        }
+        Type::Undefined => {
+            d.undefined()?;
+            Value::Undefined
+        }
+        Type::U8 | Type::U16 | Type::U32 | Type::U64 | Type::I8 | Type::I16 | Type::I32
+        | Type::I64 | Type::Int => {
+            let n = i128::from(d.int()?);
+            if (n.unsigned_abs() as f64) <= MAX_SAFE {
+                Value::Number(n as f64)
+            } else {
+                Value::BigInt(BigInt::from(n))
+            }
+        }
+        Type::F16 => Value::Number(f64::from(d.f16()?)),
+        Type::F32 => Value::Number(f64::from(d.f32()?)),
+        Type::F64 => Value::Number(d.f64()?),
+        Type::Bytes | Type::BytesIndef => Value::Binary(Binary {
+            kind: BinaryKind::ArrayBuffer,
+            bytes: read_bytes(d)?,
+        }),
+        Type::String => Value::String(d.str()?.to_owned()),
+        Type::StringIndef => {
+            let mut s = String::new();
+            for chunk in d.str_iter()? {
+                s.push_str(chunk?);
+            }
+            Value::String(s)
+        }
+        Type::Array | Type::ArrayIndef => Value::Array(read_array(d, depth)?),
+        Type::Map | Type::MapIndef => {
+            let entries = read_map(d, depth)?;
+            if entries.iter().all(|(k, _)| matches!(k, Value::String(_))) {
+                Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| match k {
+                            Value::String(k) => (k, v),
+                            _ => unreachable!("checked above"),
+                        })
+                        .collect(),
+                )
+            } else {
+                Value::Map(entries)
+            }
+        }
+        Type::Tag => read_tagged(d, depth)?,
+        Type::Simple | Type::Break | Type::Unknown(_) => {
+            return Err(CodecError::Invalid("unsupported simple value or stray break"))
+        }
+    })
+}
+
+fn read_bytes(d: &mut Decoder<'_>) -> Result<Vec<u8>, CodecError> {
+    match d.datatype()? {
+        Type::Bytes => Ok(d.bytes()?.to_vec()),
+        Type::BytesIndef => {
+            let mut out = Vec::new();
+            for chunk in d.bytes_iter()? {
+                out.extend_from_slice(chunk?);
+            }
+            Ok(out)
+        }
+        _ => Err(CodecError::Invalid("expected a byte string")),
+    }
+}
+
+fn read_array(d: &mut Decoder<'_>, depth: usize) -> Result<Vec<Value>, CodecError> {
+    match d.array()? {
+        Some(len) => {
+            // Every element takes at least one byte: never trust a length past the input.
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if len > remaining(d) {
+                return Err(CodecError::Malformed("array length past the end".into()));
+            }
+            let mut items = Vec::with_capacity(len);
+            for _ in 0..len {
+                items.push(read_value(d, depth + 1)?);
+            }
+            Ok(items)
+        }
+        None => {
+            let mut items = Vec::new();
+            while !at_break(d)? {
+                items.push(read_value(d, depth + 1)?);
+            }
+            Ok(items)
+        }
+    }
+}
+
+fn read_map(d: &mut Decoder<'_>, depth: usize) -> Result<Vec<(Value, Value)>, CodecError> {
+    match d.map()? {
+        Some(len) => {
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if len > remaining(d) / 2 {
+                return Err(CodecError::Malformed("map length past the end".into()));
+            }
+            let mut entries = Vec::with_capacity(len);
+            for _ in 0..len {
+                let k = read_value(d, depth + 1)?;
+                entries.push((k, read_value(d, depth + 1)?));
+            }
+            Ok(entries)
+        }
+        None => {
+            let mut entries = Vec::new();
+            while !at_break(d)? {
+                let k = read_value(d, depth + 1)?;
+                entries.push((k, read_value(d, depth + 1)?));
+            }
+            Ok(entries)
+        }
+    }
+}
+
+fn read_text(d: &mut Decoder<'_>) -> Result<String, CodecError> {
+    match d.datatype()? {
+        Type::String => Ok(d.str()?.to_owned()),
+        _ => Err(CodecError::Invalid("expected a text string")),
+    }
+}
+
+fn read_tagged(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
+    let tag = d.tag()?.as_u64();
+    Ok(match tag {
+        TAG_SELF_DESCRIBED => read_value(d, depth + 1)?,
+        TAG_EPOCH_DATE => match read_value(d, depth + 1)? {
+            // JavaScript time values are whole milliseconds (TimeClip): undo the division's
+            // rounding error.
+            Value::Number(secs) => Value::Date((secs * 1000.0).round()),
+            _ => return Err(CodecError::Invalid("a date must be a number")),
+        },
+        TAG_POS_BIGNUM => Value::BigInt(BigInt::from_sign_magnitude(false, &read_bytes(d)?)),
+        TAG_NEG_BIGNUM => {
+            Value::BigInt(BigInt::from_sign_magnitude(true, &plus_one(&read_bytes(d)?)))
+        }
+        TAG_REGEXP => match <[Value; 2]>::try_from(read_array(d, depth)?) {
+            Ok([Value::String(source), Value::String(flags)]) => Value::RegExp { source, flags },
+            _ => return Err(CodecError::Invalid("a RegExp must be [source, flags]")),
+        },
+        TAG_SET => {
+            if !matches!(d.datatype()?, Type::Array | Type::ArrayIndef) {
+                return Err(CodecError::Invalid("a Set must be an array"));
+            }
+            Value::Set(read_array(d, depth)?)
+        }
+        TAG_MAP => {
+            if !matches!(d.datatype()?, Type::Map | Type::MapIndef) {
+                return Err(CodecError::Invalid("a Map must be a map"));
+            }
+            Value::Map(read_map(d, depth)?)
+        }
+        TAG_ERROR => {
+            if d.array()? != Some(3) {
+                return Err(CodecError::Invalid("an Error must be [name, message, stack]"));
+            }
+            let name = read_text(d)?;
+            let message = read_text(d)?;
+            let stack = match d.datatype()? {
+                Type::Null => {
+                    d.null()?;
+                    None
+                }
+                _ => Some(read_text(d)?),
+            };
+            Value::Error(ErrorValue {
+                name,
+                message,
+                stack,
+            })
+        }
+        TAG_PORT => Value::Port(
+            d.u32()
+                .map_err(|_| CodecError::Invalid("a port slot must be an unsigned 32-bit index"))?,
+        ),
+        TAG_DATAVIEW => Value::Binary(Binary {
+            kind: BinaryKind::DataView,
+            bytes: read_bytes(d)?,
+        }),
+        other => match typed_array_kind(other) {
+            Some((kind, swap)) => {
+                let mut bytes = read_bytes(d)?;
+                if bytes.len() % kind.element_size() != 0 {
+                    return Err(CodecError::Invalid(
+                        "typed array length is not a multiple of its element size",
+                    ));
+                }
+                if let Some(size) = swap {
+                    bytes.chunks_exact_mut(size).for_each(<[u8]>::reverse);
+                }
+                Value::Binary(Binary { kind, bytes })
+            }
+            None => return Err(CodecError::UnknownTag(other)),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bignum_edges() {
+        assert_eq!(minus_one(&[1, 0]), vec![0, 255]);
+        assert_eq!(plus_one(&[255, 255]), vec![1, 0, 0]);
+        assert_eq!(plus_one(&[]), vec![1]);
+        // -1 is tag 3 over the empty byte string's successor: 3(h'00') is -1.
+        let v = Value::BigInt(BigInt::from(-1i64));
+        assert_eq!(decode(&encode(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn known_vectors() {
+        // RFC 8949 appendix A examples.
+        assert_eq!(decode(&[0x00]).unwrap(), Value::Number(0.0));
+        assert_eq!(decode(&[0x38, 0x63]).unwrap(), Value::Number(-100.0));
+        assert_eq!(decode(&[0xf9, 0x3c, 0x00]).unwrap(), Value::Number(1.0));
+        assert_eq!(decode(&[0xf7]).unwrap(), Value::Undefined);
+        assert_eq!(
+            decode(&[0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap(),
+            Value::BigInt(BigInt::from(u64::MAX))
+        );
+        assert_eq!(
+            decode(&[0x7f, 0x65, b's', b't', b'r', b'e', b'a', 0x64, b'm', b'i', b'n', b'g', 0xff])
+                .unwrap(),
+            Value::String("streaming".into())
+        );
+        assert_eq!(
+            decode(&[0x9f, 0x01, 0x82, 0x02, 0x03, 0xff]).unwrap(),
+            Value::Array(vec![
+                Value::Number(1.0),
+                Value::Array(vec![Value::Number(2.0), Value::Number(3.0)])
+            ])
+        );
+    }
+
+    #[test]
+    fn hostile_inputs_are_errors() {
+        // A huge array length with no elements behind it.
+        assert!(decode(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+        // Deep nesting.
+        assert_eq!(decode(&vec![0x81; 10_000]), Err(CodecError::TooDeep));
+        // Trailing bytes, truncation, stray break, unknown tag, invalid UTF-8.
+        assert_eq!(decode(&[0x01, 0x02]), Err(CodecError::TrailingBytes(1)));
+        assert!(decode(&[0x82, 0x01]).is_err());
+        assert!(decode(&[0xff]).is_err());
+        assert_eq!(decode(&[0xd9, 0x01, 0x00, 0x01]), Err(CodecError::UnknownTag(256)));
+        assert!(decode(&[0x62, 0xc3, 0x28]).is_err());
+        // A typed array whose length is not a multiple of its element size.
+        assert!(decode(&[0xd8, 0x46, 0x43, 1, 2, 3]).is_err());
+    }
+}

@@ -40,7 +40,8 @@ pub enum Value {
     String(String),
     /// Binary data: an `ArrayBuffer`, a typed array or a `DataView`.
     Binary(Binary),
-    /// A `Date`: milliseconds since the Unix epoch (may be NaN, an invalid date).
+    /// A `Date`: whole milliseconds since the Unix epoch (JavaScript time values), or NaN for an
+    /// invalid date. The wire form keeps whole milliseconds exactly; fractions are rounded.
     Date(f64),
     /// A `RegExp`.
     RegExp {
