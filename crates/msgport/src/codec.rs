@@ -14,6 +14,9 @@ use crate::value::{BigInt, Binary, BinaryKind, ErrorValue, Value};
 /// Tag 1: epoch-based date/time in seconds (RFC 8949 §3.4.2). A `Date` holds whole
 /// milliseconds (JavaScript's TimeClip), written as seconds and rounded back on reading.
 pub const TAG_EPOCH_DATE: u64 = 1;
+/// Tag 1001: extended time (RFC 9581), `{1: seconds, -3: milliseconds}`: the `Date`s whose
+/// whole milliseconds tag 1 cannot carry exactly.
+pub const TAG_EXTENDED_TIME: u64 = 1001;
 /// Tag 2: unsigned bignum (RFC 8949 §3.4.3).
 pub const TAG_POS_BIGNUM: u64 = 2;
 /// Tag 3: negative bignum, −1 − n (RFC 8949 §3.4.3).
@@ -103,11 +106,19 @@ fn write_value(e: &mut Encoder<&mut Vec<u8>>, v: &Value) -> EncodeResult {
             ok(e.bytes(&b.bytes))
         }
         Value::Date(ms) => {
-            ok(e.tag(Tag::new(TAG_EPOCH_DATE)))?;
-            if ms.rem_euclid(1000.0) == 0.0 {
-                write_number(e, ms / 1000.0)
+            let secs = ms / 1000.0;
+            if ms.is_nan() || (secs * 1000.0).round() == *ms {
+                ok(e.tag(Tag::new(TAG_EPOCH_DATE)))?;
+                write_number(e, secs)
             } else {
-                ok(e.f64(ms / 1000.0))
+                // Seconds as a double lose whole milliseconds far from the epoch: RFC 9581's
+                // extended time keeps them, as {1: seconds, -3: milliseconds}.
+                ok(e.tag(Tag::new(TAG_EXTENDED_TIME)))?;
+                ok(e.map(2))?;
+                ok(e.u8(1))?;
+                write_number(e, ms.div_euclid(1000.0))?;
+                ok(e.i8(-3))?;
+                write_number(e, ms.rem_euclid(1000.0))
             }
         }
         Value::RegExp { source, flags } => {
@@ -193,6 +204,8 @@ fn minus_one(magnitude: &[u8]) -> Vec<u8> {
             break;
         }
     }
+    let start = out.iter().position(|b| *b != 0).unwrap_or(out.len());
+    out.drain(..start);
     out
 }
 
@@ -422,9 +435,28 @@ fn read_tagged(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
             Value::Number(secs) => Value::Date((secs * 1000.0).round()),
             _ => return Err(CodecError::Invalid("a date must be a number")),
         },
+        TAG_EXTENDED_TIME => {
+            let bad = || CodecError::Invalid("extended time must be {1: seconds, -3: milliseconds}");
+            let entries = match d.datatype()? {
+                Type::Map | Type::MapIndef => read_map(d, depth)?,
+                _ => return Err(bad()),
+            };
+            let (mut secs, mut millis) = (None, 0.0);
+            for (k, v) in entries {
+                match (k, v) {
+                    (Value::Number(k), Value::Number(v)) if k == 1.0 => secs = Some(v),
+                    (Value::Number(k), Value::Number(v)) if k == -3.0 => millis = v,
+                    _ => return Err(bad()),
+                }
+            }
+            Value::Date(secs.ok_or_else(bad)? * 1000.0 + millis)
+        }
         TAG_POS_BIGNUM => Value::BigInt(BigInt::from_sign_magnitude(false, &read_bytes(d)?)),
         TAG_NEG_BIGNUM => {
             Value::BigInt(BigInt::from_sign_magnitude(true, &plus_one(&read_bytes(d)?)))
+        }
+        TAG_REGEXP if !matches!(d.datatype()?, Type::Array | Type::ArrayIndef) => {
+            return Err(CodecError::Invalid("a RegExp must be [source, flags]"))
         }
         TAG_REGEXP => match <[Value; 2]>::try_from(read_array(d, depth)?) {
             Ok([Value::String(source), Value::String(flags)]) => Value::RegExp { source, flags },
@@ -493,7 +525,8 @@ mod tests {
 
     #[test]
     fn bignum_edges() {
-        assert_eq!(minus_one(&[1, 0]), vec![0, 255]);
+        assert_eq!(minus_one(&[1, 0]), vec![255]);
+        assert_eq!(minus_one(&[1]), Vec::<u8>::new());
         assert_eq!(plus_one(&[255, 255]), vec![1, 0, 0]);
         assert_eq!(plus_one(&[]), vec![1]);
         // -1 is tag 3 over the empty byte string's successor: 3(h'00') is -1.

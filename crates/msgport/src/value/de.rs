@@ -199,6 +199,8 @@ impl Value {
     fn deserialize_integer<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
         match self {
             Value::BigInt(b) => match (b.to_i128(), b.to_u128()) {
+                (_, Some(u)) if u <= u128::from(u64::MAX) => visitor.visit_u64(u as u64),
+                (Some(i), _) if i >= i128::from(i64::MIN) => visitor.visit_i64(i as i64),
                 (Some(i), _) => visitor.visit_i128(i),
                 (None, Some(u)) => visitor.visit_u128(u),
                 _ => Err(de::Error::custom(format!("bigint {b} does not fit the integer type"))),
@@ -225,10 +227,13 @@ impl<'de> Deserializer<'de> for Value {
             Value::Null => visitor.visit_unit(),
             Value::Bool(b) => visitor.visit_bool(b),
             Value::Number(n) => {
+                // Integers that a double holds exactly (±2^53) read as integers; any other
+                // number stays a float, so that it reads back as the same `Value::Number`.
+                const SAFE: f64 = 9_007_199_254_740_992.0;
                 let integral = n.fract() == 0.0 && !(n == 0.0 && n.is_sign_negative());
-                if integral && (0.0..18_446_744_073_709_551_616.0).contains(&n) {
+                if integral && (0.0..=SAFE).contains(&n) {
                     visitor.visit_u64(n as u64)
-                } else if integral && (-9_223_372_036_854_775_808.0..0.0).contains(&n) {
+                } else if integral && (-SAFE..0.0).contains(&n) {
                     visitor.visit_i64(n as i64)
                 } else {
                     visitor.visit_f64(n)

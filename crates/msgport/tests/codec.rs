@@ -1,0 +1,244 @@
+//! The data model's round trips: CBOR (property-based), serde, the `value!` macro.
+
+use std::collections::{BTreeMap, HashMap};
+
+use msgport::codec::{decode, encode, CodecError};
+use msgport::{from_value, to_value, value, BigInt, Binary, BinaryKind, ErrorValue, Value};
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+
+fn arb_binary() -> impl Strategy<Value = Binary> {
+    (0..BinaryKind::ALL.len(), proptest::collection::vec(any::<u8>(), 0..24)).prop_map(|(k, mut bytes)| {
+        let kind = BinaryKind::ALL[k];
+        bytes.truncate(bytes.len() / kind.element_size() * kind.element_size());
+        Binary { kind, bytes }
+    })
+}
+
+fn arb_leaf() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Undefined),
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<f64>().prop_filter("NaN is not equal to itself", |n| !n.is_nan()).prop_map(Value::Number),
+        any::<i32>().prop_map(|n| Value::Number(f64::from(n))),
+        (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..20))
+            .prop_map(|(neg, m)| Value::BigInt(BigInt::from_sign_magnitude(neg, &m))),
+        ".{0,12}".prop_map(Value::String),
+        arb_binary().prop_map(Value::Binary),
+        (-8_640_000_000_000_000i64..8_640_000_000_000_000).prop_map(|ms| Value::Date(ms as f64)),
+        (".{0,8}", "[dgimsuy]{0,3}").prop_map(|(source, flags)| Value::RegExp { source, flags }),
+        (".{0,8}", ".{0,8}", proptest::option::of(".{0,8}"))
+            .prop_map(|(name, message, stack)| Value::Error(ErrorValue { name, message, stack })),
+        any::<u32>().prop_map(Value::Port),
+    ]
+}
+
+fn arb_value() -> impl Strategy<Value = Value> {
+    arb_leaf().prop_recursive(4, 64, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::vec((".{0,6}", inner.clone()), 0..6).prop_map(Value::Object),
+            proptest::collection::vec((inner.clone(), inner.clone()), 0..4).prop_map(Value::Map),
+            proptest::collection::vec(inner, 0..6).prop_map(Value::Set),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn cbor_round_trips(v in arb_value()) {
+        prop_assert_eq!(decode(&encode(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn serde_round_trips_every_kind(v in arb_value()) {
+        prop_assert_eq!(to_value(&v).unwrap(), v.clone());
+        prop_assert_eq!(from_value::<Value>(v.clone()).unwrap(), v);
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn truncated_encodings_are_errors(v in arb_value()) {
+        let bytes = encode(&v);
+        for cut in 0..bytes.len() {
+            prop_assert!(decode(&bytes[..cut]).is_err());
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+enum Shape {
+    Unit,
+    Circle(f64),
+    Rect { w: u16, h: u16 },
+    Pair(i8, String),
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct Everything {
+    id: u64,
+    big: u64,
+    negative: i128,
+    ratio: f32,
+    name: String,
+    letter: char,
+    maybe: Option<bool>,
+    nothing: Option<u8>,
+    list: Vec<u16>,
+    shapes: Vec<Shape>,
+    by_name: BTreeMap<String, i32>,
+    by_id: HashMap<u32, String>,
+    #[serde(with = "serde_bytes_like")]
+    blob: Vec<u8>,
+    tuple: (u8, String),
+    unit: (),
+}
+
+/// `Vec<u8>` as serde bytes, without a dependency.
+mod serde_bytes_like {
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+fn everything() -> Everything {
+    Everything {
+        id: 7,
+        big: u64::MAX,
+        negative: i128::MIN,
+        ratio: 0.5,
+        name: "job".into(),
+        letter: 'λ',
+        maybe: Some(true),
+        nothing: None,
+        list: vec![1, 2, 3],
+        shapes: vec![
+            Shape::Unit,
+            Shape::Circle(1.5),
+            Shape::Rect { w: 2, h: 3 },
+            Shape::Pair(-1, "p".into()),
+        ],
+        by_name: [("a".to_string(), 1), ("b".to_string(), -2)].into_iter().collect(),
+        by_id: [(1, "one".to_string()), (2, "two".to_string())].into_iter().collect(),
+        blob: vec![0, 255, 7],
+        tuple: (9, "t".into()),
+        unit: (),
+    }
+}
+
+#[test]
+fn user_types_round_trip_through_value_and_cbor() {
+    let v = to_value(&everything()).unwrap();
+    assert_eq!(v["id"], Value::Number(7.0));
+    assert_eq!(v["big"], Value::BigInt(BigInt::from(u64::MAX)));
+    assert_eq!(v["negative"], Value::BigInt(BigInt::from(i128::MIN)));
+    assert_eq!(v["shapes"][0], value!("Unit"));
+    assert_eq!(v["shapes"][2], value!({ "Rect": { "w": 2, "h": 3 } }));
+    assert!(matches!(v["by_id"], Value::Map(_)), "integer keys make a Map");
+    assert!(matches!(v["by_name"], Value::Object(_)), "string keys make an Object");
+    assert_eq!(v["blob"], Value::from(&[0u8, 255, 7][..]));
+    assert_eq!(from_value::<Everything>(v.clone()).unwrap(), everything());
+    let wire = decode(&encode(&v)).unwrap();
+    assert_eq!(from_value::<Everything>(wire).unwrap(), everything());
+}
+
+#[test]
+fn mismatches_are_errors_not_panics() {
+    assert!(from_value::<u8>(Value::Number(300.0)).is_err());
+    assert!(from_value::<u32>(Value::Number(1.5)).is_err());
+    assert!(from_value::<String>(Value::Null).is_err());
+    assert!(from_value::<Shape>(value!({ "Nope": 1 })).is_err());
+    assert!(from_value::<Everything>(value!([1, 2])).is_err());
+    assert_eq!(from_value::<u64>(Value::BigInt(BigInt::from(u64::MAX))).unwrap(), u64::MAX);
+    assert!(from_value::<i64>(Value::BigInt(BigInt::from(u64::MAX))).is_err());
+    assert_eq!(from_value::<Vec<u8>>(Value::Set(vec![value!(1)])).unwrap(), vec![1]);
+}
+
+#[test]
+fn value_macro_builds_every_shape() {
+    let key = "dyn";
+    let v = value!({
+        "n": 1,
+        "neg": -2.5,
+        "s": "str",
+        "arr": [1, [2, 3], { "k": null }, undefined],
+        "sum": 1 + 2,
+        (key): true,
+        "empty": {},
+        "none": [],
+    });
+    assert_eq!(v["n"], Value::Number(1.0));
+    assert_eq!(v["neg"], Value::Number(-2.5));
+    assert_eq!(v["arr"][1][1], Value::Number(3.0));
+    assert_eq!(v["arr"][2]["k"], Value::Null);
+    assert_eq!(v["arr"][3], Value::Undefined);
+    assert_eq!(v["sum"], Value::Number(3.0));
+    assert_eq!(v["dyn"], Value::Bool(true));
+    assert_eq!(v["empty"], Value::Object(vec![]));
+    assert_eq!(v["none"], Value::Array(vec![]));
+    assert_eq!(v["missing"], Value::Undefined);
+}
+
+#[test]
+fn special_numbers_survive_the_wire() {
+    for n in [f64::INFINITY, f64::NEG_INFINITY, -0.0, 1e300, 5e-324, 9_007_199_254_740_993.0] {
+        let back = decode(&encode(&Value::Number(n))).unwrap();
+        assert_eq!(back.as_f64().unwrap().to_bits(), n.to_bits());
+    }
+    assert!(decode(&encode(&Value::Number(f64::NAN))).unwrap().as_f64().unwrap().is_nan());
+    assert!(matches!(decode(&encode(&Value::Date(f64::NAN))).unwrap(), Value::Date(t) if t.is_nan()));
+}
+
+#[test]
+fn wire_vectors_are_stable() {
+    // Vectors documented in docs/wire-format.md; another implementation must produce these.
+    let cases: Vec<(Value, &str)> = vec![
+        (value!({ "answer": 42 }), "a166616e73776572182a"),
+        (Value::Undefined, "f7"),
+        (Value::Number(1.5), "fb3ff8000000000000"),
+        (Value::BigInt(BigInt::from(-(1i128 << 64))), "c348ffffffffffffffff"),
+        (Value::Date(1_000.0), "c101"),
+        (Value::Set(vec![value!(1)]), "d901028101"),
+        (Value::Map(vec![(value!(1), value!("a"))]), "d90103a1016161"),
+        (Value::Port(0), "da6d70000100"),
+        (Value::Binary(Binary { kind: BinaryKind::Uint16, bytes: vec![1, 0] }), "d845420100"),
+    ];
+    for (v, hex) in cases {
+        let bytes = encode(&v);
+        let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, hex, "{v:?}");
+        assert_eq!(decode(&bytes).unwrap(), v);
+    }
+}
+
+#[test]
+fn unknown_tags_and_bad_shapes_are_typed_errors() {
+    assert_eq!(decode(&[0xc6, 0x01]), Err(CodecError::UnknownTag(6)));
+    // A RegExp that is not [source, flags].
+    assert!(matches!(decode(&[0xd9, 0x52, 0x4a, 0x01]), Err(CodecError::Invalid(_))));
+    // A port slot that is not an unsigned index.
+    assert!(matches!(decode(&[0xda, 0x6d, 0x70, 0x00, 0x01, 0x20]), Err(CodecError::Invalid(_))));
+}
