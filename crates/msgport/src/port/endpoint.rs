@@ -12,7 +12,8 @@
 //! marks its own endpoint `closed` (discarding its queue) and the peer's endpoint `peer_gone`,
 //! which the peer observes after it has drained every message queued before it.
 //!
-//! Lock order: a thread holds at most one endpoint lock at a time. Messages (which may own ports,
+//! Lock order: a thread holds the locks of at most one endpoint at a time, `taken` before
+//! `state`. Messages (which may own ports,
 //! whose drop locks other endpoints), wakers and user callbacks are always dropped or run after
 //! the lock is released.
 
@@ -31,17 +32,21 @@ pub(crate) type CloseHandler = Box<dyn FnOnce() + Send>;
 
 /// One end's receiving side, shared by the end's handle and its peer's handle.
 pub(crate) struct Endpoint {
+    /// Messages a puller moved out of `state.queue` in one batch, so that it takes the shared
+    /// lock once per batch rather than once per message. They come before everything in
+    /// `state.queue`. Lock order: `taken` before `state`; never sleep holding `taken`.
+    taken: Mutex<VecDeque<MessageEvent>>,
     state: Mutex<State>,
     ready: Condvar,
 }
 
 #[derive(Default)]
 struct State {
-    /// Messages posted by the peer, not yet delivered.
+    /// Messages posted by the peer, not yet delivered (after those in `taken`).
     queue: VecDeque<MessageEvent>,
     /// The peer closed, was dropped, or the channel was killed: nothing more will be queued.
     peer_gone: bool,
-    /// This end was closed by its owner: its queue is discarded and posts to it are dropped.
+    /// This end was closed by its owner: its queues are discarded and posts to it are dropped.
     closed: bool,
     /// Delivery has begun (`start`, or a pull). Reset when the port is transferred.
     started: bool,
@@ -51,6 +56,8 @@ struct State {
     wakers: Vec<Waker>,
     /// Threads blocked in `blocking_recv` / `recv_timeout`.
     sleepers: usize,
+    /// The sleepers were signalled and have not run yet: do not signal them again.
+    notified: bool,
     on_message: Option<MessageHandler>,
     on_close: Option<CloseHandler>,
     /// A thread is running one of this end's callbacks; others only queue.
@@ -70,6 +77,7 @@ pub(crate) enum Pulled {
 impl Endpoint {
     pub(crate) fn new() -> Self {
         Endpoint {
+            taken: Mutex::new(VecDeque::new()),
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
         }
@@ -83,7 +91,7 @@ impl Endpoint {
             return Err(message);
         }
         st.queue.push_back(message);
-        self.notify(st);
+        self.after_change(st);
         Ok(())
     }
 
@@ -94,29 +102,31 @@ impl Endpoint {
             return;
         }
         st.peer_gone = true;
-        self.notify(st);
+        self.after_change(st);
     }
 
-    /// Closes this end: discards its queue and callbacks and wakes its waiters (who then see
+    /// Closes this end: discards its queues and callbacks and wakes its waiters (who then see
     /// "closed"). Returns false if it was already closed.
     pub(crate) fn close(&self) -> bool {
+        let mut taken = lock(&self.taken);
         let mut st = lock(&self.state);
         if st.closed {
             return false;
         }
         st.closed = true;
-        let queue = std::mem::take(&mut st.queue);
+        let queues = (std::mem::take(&mut *taken), std::mem::take(&mut st.queue));
         let handlers = (st.on_message.take(), st.on_close.take());
         let wakers = std::mem::take(&mut st.wakers);
         let sleepers = st.sleepers;
         drop(st);
+        drop(taken);
         if sleepers > 0 {
             self.ready.notify_all();
         }
         wakers.into_iter().for_each(Waker::wake);
         // Queued messages may own ports: closing those locks other endpoints, so it happens here,
-        // with this lock released.
-        drop(queue);
+        // with this end's locks released.
+        drop(queues);
         drop(handlers);
         true
     }
@@ -137,39 +147,48 @@ impl Endpoint {
     }
 
     pub(crate) fn start(&self) {
-        let mut st = lock(&self.state);
-        if st.started {
-            return;
+        {
+            let mut st = lock(&self.state);
+            if st.started {
+                return;
+            }
+            st.started = true;
         }
-        st.started = true;
-        self.dispatch(st);
+        self.dispatch();
     }
 
     pub(crate) fn set_on_message(&self, handler: Option<MessageHandler>) {
-        let mut st = lock(&self.state);
-        if st.closed {
-            return;
-        }
-        let old = std::mem::replace(&mut st.on_message, handler);
-        self.dispatch(st);
+        let old = {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return;
+            }
+            std::mem::replace(&mut st.on_message, handler)
+        };
         drop(old);
+        self.dispatch();
     }
 
     pub(crate) fn set_on_close(&self, handler: Option<CloseHandler>) {
-        let mut st = lock(&self.state);
-        if st.closed {
-            return;
-        }
-        let old = std::mem::replace(&mut st.on_close, handler);
-        self.dispatch(st);
+        let old = {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return;
+            }
+            std::mem::replace(&mut st.on_close, handler)
+        };
         drop(old);
+        self.dispatch();
     }
 
     /// Takes the next event, starting the port. `waker` is registered when nothing is ready.
     pub(crate) fn pull(&self, waker: Option<&Waker>) -> Pulled {
+        let mut taken = lock(&self.taken);
+        if let Some(message) = taken.pop_front() {
+            return Pulled::Message(message);
+        }
         let mut st = lock(&self.state);
-        let pulled = Self::take_next(&mut st);
-        match pulled {
+        match Self::refill(&mut taken, &mut st) {
             Pulled::Empty => {
                 if let Some(w) = waker {
                     if !st.wakers.iter().any(|old| old.will_wake(w)) {
@@ -181,6 +200,7 @@ impl Endpoint {
             Pulled::Closed => {
                 let on_close = Self::observe_close(&mut st);
                 drop(st);
+                drop(taken);
                 run_close_handler(on_close);
                 Pulled::Closed
             }
@@ -190,18 +210,24 @@ impl Endpoint {
 
     /// Blocks until an event is ready or `deadline` passes (then `Empty`).
     pub(crate) fn pull_blocking(&self, deadline: Option<Instant>) -> Pulled {
-        let mut st = lock(&self.state);
         loop {
-            match Self::take_next(&mut st) {
+            let mut taken = lock(&self.taken);
+            if let Some(message) = taken.pop_front() {
+                return Pulled::Message(message);
+            }
+            let mut st = lock(&self.state);
+            match Self::refill(&mut taken, &mut st) {
                 Pulled::Empty => {}
                 Pulled::Closed => {
                     let on_close = Self::observe_close(&mut st);
                     drop(st);
+                    drop(taken);
                     run_close_handler(on_close);
                     return Pulled::Closed;
                 }
                 message => return message,
             }
+            drop(taken);
             st.sleepers += 1;
             st = match deadline {
                 None => self.ready.wait(st).unwrap_or_else(|p| p.into_inner()),
@@ -218,17 +244,22 @@ impl Endpoint {
                 }
             };
             st.sleepers -= 1;
+            st.notified = false;
         }
     }
 
-    fn take_next(st: &mut State) -> Pulled {
+    /// With `taken` empty: starts the port and moves the whole shared queue into `taken`,
+    /// returning its first message, or says why there is none.
+    fn refill(taken: &mut VecDeque<MessageEvent>, st: &mut State) -> Pulled {
         if st.closed {
             return Pulled::Closed;
         }
         st.started = true;
-        if let Some(message) = st.queue.pop_front() {
-            Pulled::Message(message)
-        } else if st.peer_gone {
+        if !st.queue.is_empty() {
+            std::mem::swap(taken, &mut st.queue);
+            return Pulled::Message(taken.pop_front().expect("swapped a non-empty queue"));
+        }
+        if st.peer_gone {
             Pulled::Closed
         } else {
             Pulled::Empty
@@ -244,36 +275,31 @@ impl Endpoint {
         st.on_close.take()
     }
 
-    /// Wakes pullers and runs callbacks after a change to `st`. Consumes the guard.
-    fn notify<'a>(&'a self, st: MutexGuard<'a, State>) {
-        let sleepers = st.sleepers;
-        let (st, waker) = Self::take_waker(st);
-        if sleepers > 0 {
-            self.ready.notify_all();
-        }
-        if st.on_message.is_some() || st.on_close.is_some() {
-            self.dispatch(st);
-        } else {
-            drop(st);
-        }
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    fn take_waker(mut st: MutexGuard<'_, State>) -> (MutexGuard<'_, State>, Option<Waker>) {
-        match st.wakers.len() {
-            0 => (st, None),
-            1 => {
-                let w = st.wakers.pop();
-                (st, w)
-            }
+    /// Wakes pullers and runs callbacks after a change to `st`, with the lock released (a woken
+    /// thread must not find the lock still held). Consumes the guard.
+    fn after_change(&self, mut st: MutexGuard<'_, State>) {
+        let signal = st.sleepers > 0 && !st.notified;
+        st.notified |= signal;
+        let waker = match st.wakers.len() {
+            0 => None,
+            1 => st.wakers.pop(),
             _ => {
                 // Several tasks pull the same port: wake them all; one gets the message and the
                 // others register again.
                 st.wakers.drain(..).for_each(Waker::wake);
-                (st, None)
+                None
             }
+        };
+        let callbacks = st.on_message.is_some() || st.on_close.is_some();
+        drop(st);
+        if signal {
+            self.ready.notify_all();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+        if callbacks {
+            self.dispatch();
         }
     }
 
@@ -281,22 +307,27 @@ impl Endpoint {
     /// dispatches an endpoint at a time (`dispatching`); a post made meanwhile (even from inside
     /// a callback) only queues, and the running dispatcher delivers it next, so callbacks see
     /// events in order and never re-enter.
-    fn dispatch<'a>(&'a self, mut st: MutexGuard<'a, State>) {
+    fn dispatch(&self) {
         loop {
+            let mut taken = lock(&self.taken);
+            let mut st = lock(&self.state);
             if st.dispatching || !st.started || st.closed {
                 return;
             }
             if st.on_message.is_some() {
-                if let Some(message) = st.queue.pop_front() {
+                if let Some(message) = taken.pop_front().or_else(|| st.queue.pop_front()) {
                     let mut handler = st.on_message.take().expect("checked above");
                     let epoch = st.epoch;
                     st.dispatching = true;
                     drop(st);
+                    drop(taken);
                     let result = catch_unwind(AssertUnwindSafe(|| handler(message)));
                     if result.is_err() {
-                        tracing::error!("a MessagePort message callback panicked; the port keeps its callback");
+                        tracing::error!(
+                            "a MessagePort message callback panicked; the port keeps its callback"
+                        );
                     }
-                    st = lock(&self.state);
+                    let mut st = lock(&self.state);
                     st.dispatching = false;
                     if st.epoch == epoch && !st.closed && st.on_message.is_none() {
                         st.on_message = Some(handler);
@@ -304,13 +335,13 @@ impl Endpoint {
                     continue;
                 }
             }
-            if st.queue.is_empty() && st.peer_gone && st.on_close.is_some() {
+            if taken.is_empty() && st.queue.is_empty() && st.peer_gone && st.on_close.is_some() {
                 let on_close = Self::observe_close(&mut st);
                 st.dispatching = true;
                 drop(st);
+                drop(taken);
                 run_close_handler(on_close);
-                st = lock(&self.state);
-                st.dispatching = false;
+                lock(&self.state).dispatching = false;
                 continue;
             }
             return;
