@@ -20,7 +20,10 @@ struct Small {
 
 impl Small {
     fn new(seq: u64) -> Self {
-        Small { seq, rest: [seq; 7] }
+        Small {
+            seq,
+            rest: [seq; 7],
+        }
     }
 }
 
@@ -89,7 +92,12 @@ fn side_by_side(reps: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> 
 }
 
 /// Messages per second, one producer thread and one consumer thread.
-fn rate(n: u64, placement: Placement, produce: impl FnOnce() + Send, consume: impl FnOnce() + Send) -> f64 {
+fn rate(
+    n: u64,
+    placement: Placement,
+    produce: impl FnOnce() + Send,
+    consume: impl FnOnce() + Send,
+) -> f64 {
     let start = Instant::now();
     thread::scope(|s| {
         s.spawn(move || {
@@ -184,7 +192,12 @@ fn crossbeam_rate(n: u64, placement: Placement) -> f64 {
 }
 
 /// Microseconds per round trip between two threads.
-fn round_trip(n: u64, placement: Placement, ping: impl FnOnce() + Send, pong: impl FnOnce() + Send) -> f64 {
+fn round_trip(
+    n: u64,
+    placement: Placement,
+    ping: impl FnOnce() + Send,
+    pong: impl FnOnce() + Send,
+) -> f64 {
     let start = Instant::now();
     thread::scope(|s| {
         s.spawn(move || {
@@ -292,20 +305,68 @@ fn inproc(cfg: &Config, out: &mut Vec<Figure>) {
     for placement in [Placement::OneCpu, Placement::TwoCpus] {
         let p = placement.label();
         let name = format!("throughput, 64 B messages, {p}");
-        let m = side_by_side(cfg.reps, || msgport_rate(n, placement), || tokio_rate(n, placement));
-        record(out, "inproc", name.clone(), "msg/s", "higher", m, "tokio::sync::mpsc");
-        let c = side_by_side(cfg.reps, || msgport_rate(n, placement), || crossbeam_rate(n, placement));
-        record(out, "inproc", name.clone(), "msg/s", "higher", c, "crossbeam-channel");
+        let m = side_by_side(
+            cfg.reps,
+            || msgport_rate(n, placement),
+            || tokio_rate(n, placement),
+        );
+        record(
+            out,
+            "inproc",
+            name.clone(),
+            "msg/s",
+            "higher",
+            m,
+            "tokio::sync::mpsc",
+        );
+        let c = side_by_side(
+            cfg.reps,
+            || msgport_rate(n, placement),
+            || crossbeam_rate(n, placement),
+        );
+        record(
+            out,
+            "inproc",
+            name.clone(),
+            "msg/s",
+            "higher",
+            c,
+            "crossbeam-channel",
+        );
         let e = side_by_side(
             cfg.reps,
             || msgport_encoded_rate(n, placement),
             || msgport_rate(n, placement),
         );
-        record(out, "inproc", format!("{name}, CBOR-encoded vs moved"), "msg/s", "higher", e, "msgport (moved)");
+        record(
+            out,
+            "inproc",
+            format!("{name}, CBOR-encoded vs moved"),
+            "msg/s",
+            "higher",
+            e,
+            "msgport (moved)",
+        );
         let name = format!("round trip, 64 B, {p}");
-        let t = side_by_side(cfg.reps, || msgport_rtt(rtt_n, placement), || tokio_rtt(rtt_n, placement));
-        record(out, "inproc", name.clone(), "µs", "lower", t, "tokio::sync::mpsc");
-        let c = side_by_side(cfg.reps, || msgport_rtt(rtt_n, placement), || crossbeam_rtt(rtt_n, placement));
+        let t = side_by_side(
+            cfg.reps,
+            || msgport_rtt(rtt_n, placement),
+            || tokio_rtt(rtt_n, placement),
+        );
+        record(
+            out,
+            "inproc",
+            name.clone(),
+            "µs",
+            "lower",
+            t,
+            "tokio::sync::mpsc",
+        );
+        let c = side_by_side(
+            cfg.reps,
+            || msgport_rtt(rtt_n, placement),
+            || crossbeam_rtt(rtt_n, placement),
+        );
         record(out, "inproc", name, "µs", "lower", c, "crossbeam-channel");
     }
 }
@@ -323,7 +384,9 @@ fn main() {
                 return;
             }
             other => {
-                eprintln!("unknown argument {other:?}; usage: msgport-bench [--quick] [--json PATH]");
+                eprintln!(
+                    "unknown argument {other:?}; usage: msgport-bench [--quick] [--json PATH]"
+                );
                 std::process::exit(2);
             }
         }
@@ -340,7 +403,11 @@ fn main() {
     // Keep the payload type honest: `Value` must stay usable as data too.
     black_box(Value::Null);
     inproc(&cfg, &mut figures);
-    println!("{} figures in {:.1?}", figures.len(), started.elapsed().max(Duration::ZERO));
+    println!(
+        "{} figures in {:.1?}",
+        figures.len(),
+        started.elapsed().max(Duration::ZERO)
+    );
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&figures).expect("figures serialize");
         if let Err(e) = std::fs::write(&path, text) {

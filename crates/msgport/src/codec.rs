@@ -307,8 +307,15 @@ fn read_value(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
             d.undefined()?;
             Value::Undefined
         }
-        Type::U8 | Type::U16 | Type::U32 | Type::U64 | Type::I8 | Type::I16 | Type::I32
-        | Type::I64 | Type::Int => {
+        Type::U8
+        | Type::U16
+        | Type::U32
+        | Type::U64
+        | Type::I8
+        | Type::I16
+        | Type::I32
+        | Type::I64
+        | Type::Int => {
             let n = i128::from(d.int()?);
             if (n.unsigned_abs() as f64) <= MAX_SAFE {
                 Value::Number(n as f64)
@@ -350,7 +357,9 @@ fn read_value(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
         }
         Type::Tag => read_tagged(d, depth)?,
         Type::Simple | Type::Break | Type::Unknown(_) => {
-            return Err(CodecError::Invalid("unsupported simple value or stray break"))
+            return Err(CodecError::Invalid(
+                "unsupported simple value or stray break",
+            ))
         }
     })
 }
@@ -436,7 +445,8 @@ fn read_tagged(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
             _ => return Err(CodecError::Invalid("a date must be a number")),
         },
         TAG_EXTENDED_TIME => {
-            let bad = || CodecError::Invalid("extended time must be {1: seconds, -3: milliseconds}");
+            let bad =
+                || CodecError::Invalid("extended time must be {1: seconds, -3: milliseconds}");
             let entries = match d.datatype()? {
                 Type::Map | Type::MapIndef => read_map(d, depth)?,
                 _ => return Err(bad()),
@@ -444,17 +454,18 @@ fn read_tagged(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
             let (mut secs, mut millis) = (None, 0.0);
             for (k, v) in entries {
                 match (k, v) {
-                    (Value::Number(k), Value::Number(v)) if k == 1.0 => secs = Some(v),
-                    (Value::Number(k), Value::Number(v)) if k == -3.0 => millis = v,
+                    (Value::Number(1.0), Value::Number(v)) => secs = Some(v),
+                    (Value::Number(-3.0), Value::Number(v)) => millis = v,
                     _ => return Err(bad()),
                 }
             }
             Value::Date(secs.ok_or_else(bad)? * 1000.0 + millis)
         }
         TAG_POS_BIGNUM => Value::BigInt(BigInt::from_sign_magnitude(false, &read_bytes(d)?)),
-        TAG_NEG_BIGNUM => {
-            Value::BigInt(BigInt::from_sign_magnitude(true, &plus_one(&read_bytes(d)?)))
-        }
+        TAG_NEG_BIGNUM => Value::BigInt(BigInt::from_sign_magnitude(
+            true,
+            &plus_one(&read_bytes(d)?),
+        )),
         TAG_REGEXP if !matches!(d.datatype()?, Type::Array | Type::ArrayIndef) => {
             return Err(CodecError::Invalid("a RegExp must be [source, flags]"))
         }
@@ -476,7 +487,9 @@ fn read_tagged(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
         }
         TAG_ERROR => {
             if d.array()? != Some(3) {
-                return Err(CodecError::Invalid("an Error must be [name, message, stack]"));
+                return Err(CodecError::Invalid(
+                    "an Error must be [name, message, stack]",
+                ));
             }
             let name = read_text(d)?;
             let message = read_text(d)?;
@@ -569,7 +582,10 @@ mod tests {
         assert_eq!(decode(&[0x01, 0x02]), Err(CodecError::TrailingBytes(1)));
         assert!(decode(&[0x82, 0x01]).is_err());
         assert!(decode(&[0xff]).is_err());
-        assert_eq!(decode(&[0xd9, 0x01, 0x00, 0x01]), Err(CodecError::UnknownTag(256)));
+        assert_eq!(
+            decode(&[0xd9, 0x01, 0x00, 0x01]),
+            Err(CodecError::UnknownTag(256))
+        );
         assert!(decode(&[0x62, 0xc3, 0x28]).is_err());
         // A typed array whose length is not a multiple of its element size.
         assert!(decode(&[0xd8, 0x46, 0x43, 1, 2, 3]).is_err());

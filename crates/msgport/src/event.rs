@@ -92,7 +92,10 @@ impl MessageEvent {
                 else {
                     unreachable!("matched above")
                 };
-                Ok(*native.into_any().downcast::<T>().expect("type checked above"))
+                Ok(*native
+                    .into_any()
+                    .downcast::<T>()
+                    .expect("type checked above"))
             }
             Payload::Native(_) => {
                 let v = self.data::<T>()?;

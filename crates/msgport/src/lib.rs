@@ -66,3 +66,8 @@ pub use error::{DecodeError, PostError, RecvTimeoutError, TryRecvError, ValueErr
 pub use event::MessageEvent;
 pub use port::{MessageChannel, MessagePort, Recv};
 pub use value::{from_value, to_value, BigInt, Binary, BinaryKind, ErrorValue, Value};
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

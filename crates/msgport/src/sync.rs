@@ -1,14 +1,16 @@
 //! The synchronisation primitives of the port state machine, behind one facade so that the
-//! `loom` model tests (`RUSTFLAGS="--cfg loom" cargo test -p msgport --test loom --release`)
+//! `loom` model tests (`RUSTFLAGS="--cfg msgport_loom" cargo test -p msgport --test loom --release`)
 //! can swap them for loom's instrumented versions.
 
-#[cfg(loom)]
+#[cfg(msgport_loom)]
 pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
-#[cfg(not(loom))]
+#[cfg(not(msgport_loom))]
 pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Locks `mutex`, ignoring poisoning: no code of ours panics while holding a port lock (user
 /// callbacks always run with the lock released), so a poisoned lock still guards valid state.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

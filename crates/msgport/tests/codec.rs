@@ -8,11 +8,15 @@ use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
 fn arb_binary() -> impl Strategy<Value = Binary> {
-    (0..BinaryKind::ALL.len(), proptest::collection::vec(any::<u8>(), 0..24)).prop_map(|(k, mut bytes)| {
-        let kind = BinaryKind::ALL[k];
-        bytes.truncate(bytes.len() / kind.element_size() * kind.element_size());
-        Binary { kind, bytes }
-    })
+    (
+        0..BinaryKind::ALL.len(),
+        proptest::collection::vec(any::<u8>(), 0..24),
+    )
+        .prop_map(|(k, mut bytes)| {
+            let kind = BinaryKind::ALL[k];
+            bytes.truncate(bytes.len() / kind.element_size() * kind.element_size());
+            Binary { kind, bytes }
+        })
 }
 
 fn arb_leaf() -> impl Strategy<Value = Value> {
@@ -20,7 +24,9 @@ fn arb_leaf() -> impl Strategy<Value = Value> {
         Just(Value::Undefined),
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
-        any::<f64>().prop_filter("NaN is not equal to itself", |n| !n.is_nan()).prop_map(Value::Number),
+        any::<f64>()
+            .prop_filter("NaN is not equal to itself", |n| !n.is_nan())
+            .prop_map(Value::Number),
         any::<i32>().prop_map(|n| Value::Number(f64::from(n))),
         (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..20))
             .prop_map(|(neg, m)| Value::BigInt(BigInt::from_sign_magnitude(neg, &m))),
@@ -28,8 +34,13 @@ fn arb_leaf() -> impl Strategy<Value = Value> {
         arb_binary().prop_map(Value::Binary),
         (-8_640_000_000_000_000i64..8_640_000_000_000_000).prop_map(|ms| Value::Date(ms as f64)),
         (".{0,8}", "[dgimsuy]{0,3}").prop_map(|(source, flags)| Value::RegExp { source, flags }),
-        (".{0,8}", ".{0,8}", proptest::option::of(".{0,8}"))
-            .prop_map(|(name, message, stack)| Value::Error(ErrorValue { name, message, stack })),
+        (".{0,8}", ".{0,8}", proptest::option::of(".{0,8}")).prop_map(|(name, message, stack)| {
+            Value::Error(ErrorValue {
+                name,
+                message,
+                stack,
+            })
+        }),
         any::<u32>().prop_map(Value::Port),
     ]
 }
@@ -141,8 +152,12 @@ fn everything() -> Everything {
             Shape::Rect { w: 2, h: 3 },
             Shape::Pair(-1, "p".into()),
         ],
-        by_name: [("a".to_string(), 1), ("b".to_string(), -2)].into_iter().collect(),
-        by_id: [(1, "one".to_string()), (2, "two".to_string())].into_iter().collect(),
+        by_name: [("a".to_string(), 1), ("b".to_string(), -2)]
+            .into_iter()
+            .collect(),
+        by_id: [(1, "one".to_string()), (2, "two".to_string())]
+            .into_iter()
+            .collect(),
         blob: vec![0, 255, 7],
         tuple: (9, "t".into()),
         unit: (),
@@ -157,8 +172,14 @@ fn user_types_round_trip_through_value_and_cbor() {
     assert_eq!(v["negative"], Value::BigInt(BigInt::from(i128::MIN)));
     assert_eq!(v["shapes"][0], value!("Unit"));
     assert_eq!(v["shapes"][2], value!({ "Rect": { "w": 2, "h": 3 } }));
-    assert!(matches!(v["by_id"], Value::Map(_)), "integer keys make a Map");
-    assert!(matches!(v["by_name"], Value::Object(_)), "string keys make an Object");
+    assert!(
+        matches!(v["by_id"], Value::Map(_)),
+        "integer keys make a Map"
+    );
+    assert!(
+        matches!(v["by_name"], Value::Object(_)),
+        "string keys make an Object"
+    );
     assert_eq!(v["blob"], Value::from(&[0u8, 255, 7][..]));
     assert_eq!(from_value::<Everything>(v.clone()).unwrap(), everything());
     let wire = decode(&encode(&v)).unwrap();
@@ -172,9 +193,15 @@ fn mismatches_are_errors_not_panics() {
     assert!(from_value::<String>(Value::Null).is_err());
     assert!(from_value::<Shape>(value!({ "Nope": 1 })).is_err());
     assert!(from_value::<Everything>(value!([1, 2])).is_err());
-    assert_eq!(from_value::<u64>(Value::BigInt(BigInt::from(u64::MAX))).unwrap(), u64::MAX);
+    assert_eq!(
+        from_value::<u64>(Value::BigInt(BigInt::from(u64::MAX))).unwrap(),
+        u64::MAX
+    );
     assert!(from_value::<i64>(Value::BigInt(BigInt::from(u64::MAX))).is_err());
-    assert_eq!(from_value::<Vec<u8>>(Value::Set(vec![value!(1)])).unwrap(), vec![1]);
+    assert_eq!(
+        from_value::<Vec<u8>>(Value::Set(vec![value!(1)])).unwrap(),
+        vec![1]
+    );
 }
 
 #[test]
@@ -204,12 +231,25 @@ fn value_macro_builds_every_shape() {
 
 #[test]
 fn special_numbers_survive_the_wire() {
-    for n in [f64::INFINITY, f64::NEG_INFINITY, -0.0, 1e300, 5e-324, 9_007_199_254_740_993.0] {
+    for n in [
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        -0.0,
+        1e300,
+        5e-324,
+        9_007_199_254_740_993.0,
+    ] {
         let back = decode(&encode(&Value::Number(n))).unwrap();
         assert_eq!(back.as_f64().unwrap().to_bits(), n.to_bits());
     }
-    assert!(decode(&encode(&Value::Number(f64::NAN))).unwrap().as_f64().unwrap().is_nan());
-    assert!(matches!(decode(&encode(&Value::Date(f64::NAN))).unwrap(), Value::Date(t) if t.is_nan()));
+    assert!(decode(&encode(&Value::Number(f64::NAN)))
+        .unwrap()
+        .as_f64()
+        .unwrap()
+        .is_nan());
+    assert!(
+        matches!(decode(&encode(&Value::Date(f64::NAN))).unwrap(), Value::Date(t) if t.is_nan())
+    );
 }
 
 #[test]
@@ -219,12 +259,21 @@ fn wire_vectors_are_stable() {
         (value!({ "answer": 42 }), "a166616e73776572182a"),
         (Value::Undefined, "f7"),
         (Value::Number(1.5), "fb3ff8000000000000"),
-        (Value::BigInt(BigInt::from(-(1i128 << 64))), "c348ffffffffffffffff"),
+        (
+            Value::BigInt(BigInt::from(-(1i128 << 64))),
+            "c348ffffffffffffffff",
+        ),
         (Value::Date(1_000.0), "c101"),
         (Value::Set(vec![value!(1)]), "d901028101"),
         (Value::Map(vec![(value!(1), value!("a"))]), "d90103a1016161"),
         (Value::Port(0), "da6d70000100"),
-        (Value::Binary(Binary { kind: BinaryKind::Uint16, bytes: vec![1, 0] }), "d845420100"),
+        (
+            Value::Binary(Binary {
+                kind: BinaryKind::Uint16,
+                bytes: vec![1, 0],
+            }),
+            "d845420100",
+        ),
     ];
     for (v, hex) in cases {
         let bytes = encode(&v);
@@ -238,7 +287,13 @@ fn wire_vectors_are_stable() {
 fn unknown_tags_and_bad_shapes_are_typed_errors() {
     assert_eq!(decode(&[0xc6, 0x01]), Err(CodecError::UnknownTag(6)));
     // A RegExp that is not [source, flags].
-    assert!(matches!(decode(&[0xd9, 0x52, 0x4a, 0x01]), Err(CodecError::Invalid(_))));
+    assert!(matches!(
+        decode(&[0xd9, 0x52, 0x4a, 0x01]),
+        Err(CodecError::Invalid(_))
+    ));
     // A port slot that is not an unsigned index.
-    assert!(matches!(decode(&[0xda, 0x6d, 0x70, 0x00, 0x01, 0x20]), Err(CodecError::Invalid(_))));
+    assert!(matches!(
+        decode(&[0xda, 0x6d, 0x70, 0x00, 0x01, 0x20]),
+        Err(CodecError::Invalid(_))
+    ));
 }

@@ -30,9 +30,15 @@ fn posting_the_peer_through_its_own_channel_kills_the_channel() {
     watchdog(LIMIT, || {
         let (port1, port2) = MessageChannel::new().into_ports();
         port2.post_message("queued for port1", []).unwrap();
-        assert_eq!(port1.post_message("x", [port2]), Err(PostError::PeerTransferred));
+        assert_eq!(
+            port1.post_message("x", [port2]),
+            Err(PostError::PeerTransferred)
+        );
         // port1 still gets what was queued for it, then the close; later posts go nowhere.
-        assert_eq!(port1.blocking_recv().unwrap().data::<String>().unwrap(), "queued for port1");
+        assert_eq!(
+            port1.blocking_recv().unwrap().data::<String>().unwrap(),
+            "queued for port1"
+        );
         assert!(port1.blocking_recv().is_none());
         port1.post_message("after", []).unwrap();
         assert!(port1.blocking_recv().is_none());
@@ -43,7 +49,10 @@ fn posting_the_peer_through_its_own_channel_kills_the_channel() {
 fn peer_inside_a_larger_transfer_list_closes_the_others_too() {
     let (port1, port2) = MessageChannel::new().into_ports();
     let (keep, other) = MessageChannel::new().into_ports();
-    assert_eq!(port1.post_message((), [other, port2]), Err(PostError::PeerTransferred));
+    assert_eq!(
+        port1.post_message((), [other, port2]),
+        Err(PostError::PeerTransferred)
+    );
     assert!(matches!(keep.try_recv(), Err(TryRecvError::Closed)));
 }
 
@@ -90,9 +99,10 @@ fn transferred_several_times_before_start_keeps_everything_in_order() {
             // Posted while the port is in flight.
             sender.post_message(next, []).unwrap();
             next += 1;
-            receiving = std::thread::spawn(move || c_out.blocking_recv().unwrap().ports.pop().unwrap())
-                .join()
-                .unwrap();
+            receiving =
+                std::thread::spawn(move || c_out.blocking_recv().unwrap().ports.pop().unwrap())
+                    .join()
+                    .unwrap();
         }
         drop(sender);
         let got: Vec<u32> = std::iter::from_fn(|| receiving.blocking_recv())
@@ -113,7 +123,10 @@ fn a_transferred_port_loses_its_callbacks_and_arrives_unstarted() {
     assert_eq!(rx.recv_timeout(LIMIT).unwrap(), 1);
     a.post_message((), [y]).unwrap();
     x.post_message(2u32, []).unwrap();
-    assert!(rx.recv_timeout(Duration::from_millis(20)).is_err(), "old callback still ran");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(20)).is_err(),
+        "old callback still ran"
+    );
     let y = b.blocking_recv().unwrap().ports.pop().unwrap();
     assert_eq!(y.try_recv().unwrap().data::<u32>().unwrap(), 2);
 }
@@ -153,7 +166,10 @@ fn dropping_a_channel_with_queued_messages_holding_ports_leaks_nothing() {
     drop(b);
     assert_eq!(LIVE.load(Ordering::SeqCst), 0, "payloads leaked");
     for end in far_ends {
-        assert!(matches!(end.try_recv(), Err(TryRecvError::Closed)), "a carried port leaked");
+        assert!(
+            matches!(end.try_recv(), Err(TryRecvError::Closed)),
+            "a carried port leaked"
+        );
     }
 }
 
@@ -172,8 +188,14 @@ fn in_process_data_moves_without_encoding() {
     a.post_message(NoSerialize(vec![1, 2, 3]), []).unwrap();
     let mut event = b.try_recv().unwrap();
     assert!(event.is::<NoSerialize>());
-    assert_eq!(event.take_data::<NoSerialize>().unwrap(), NoSerialize(vec![1, 2, 3]));
-    assert_eq!(event.take_data::<NoSerialize>(), Err(msgport::DecodeError::Taken));
+    assert_eq!(
+        event.take_data::<NoSerialize>().unwrap(),
+        NoSerialize(vec![1, 2, 3])
+    );
+    assert_eq!(
+        event.take_data::<NoSerialize>(),
+        Err(msgport::DecodeError::Taken)
+    );
 }
 
 #[test]
@@ -182,12 +204,16 @@ fn port_slots_must_index_the_transfer_list() {
     let (keep, carried) = MessageChannel::new().into_ports();
     assert_eq!(
         a.post_message(value!({ "p": (Value::Port(1)) }), [carried]),
-        Err(PostError::PortNotTransferred { slot: 1, transferred: 1 })
+        Err(PostError::PortNotTransferred {
+            slot: 1,
+            transferred: 1
+        })
     );
     assert!(matches!(b.try_recv(), Err(TryRecvError::Empty)));
     assert!(matches!(keep.try_recv(), Err(TryRecvError::Closed)));
     let (_keep, carried) = MessageChannel::new().into_ports();
-    a.post_message(value!({ "p": (Value::Port(0)) }), [carried]).unwrap();
+    a.post_message(value!({ "p": (Value::Port(0)) }), [carried])
+        .unwrap();
     let event = b.try_recv().unwrap();
     assert_eq!(event.value().unwrap()["p"], Value::Port(0));
     assert_eq!(event.ports.len(), 1);
@@ -204,7 +230,10 @@ fn try_recv_and_recv_timeout() {
     a.post_message(1u8, []).unwrap();
     assert!(b.recv_timeout(Duration::from_millis(10)).is_ok());
     drop(a);
-    assert!(matches!(b.recv_timeout(LIMIT), Err(RecvTimeoutError::Closed)));
+    assert!(matches!(
+        b.recv_timeout(LIMIT),
+        Err(RecvTimeoutError::Closed)
+    ));
     assert!(matches!(b.try_recv(), Err(TryRecvError::Closed)));
 }
 
@@ -229,9 +258,8 @@ fn stream_collects_until_close() {
             a.post_message(i, []).unwrap();
         }
     });
-    let got: Vec<u32> = futures::executor::block_on(
-        b.map(|e| e.data::<u32>().unwrap()).collect::<Vec<_>>(),
-    );
+    let got: Vec<u32> =
+        futures::executor::block_on(b.map(|e| e.data::<u32>().unwrap()).collect::<Vec<_>>());
     assert_eq!(got, (0..100).collect::<Vec<_>>());
 }
 
@@ -239,7 +267,9 @@ fn stream_collects_until_close() {
 async fn recv_works_on_tokio_and_is_cancel_safe() {
     let (a, b) = MessageChannel::new().into_ports();
     // A recv cancelled by a timeout loses nothing.
-    assert!(tokio::time::timeout(Duration::from_millis(10), b.recv()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(10), b.recv())
+        .await
+        .is_err());
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(5)).await;
         a.post_message("late", []).unwrap();

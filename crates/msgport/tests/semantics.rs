@@ -61,7 +61,11 @@ fn n_then_close_races(t: &dyn Topology, rounds: usize) {
         local.on_close(move || {
             c.fetch_add(1, Ordering::SeqCst);
         });
-        let script: Peer = if round % 2 == 0 { post_50_then_close } else { post_50_then_drop };
+        let script: Peer = if round % 2 == 0 {
+            post_50_then_close
+        } else {
+            post_50_then_drop
+        };
         let mut peer = t.spawn(remote, script);
         peer.settle();
         let mut got = Vec::new();
@@ -94,7 +98,10 @@ fn queued_requests_are_answered(t: &dyn Topology) {
     let mut peer = t.spawn(remote, echo_doubled);
     peer.settle();
     for i in 0..10 {
-        assert_eq!(local.blocking_recv().unwrap().data::<f64>().unwrap(), f64::from(i) * 2.0);
+        assert_eq!(
+            local.blocking_recv().unwrap().data::<f64>().unwrap(),
+            f64::from(i) * 2.0
+        );
     }
     assert!(local.blocking_recv().is_none());
     peer.join();
@@ -172,14 +179,20 @@ fn decode_error_then_good_message(t: &dyn Topology) {
     let mut peer = t.spawn(remote, post_mismatched_then_good);
     peer.settle();
     let bad = local.blocking_recv().unwrap();
-    assert!(matches!(bad.data::<u32>(), Err(msgport::DecodeError::Mismatch(_))));
+    assert!(matches!(
+        bad.data::<u32>(),
+        Err(msgport::DecodeError::Mismatch(_))
+    ));
     assert_eq!(bad.data::<String>().unwrap(), "not a number");
     assert_eq!(local.blocking_recv().unwrap().data::<u32>().unwrap(), 7);
     #[derive(serde::Deserialize, Debug, PartialEq)]
     struct X {
         x: Vec<u8>,
     }
-    assert_eq!(local.blocking_recv().unwrap().data::<X>().unwrap(), X { x: vec![1, 2] });
+    assert_eq!(
+        local.blocking_recv().unwrap().data::<X>().unwrap(),
+        X { x: vec![1, 2] }
+    );
     assert!(local.blocking_recv().is_none());
     peer.join();
 }
@@ -197,7 +210,10 @@ fn posting_to_a_gone_peer_is_silent(t: &dyn Topology) {
     assert!(local.blocking_recv().is_none());
     local.post_message("into the void", [carried]).unwrap();
     // The port carried by the dropped message closed with it.
-    assert!(matches!(keep.recv_timeout(LIMIT), Err(msgport::RecvTimeoutError::Closed)));
+    assert!(matches!(
+        keep.recv_timeout(LIMIT),
+        Err(msgport::RecvTimeoutError::Closed)
+    ));
 }
 
 fn post_3_then_close(port: MessagePort) -> PeerFuture {
@@ -217,12 +233,18 @@ fn callbacks_wait_for_start(t: &dyn Topology) {
     let tx2 = tx.clone();
     local.on_message(move |e| tx.send(Some(e.data::<u32>().unwrap())).unwrap());
     local.on_close(move || tx2.send(None).unwrap());
-    assert!(rx.recv_timeout(Duration::from_millis(50)).is_err(), "delivered before start");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(50)).is_err(),
+        "delivered before start"
+    );
     local.start();
     local.start();
     let got: Vec<_> = (0..4).map(|_| rx.recv_timeout(LIMIT).unwrap()).collect();
     assert_eq!(got, vec![Some(0), Some(1), Some(2), None]);
-    assert!(rx.recv_timeout(Duration::from_millis(50)).is_err(), "close seen twice");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(50)).is_err(),
+        "close seen twice"
+    );
 }
 
 macro_rules! suite {

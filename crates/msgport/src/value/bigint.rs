@@ -71,7 +71,11 @@ impl BigInt {
         if self.magnitude.len() > 16 {
             return None;
         }
-        Some(self.magnitude.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b)))
+        Some(
+            self.magnitude
+                .iter()
+                .fold(0u128, |acc, b| (acc << 8) | u128::from(*b)),
+        )
     }
 }
 
@@ -172,7 +176,17 @@ mod tests {
 
     #[test]
     fn decimal_round_trips_at_the_edges() {
-        for n in [0i128, 1, -1, 9, 10, i64::MAX as i128, i64::MIN as i128, i128::MAX, i128::MIN] {
+        for n in [
+            0i128,
+            1,
+            -1,
+            9,
+            10,
+            i64::MAX as i128,
+            i64::MIN as i128,
+            i128::MAX,
+            i128::MIN,
+        ] {
             let b = BigInt::from(n);
             assert_eq!(b.to_string(), n.to_string());
             assert_eq!(b.to_string().parse::<BigInt>().unwrap(), b);

@@ -203,7 +203,9 @@ impl Value {
                 (Some(i), _) if i >= i128::from(i64::MIN) => visitor.visit_i64(i as i64),
                 (Some(i), _) => visitor.visit_i128(i),
                 (None, Some(u)) => visitor.visit_u128(u),
-                _ => Err(de::Error::custom(format!("bigint {b} does not fit the integer type"))),
+                _ => Err(de::Error::custom(format!(
+                    "bigint {b} does not fit the integer type"
+                ))),
             },
             Value::Date(t) => visitor.visit_f64(t),
             other => other.deserialize_any(visitor),
@@ -240,7 +242,9 @@ impl<'de> Deserializer<'de> for Value {
                 }
             }
             Value::String(s) => visitor.visit_string(s),
-            Value::Binary(b) if b.kind == BinaryKind::ArrayBuffer => visitor.visit_byte_buf(b.bytes),
+            Value::Binary(b) if b.kind == BinaryKind::ArrayBuffer => {
+                visitor.visit_byte_buf(b.bytes)
+            }
             Value::Array(items) => visitor.visit_seq(Seq(items.into_iter())),
             Value::Object(entries) => visitor.visit_map(Map::Object(entries.into_iter(), None)),
             other => match other.into_magic() {
@@ -251,9 +255,18 @@ impl<'de> Deserializer<'de> for Value {
     }
 
     integer_methods!(
-        deserialize_i8, deserialize_i16, deserialize_i32, deserialize_i64, deserialize_i128,
-        deserialize_u8, deserialize_u16, deserialize_u32, deserialize_u64, deserialize_u128,
-        deserialize_f32, deserialize_f64
+        deserialize_i8,
+        deserialize_i16,
+        deserialize_i32,
+        deserialize_i64,
+        deserialize_i128,
+        deserialize_u8,
+        deserialize_u16,
+        deserialize_u32,
+        deserialize_u64,
+        deserialize_u128,
+        deserialize_f32,
+        deserialize_f64
     );
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
@@ -427,17 +440,24 @@ impl<'de> MapAccess<'de> for Map {
                 None => Ok(None),
             },
             Map::Magic(entry) => match entry {
-                Some((name, _)) => seed.deserialize(Value::String((*name).to_owned())).map(Some),
+                Some((name, _)) => seed
+                    .deserialize(Value::String((*name).to_owned()))
+                    .map(Some),
                 None => Ok(None),
             },
         }
     }
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, ValueError> {
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, ValueError> {
         let value = match self {
             Map::Object(_, pending) | Map::Pairs(_, pending) => pending.take(),
             Map::Magic(entry) => entry.take().map(|(_, v)| v),
         };
-        seed.deserialize(value.ok_or_else(|| ValueError("map value requested before its key".into()))?)
+        seed.deserialize(
+            value.ok_or_else(|| ValueError("map value requested before its key".into()))?,
+        )
     }
     fn size_hint(&self) -> Option<usize> {
         Some(match self {
@@ -476,10 +496,17 @@ impl<'de> VariantAccess<'de> for Content {
             Some(other) => other.invalid(&"a unit variant"),
         }
     }
-    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, ValueError> {
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<T::Value, ValueError> {
         seed.deserialize(self.0.unwrap_or(Value::Null))
     }
-    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, ValueError> {
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, ValueError> {
         self.0.unwrap_or(Value::Null).deserialize_seq(visitor)
     }
     fn struct_variant<V: Visitor<'de>>(

@@ -129,7 +129,10 @@ impl BinaryKind {
     }
 
     pub(crate) fn code(self) -> u8 {
-        BinaryKind::ALL.iter().position(|k| *k == self).expect("listed") as u8
+        BinaryKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .expect("listed") as u8
     }
 
     pub(crate) fn from_code(code: u64) -> Option<Self> {

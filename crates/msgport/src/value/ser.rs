@@ -2,7 +2,7 @@
 
 use serde::ser::{self, Serialize, SerializeMap, SerializeSeq, SerializeTuple};
 
-use super::{Binary, BinaryKind, BigInt, ErrorValue, Value};
+use super::{BigInt, Binary, BinaryKind, ErrorValue, Value};
 use crate::error::ValueError;
 
 pub(crate) const UNDEFINED: &str = "$msgport::Undefined";
@@ -80,7 +80,10 @@ pub(crate) fn from_magic(name: &str, inner: Value) -> Result<Value, ValueError> 
                 if b.bytes.len() % kind.element_size() != 0 {
                     return Err(bad());
                 }
-                Value::Binary(Binary { kind, bytes: b.bytes })
+                Value::Binary(Binary {
+                    kind,
+                    bytes: b.bytes,
+                })
             }
             _ => return Err(bad()),
         },
@@ -392,7 +395,11 @@ impl SerializeMap for MapBuilder {
         Ok(())
     }
     fn end(self) -> Result<Value, ValueError> {
-        let value = if self.entries.iter().all(|(k, _)| matches!(k, Value::String(_))) {
+        let value = if self
+            .entries
+            .iter()
+            .all(|(k, _)| matches!(k, Value::String(_)))
+        {
             Value::Object(
                 self.entries
                     .into_iter()
@@ -417,8 +424,10 @@ impl ser::SerializeStruct for MapBuilder {
         key: &'static str,
         value: &T,
     ) -> Result<(), ValueError> {
-        self.entries
-            .push((Value::String(key.to_owned()), value.serialize(ValueSerializer)?));
+        self.entries.push((
+            Value::String(key.to_owned()),
+            value.serialize(ValueSerializer)?,
+        ));
         Ok(())
     }
     fn end(self) -> Result<Value, ValueError> {

@@ -68,7 +68,9 @@ impl Topology for SameThread {
 pub struct TwoThreads;
 impl Topology for TwoThreads {
     fn spawn(&self, port: MessagePort, peer: Peer) -> PeerHandle {
-        PeerHandle::Thread(std::thread::spawn(move || futures::executor::block_on(peer(port))))
+        PeerHandle::Thread(std::thread::spawn(move || {
+            futures::executor::block_on(peer(port))
+        }))
     }
 }
 
