@@ -1,17 +1,30 @@
 //! Model tests of the port state machine under every interleaving loom explores.
 //!
 //! Run with: `RUSTFLAGS="--cfg msgport_loom" cargo test -p msgport --test loom --release`
-//! (not part of the default test run: exhaustive exploration takes minutes).
+//! `.ci/run` runs them too: with no preemption bound the exploration is exhaustive and takes
+//! seconds.
 
 #![cfg(msgport_loom)]
 
 use loom::thread;
 use msgport::{MessageChannel, TryRecvError};
 
+/// Explores `f` under loom and checks that more than one interleaving was explored (a model
+/// that ran once would prove nothing).
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
-    builder.check(f);
+    builder.preemption_bound = None;
+    builder.check(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    let runs = runs.load(Ordering::Relaxed);
+    println!("explored {runs} interleavings");
+    assert!(runs > 1, "loom explored a single interleaving");
 }
 
 /// Posts racing the poster's drop: the receiver gets both messages, then "closed", exactly once.
