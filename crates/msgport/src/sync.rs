@@ -3,7 +3,11 @@
 //! can swap them for loom's instrumented versions.
 
 #[cfg(msgport_loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
+#[cfg(msgport_loom)]
 pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+#[cfg(not(msgport_loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(not(msgport_loom))]
 pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 

@@ -23,7 +23,7 @@ use std::task::Waker;
 use std::time::Instant;
 
 use crate::event::MessageEvent;
-use crate::sync::{lock, Condvar, Mutex, MutexGuard};
+use crate::sync::{lock, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
 
 /// A message callback, as registered with [`MessagePort::on_message`](crate::MessagePort::on_message).
 pub(crate) type MessageHandler = Box<dyn FnMut(MessageEvent) + Send>;
@@ -38,6 +38,10 @@ pub(crate) struct Endpoint {
     taken: Mutex<VecDeque<MessageEvent>>,
     state: Mutex<State>,
     ready: Condvar,
+    /// A hint, readable without the lock: `state.queue` may be non-empty. Set by `push`, cleared
+    /// when a puller takes the queue. A waiting puller watches it before it takes the lock, so
+    /// it takes the lock once per batch rather than contending for it message by message.
+    pending: AtomicBool,
 }
 
 #[derive(Default)]
@@ -80,6 +84,7 @@ impl Endpoint {
             taken: Mutex::new(VecDeque::new()),
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
+            pending: AtomicBool::new(false),
         }
     }
 
@@ -91,6 +96,9 @@ impl Endpoint {
             return Err(message);
         }
         st.queue.push_back(message);
+        if !self.pending.load(Ordering::Relaxed) {
+            self.pending.store(true, Ordering::Release);
+        }
         self.after_change(st);
         Ok(())
     }
@@ -188,7 +196,7 @@ impl Endpoint {
             return Pulled::Message(message);
         }
         let mut st = lock(&self.state);
-        match Self::refill(&mut taken, &mut st) {
+        match self.refill(&mut taken, &mut st) {
             Pulled::Empty => {
                 if let Some(w) = waker {
                     if !st.wakers.iter().any(|old| old.will_wake(w)) {
@@ -210,13 +218,14 @@ impl Endpoint {
 
     /// Blocks until an event is ready or `deadline` passes (then `Empty`).
     pub(crate) fn pull_blocking(&self, deadline: Option<Instant>) -> Pulled {
+        let mut spin = 0;
         loop {
             let mut taken = lock(&self.taken);
             if let Some(message) = taken.pop_front() {
                 return Pulled::Message(message);
             }
             let mut st = lock(&self.state);
-            match Self::refill(&mut taken, &mut st) {
+            match self.refill(&mut taken, &mut st) {
                 Pulled::Empty => {}
                 Pulled::Closed => {
                     let on_close = Self::observe_close(&mut st);
@@ -228,6 +237,14 @@ impl Endpoint {
                 message => return message,
             }
             drop(taken);
+            if spin < SPIN_STEPS {
+                // A busy peer usually posts again within microseconds: watch for it a while
+                // before paying for a sleep and a wake-up (two system calls).
+                drop(st);
+                self.spin_wait(spin);
+                spin += 1;
+                continue;
+            }
             st.sleepers += 1;
             st = match deadline {
                 None => self.ready.wait(st).unwrap_or_else(|p| p.into_inner()),
@@ -250,13 +267,14 @@ impl Endpoint {
 
     /// With `taken` empty: starts the port and moves the whole shared queue into `taken`,
     /// returning its first message, or says why there is none.
-    fn refill(taken: &mut VecDeque<MessageEvent>, st: &mut State) -> Pulled {
+    fn refill(&self, taken: &mut VecDeque<MessageEvent>, st: &mut State) -> Pulled {
         if st.closed {
             return Pulled::Closed;
         }
         st.started = true;
         if !st.queue.is_empty() {
             std::mem::swap(taken, &mut st.queue);
+            self.pending.store(false, Ordering::Relaxed);
             return Pulled::Message(taken.pop_front().expect("swapped a non-empty queue"));
         }
         if st.peer_gone {
@@ -345,6 +363,32 @@ impl Endpoint {
                 continue;
             }
             return;
+        }
+    }
+}
+
+/// The steps a blocking pull takes before it sleeps (see [`Endpoint::spin_wait`]).
+#[cfg(not(msgport_loom))]
+const SPIN_STEPS: u32 = 9;
+/// Under loom, spinning would only multiply the interleavings to explore.
+#[cfg(msgport_loom)]
+const SPIN_STEPS: u32 = 0;
+
+impl Endpoint {
+    /// One step of waiting for `pending` without the lock. Step 0 yields the CPU: when the peer
+    /// shares this CPU, that lets it run at once (spinning would only delay it); when it does
+    /// not, the yield returns at once. Steps 1 to 6 spin for up to 2^k hints each, watching
+    /// `pending`; the last steps yield again.
+    fn spin_wait(&self, step: u32) {
+        if step == 0 || step > 6 {
+            std::thread::yield_now();
+            return;
+        }
+        for _ in 0..1u32 << step {
+            if self.pending.load(Ordering::Acquire) {
+                return;
+            }
+            std::hint::spin_loop();
         }
     }
 }
