@@ -295,6 +295,6 @@ macro_rules! suite {
 suite! {
     same_thread => SameThread, 1000;
     two_threads => TwoThreads, 1000;
-    async_tasks => AsyncTasks, 200;
-    transferred_3_times => Transferred(3), 300;
+    async_tasks => AsyncTasks, 1000;
+    transferred_3_times => Transferred(3), 1000;
 }
