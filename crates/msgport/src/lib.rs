@@ -60,6 +60,7 @@ mod error;
 mod event;
 mod port;
 mod sync;
+mod sys;
 mod value;
 
 pub use error::{DecodeError, PostError, RecvTimeoutError, TryRecvError, ValueError};
