@@ -82,16 +82,18 @@ pub fn encode_into(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-type EncodeResult = Result<(), std::convert::Infallible>;
+pub(crate) type EncodeResult = Result<(), std::convert::Infallible>;
 
-fn ok<T>(r: Result<T, minicbor::encode::Error<std::convert::Infallible>>) -> EncodeResult {
+pub(crate) fn ok<T>(
+    r: Result<T, minicbor::encode::Error<std::convert::Infallible>>,
+) -> EncodeResult {
     // Writing into a Vec cannot fail, and the primitive encoders raise no other error.
     r.map(drop).or(Ok(()))
 }
 
 const MAX_SAFE: f64 = 9_007_199_254_740_992.0; // 2^53
 
-fn write_value(e: &mut Encoder<&mut Vec<u8>>, v: &Value) -> EncodeResult {
+pub(crate) fn write_value(e: &mut Encoder<&mut Vec<u8>>, v: &Value) -> EncodeResult {
     match v {
         Value::Undefined => ok(e.undefined()),
         Value::Null => ok(e.null()),
@@ -293,7 +295,7 @@ fn at_break(d: &mut Decoder<'_>) -> Result<bool, CodecError> {
     }
 }
 
-fn read_value(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
+pub(crate) fn read_value(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
     if depth > MAX_DEPTH {
         return Err(CodecError::TooDeep);
     }
@@ -364,7 +366,7 @@ fn read_value(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
     })
 }
 
-fn read_bytes(d: &mut Decoder<'_>) -> Result<Vec<u8>, CodecError> {
+pub(crate) fn read_bytes(d: &mut Decoder<'_>) -> Result<Vec<u8>, CodecError> {
     match d.datatype()? {
         Type::Bytes => Ok(d.bytes()?.to_vec()),
         Type::BytesIndef => {

@@ -23,6 +23,23 @@ pub enum PostError {
     /// dead: the posting port observes close once its queue is drained.
     #[error("the transfer list holds the peer of the posting port; the channel is closed")]
     PeerTransferred,
+    /// The encoded message is larger than the limit ([`set_max_message_size`](crate::set_max_message_size)).
+    /// Only messages that leave the process are encoded, and so checked.
+    #[error("message of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The data's `Serialize` implementation failed (checked when the message leaves the
+    /// process; within one process the receiver sees it as a [`DecodeError`]).
+    #[error("message data could not be serialized: {0}")]
+    Serialize(String),
+    /// The system refused a resource the message needed to leave the process, such as a
+    /// descriptor for a transferred port (`EMFILE`). The ports of the message are closed.
+    #[error("out of system resources: {0}")]
+    Resources(String),
 }
 
 /// Returned by [`MessagePort::try_recv`](crate::MessagePort::try_recv).

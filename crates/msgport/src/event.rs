@@ -35,9 +35,11 @@ impl<T: Serialize + Send + 'static> NativeData for T {
     }
 }
 
-/// The data of a message: a moved Rust value, or nothing once taken.
+/// The data of a message: a moved Rust value, a value decoded from another process, or nothing
+/// once taken.
 pub(crate) enum Payload {
     Native(Box<dyn NativeData>),
+    Value(Value),
     Taken,
 }
 
@@ -102,6 +104,17 @@ impl MessageEvent {
                 self.payload = Payload::Taken;
                 Ok(v)
             }
+            Payload::Value(v) => {
+                let converted = if TypeId::of::<T>() == TypeId::of::<Value>() {
+                    let boxed: Box<dyn Any> = Box::new(v.clone());
+                    *boxed.downcast::<T>().expect("type checked above")
+                } else {
+                    value::from_value(v.clone())
+                        .map_err(|e| DecodeError::Mismatch(e.to_string()))?
+                };
+                self.payload = Payload::Taken;
+                Ok(converted)
+            }
         }
     }
 
@@ -117,8 +130,20 @@ impl MessageEvent {
     pub fn value(&self) -> Result<Value, DecodeError> {
         match &self.payload {
             Payload::Native(native) => native.to_value(),
+            Payload::Value(v) => Ok(v.clone()),
             Payload::Taken => Err(DecodeError::Taken),
         }
+    }
+
+    /// Splits the event for encoding: its data as a [`Value`] and its ports.
+    pub(crate) fn into_wire(mut self) -> Result<(Value, Vec<MessagePort>), DecodeError> {
+        let ports = std::mem::take(&mut self.ports);
+        let v = match std::mem::replace(&mut self.payload, Payload::Taken) {
+            Payload::Value(v) => v,
+            Payload::Native(native) => native.to_value()?,
+            Payload::Taken => return Err(DecodeError::Taken),
+        };
+        Ok((v, ports))
     }
 
     /// Whether the data was posted as a `T` (and not yet taken): a cheap type test, no decoding.

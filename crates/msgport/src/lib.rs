@@ -59,13 +59,25 @@ pub mod codec;
 mod error;
 mod event;
 mod port;
+pub mod process;
 mod sync;
 mod sys;
+mod transport;
 mod value;
 
 pub use error::{DecodeError, PostError, RecvTimeoutError, TryRecvError, ValueError};
 pub use event::MessageEvent;
 pub use port::{MessageChannel, MessagePort, Recv};
+
+/// Sets the largest encoded message (in bytes) that may leave or enter this process; 256 MiB by
+/// default. A larger post fails with [`PostError::TooLarge`]; a larger incoming frame closes the
+/// port it arrived on.
+pub fn set_max_message_size(bytes: usize) {
+    transport::wire::MAX_FRAME.store(
+        bytes.min(u32::MAX as usize),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
 pub use value::{from_value, to_value, BigInt, Binary, BinaryKind, ErrorValue, Value};
 
 /// The README's example, compiled and run as a doc test.

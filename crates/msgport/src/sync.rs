@@ -5,11 +5,14 @@
 #[cfg(msgport_loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
 #[cfg(msgport_loom)]
-pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 #[cfg(not(msgport_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(not(msgport_loom))]
-pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
+
+// Endpoints are shared with the transport's links, which are not modelled: a plain `Arc`.
+pub(crate) use std::sync::Arc;
 
 /// Locks `mutex`, ignoring poisoning: no code of ours panics while holding a port lock (user
 /// callbacks always run with the lock released), so a poisoned lock still guards valid state.

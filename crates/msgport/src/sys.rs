@@ -37,11 +37,20 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Sends as much of `iov` as the socket takes now, with `fds` attached to the first byte.
 /// Never blocks (`EAGAIN` is `ErrorKind::WouldBlock`) and never raises `SIGPIPE`.
-pub(crate) fn send(socket: BorrowedFd<'_>, iov: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+pub(crate) fn send(
+    socket: BorrowedFd<'_>,
+    iov: &[IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
     debug_assert!(fds.len() <= MAX_FDS_PER_SEND);
     let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
     if fds.is_empty() {
-        return Ok(rustix::net::sendmsg(socket, iov, &mut SendAncillaryBuffer::default(), flags)?);
+        return Ok(rustix::net::sendmsg(
+            socket,
+            iov,
+            &mut SendAncillaryBuffer::default(),
+            flags,
+        )?);
     }
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -52,7 +61,11 @@ pub(crate) fn send(socket: BorrowedFd<'_>, iov: &[IoSlice<'_>], fds: &[BorrowedF
 
 /// Reads what is available into `buf`, appending received descriptors to `fds` (close-on-exec).
 /// `Ok(0)` is end of stream: the peer closed, or its process died.
-pub(crate) fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
+pub(crate) fn recv(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<usize> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SEND))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(buf)];
@@ -70,7 +83,10 @@ pub(crate) fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], fds: &mut VecDeque<Ow
     if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
         // More descriptors than the control buffer holds were dropped by the kernel: the
         // stream's descriptor accounting is broken.
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "descriptors truncated"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "descriptors truncated",
+        ));
     }
     Ok(msg.bytes)
 }
@@ -99,6 +115,49 @@ pub(crate) fn is_cloexec(fd: impl AsFd) -> bool {
     rustix::io::fcntl_getfd(fd)
         .map(|f| f.contains(rustix::io::FdFlags::CLOEXEC))
         .unwrap_or(false)
+}
+
+/// Lets `fd` be inherited by the child `cmd` spawns, at the same number: the child's copy loses
+/// close-on-exec (after the fork, before the exec); the parent's copy keeps it.
+#[allow(unsafe_code)]
+pub(crate) fn inherit(cmd: &mut std::process::Command, fd: BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let raw = fd.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl, which is
+    // async-signal-safe; `raw` is open there because the parent keeps `fd` open until `spawn`
+    // returns (the caller holds it).
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = BorrowedFd::borrow_raw(raw);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            Ok(())
+        });
+    }
+}
+
+/// Takes ownership of an inherited descriptor number, checking that it is an open socket, and
+/// makes it close-on-exec and non-blocking.
+#[allow(unsafe_code)]
+pub(crate) fn adopt_inherited(raw: std::os::fd::RawFd) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl on an arbitrary number is safe (EBADF if not open); we only build an
+    // `OwnedFd` after checking it is open and a socket, and the environment variable that named
+    // it is read once per process (see `process::bootstrap`).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    rustix::io::fcntl_getfd(borrowed)?;
+    let stat = rustix::fs::fstat(borrowed)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "inherited descriptor is not a socket",
+        ));
+    }
+    // SAFETY: checked open above; ownership is taken exactly once per process.
+    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+    set_nonblocking(owned.as_fd())?;
+    Ok(owned)
 }
 
 #[cfg(test)]

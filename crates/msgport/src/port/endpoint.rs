@@ -23,7 +23,8 @@ use std::task::Waker;
 use std::time::Instant;
 
 use crate::event::MessageEvent;
-use crate::sync::{lock, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
+use crate::transport::Link;
 
 /// A message callback, as registered with [`MessagePort::on_message`](crate::MessagePort::on_message).
 pub(crate) type MessageHandler = Box<dyn FnMut(MessageEvent) + Send>;
@@ -69,6 +70,22 @@ struct State {
     /// Bumped on every transfer, so that a callback that was running when its port was
     /// transferred is not reinstalled afterwards.
     epoch: u64,
+    /// This end left the process: its handle is gone, and what the peer posts here is written
+    /// to this link (the port's new home reads it from the other end).
+    forward: Option<Arc<Link>>,
+    /// This end left the process (with or without `forward`): closing its old handle must not
+    /// close the channel.
+    exported: bool,
+}
+
+/// What an end carried when it was detached to leave the process.
+pub(crate) struct Detached {
+    /// Messages posted to it and not yet delivered, in order.
+    pub queued: Vec<MessageEvent>,
+    /// Its peer had closed.
+    pub peer_gone: bool,
+    /// It had been closed locally.
+    pub closed: bool,
 }
 
 /// What a pull found.
@@ -92,6 +109,12 @@ impl Endpoint {
     /// outside any lock) or when the peer has already closed: such posts are silently dropped.
     pub(crate) fn push(&self, message: MessageEvent) -> Result<(), MessageEvent> {
         let mut st = lock(&self.state);
+        if let Some(link) = &st.forward {
+            let link = link.clone();
+            drop(st);
+            link.send_message(message);
+            return Ok(());
+        }
         if st.closed || st.peer_gone {
             return Err(message);
         }
@@ -106,6 +129,11 @@ impl Endpoint {
     /// Records that the peer is gone, then wakes and dispatches so the close is observed.
     pub(crate) fn peer_closed(&self) {
         let mut st = lock(&self.state);
+        if let Some(link) = st.forward.take() {
+            drop(st);
+            link.close();
+            return;
+        }
         if st.peer_gone {
             return;
         }
@@ -118,7 +146,7 @@ impl Endpoint {
     pub(crate) fn close(&self) -> bool {
         let mut taken = lock(&self.taken);
         let mut st = lock(&self.state);
-        if st.closed {
+        if st.closed || st.exported {
             return false;
         }
         st.closed = true;
@@ -137,6 +165,74 @@ impl Endpoint {
         drop(queues);
         drop(handlers);
         true
+    }
+
+    /// Detaches this end so it can leave the process: takes what is queued here and marks it
+    /// exported. With `forward`, whatever the peer posts from now on is written to that link.
+    pub(crate) fn detach(&self, forward: Option<Arc<Link>>) -> Detached {
+        let mut taken = lock(&self.taken);
+        let mut st = lock(&self.state);
+        let mut queued: Vec<MessageEvent> = taken.drain(..).collect();
+        queued.extend(st.queue.drain(..));
+        self.pending.store(false, Ordering::Relaxed);
+        let detached = Detached {
+            queued,
+            peer_gone: st.peer_gone,
+            closed: st.closed,
+        };
+        st.exported = true;
+        if !st.closed && !st.peer_gone {
+            st.forward = forward;
+        }
+        let handlers = (st.on_message.take(), st.on_close.take());
+        drop(st);
+        drop(taken);
+        drop(handlers);
+        detached
+    }
+
+    /// Queues a message without running callbacks (the caller holds a lock a callback could
+    /// need); it must call [`dispatch`](Self::dispatch) once that lock is released.
+    pub(crate) fn push_quietly(&self, message: MessageEvent) -> Result<(), MessageEvent> {
+        let mut st = lock(&self.state);
+        if st.closed || st.peer_gone || st.exported {
+            return Err(message);
+        }
+        st.queue.push_back(message);
+        if !self.pending.load(Ordering::Relaxed) {
+            self.pending.store(true, Ordering::Release);
+        }
+        let signal = st.sleepers > 0 && !st.notified;
+        st.notified |= signal;
+        let wakers = std::mem::take(&mut st.wakers);
+        drop(st);
+        if signal {
+            self.ready.notify_all();
+        }
+        wakers.into_iter().for_each(Waker::wake);
+        Ok(())
+    }
+
+    /// An endpoint that is already closed: the peer of a port whose peer is gone for good.
+    pub(crate) fn new_closed() -> Self {
+        let ep = Endpoint::new();
+        lock(&ep.state).closed = true;
+        ep
+    }
+
+    /// Builds the receiving side of a port arriving from another process.
+    pub(crate) fn arriving(queued: Vec<MessageEvent>, peer_gone: bool, closed: bool) -> Self {
+        let ep = Endpoint::new();
+        {
+            let mut st = lock(&ep.state);
+            st.queue = queued.into();
+            st.peer_gone = peer_gone;
+            st.closed = closed;
+            if !st.queue.is_empty() {
+                ep.pending.store(true, Ordering::Relaxed);
+            }
+        }
+        ep
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -325,7 +421,7 @@ impl Endpoint {
     /// dispatches an endpoint at a time (`dispatching`); a post made meanwhile (even from inside
     /// a callback) only queues, and the running dispatcher delivers it next, so callbacks see
     /// events in order and never re-enter.
-    fn dispatch(&self) {
+    pub(crate) fn dispatch(&self) {
         loop {
             let mut taken = lock(&self.taken);
             let mut st = lock(&self.state);

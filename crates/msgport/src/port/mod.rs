@@ -28,7 +28,12 @@ use crate::error::{PostError, RecvTimeoutError, TryRecvError};
 use crate::event::{MessageEvent, Payload};
 use crate::sync::Arc;
 use crate::value::Value;
-use endpoint::{Endpoint, Pulled};
+pub(crate) use endpoint::Endpoint;
+use endpoint::Pulled;
+
+use crate::sys;
+use crate::transport::wire::{self, Record};
+use crate::transport::Link;
 
 /// A connected pair of ports: a message posted on one arrives on the other.
 ///
@@ -57,9 +62,12 @@ impl MessageChannel {
         MessageChannel {
             port1: MessagePort {
                 ep: a.clone(),
-                peer: b.clone(),
+                peer: Peer::Local(b.clone()),
             },
-            port2: MessagePort { ep: b, peer: a },
+            port2: MessagePort {
+                ep: b,
+                peer: Peer::Local(a),
+            },
         }
     }
 
@@ -111,8 +119,16 @@ impl Default for MessageChannel {
 pub struct MessagePort {
     /// This end's receiving side.
     ep: Arc<Endpoint>,
-    /// The peer's receiving side, where this end posts.
-    peer: Arc<Endpoint>,
+    /// Where this end posts.
+    peer: Peer,
+}
+
+/// Where a port's peer is: the backing of the channel, switched when an end leaves the process.
+enum Peer {
+    /// In this process: post by pushing onto its endpoint.
+    Local(Arc<Endpoint>),
+    /// In another process (or behind a socket): post by writing a frame to the link.
+    Remote(Arc<Link>),
 }
 
 impl MessagePort {
@@ -147,19 +163,37 @@ impl MessagePort {
                 }
             }
         }
-        if ports.iter().any(|p| Arc::ptr_eq(&p.ep, &self.peer)) {
-            // Dropping the transfer list closes the peer; this end sees the close next.
-            drop(ports);
-            return Err(PostError::PeerTransferred);
+        match &self.peer {
+            Peer::Local(peer) => {
+                if ports.iter().any(|p| Arc::ptr_eq(&p.ep, peer)) {
+                    // Dropping the transfer list closes the peer; this end sees the close next.
+                    drop(ports);
+                    return Err(PostError::PeerTransferred);
+                }
+                for port in &ports {
+                    port.ep.detach_for_transfer();
+                }
+                let message = MessageEvent::new(Payload::Native(Box::new(data)), ports);
+                if let Err(dropped) = peer.push(message) {
+                    drop(dropped);
+                }
+                Ok(())
+            }
+            Peer::Remote(link) => {
+                let boxed: Box<dyn std::any::Any> = Box::new(data);
+                let value = match boxed.downcast::<Value>() {
+                    Ok(v) => *v,
+                    Err(other) => {
+                        let data = *other.downcast::<T>().expect("boxed a T");
+                        crate::value::to_value(&data)
+                            .map_err(|e| PostError::Serialize(e.to_string()))?
+                    }
+                };
+                let frame = wire::encode_frame(&value, ports)?;
+                link.send_frame(frame);
+                Ok(())
+            }
         }
-        for port in &ports {
-            port.ep.detach_for_transfer();
-        }
-        let message = MessageEvent::new(Payload::Native(Box::new(data)), ports);
-        if let Err(dropped) = self.peer.push(message) {
-            drop(dropped);
-        }
-        Ok(())
     }
 
     /// Starts delivery: queued messages (and a pending close) go to the callbacks registered with
@@ -175,8 +209,104 @@ impl MessagePort {
     /// end return "closed" from now on. Dropping a port closes it.
     pub fn close(&self) {
         if self.ep.close() {
-            self.peer.peer_closed();
+            match &self.peer {
+                Peer::Local(peer) => peer.peer_closed(),
+                Peer::Remote(link) => link.close(),
+            }
         }
+    }
+
+    /// Detaches this port to leave the process, as a record for the frame that carries it.
+    pub(crate) fn export(self) -> std::io::Result<Record> {
+        match &self.peer {
+            Peer::Local(peer) => {
+                let (here, there) = sys::socketpair()?;
+                let link = Link::new(
+                    here,
+                    peer.clone(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                )?;
+                let detached = self.ep.detach(Some(link.clone()));
+                let connected = !detached.closed && !detached.peer_gone;
+                if !connected {
+                    link.close();
+                }
+                Ok(Record {
+                    socket: connected.then_some(there),
+                    peer_gone: detached.peer_gone,
+                    closed: detached.closed,
+                    queued: detached.queued,
+                    prefix: Vec::new(),
+                    prefix_fds: Vec::new(),
+                    unsent: Vec::new(),
+                    unsent_fds: Vec::new(),
+                })
+            }
+            Peer::Remote(link) => {
+                // Stop reading first: from here on, nothing more reaches the endpoint.
+                let exported = link.export();
+                let detached = self.ep.detach(None);
+                Ok(Record {
+                    peer_gone: detached.peer_gone || exported.socket.is_none(),
+                    socket: exported.socket,
+                    closed: detached.closed,
+                    queued: detached.queued,
+                    prefix: exported.prefix,
+                    prefix_fds: exported.prefix_fds,
+                    unsent: exported.unsent,
+                    unsent_fds: exported.unsent_fds,
+                })
+            }
+        }
+    }
+
+    /// Rebuilds a port that arrived from another process.
+    pub(crate) fn import(record: Record) -> MessagePort {
+        let peer_gone = record.peer_gone || (record.socket.is_none() && !record.closed);
+        let ep = Arc::new(Endpoint::arriving(record.queued, peer_gone, record.closed));
+        let dead_peer = || Peer::Local(Arc::new(Endpoint::new_closed()));
+        let peer = match record.socket {
+            Some(socket) if !record.closed && !peer_gone => {
+                match Link::new(
+                    socket,
+                    ep.clone(),
+                    record.prefix,
+                    record.prefix_fds,
+                    record.unsent,
+                    record.unsent_fds,
+                ) {
+                    Ok(link) => Peer::Remote(link),
+                    Err(e) => {
+                        tracing::warn!("msgport: cannot take over an arriving port's socket: {e}");
+                        ep.peer_closed();
+                        dead_peer()
+                    }
+                }
+            }
+            _ => dead_peer(),
+        };
+        MessagePort { ep, peer }
+    }
+
+    /// A port over a socket whose other end is another process's port (a bootstrap
+    /// connection, or one made by `connect`/`accept`).
+    pub(crate) fn from_socket(socket: std::os::fd::OwnedFd) -> std::io::Result<MessagePort> {
+        let ep = Arc::new(Endpoint::new());
+        let link = Link::new(
+            socket,
+            ep.clone(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        )?;
+        Ok(MessagePort {
+            ep,
+            peer: Peer::Remote(link),
+        })
     }
 
     /// Whether this end was closed locally ([`close`](Self::close)). To learn that the *peer*

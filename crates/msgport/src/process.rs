@@ -1,0 +1,67 @@
+//! Getting a process's first port to another process: a socket inherited by a spawned child.
+//!
+//! ```no_run
+//! // In the parent:
+//! let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+//! let (mut child, port) = msgport::process::spawn(&mut cmd).unwrap();
+//! port.post_message("hello, child", []).unwrap();
+//! # drop(port); child.wait().unwrap();
+//! // In the child:
+//! let port = msgport::process::bootstrap().unwrap();
+//! let hello = port.blocking_recv().unwrap();
+//! ```
+//! Ports sent over that first port (and over the ports sent over it) then connect the two
+//! processes, or any others, directly.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::{sys, MessagePort};
+
+/// The environment variable that names the inherited descriptor in a spawned child.
+pub const BOOTSTRAP_ENV: &str = "MSGPORT_BOOTSTRAP_FD";
+
+static BOOTSTRAPPED: AtomicBool = AtomicBool::new(false);
+
+/// Spawns `cmd` with a connection to this process: returns the child and this side's port. The
+/// child gets its port with [`bootstrap`]. When the child dies, the port observes close.
+pub fn spawn(cmd: &mut Command) -> io::Result<(Child, MessagePort)> {
+    let (here, there) = sys::socketpair()?;
+    sys::inherit(cmd, there.as_fd());
+    cmd.env(
+        BOOTSTRAP_ENV,
+        std::os::fd::AsRawFd::as_raw_fd(&there).to_string(),
+    );
+    let child = cmd.spawn()?;
+    drop(there);
+    Ok((child, MessagePort::from_socket(here)?))
+}
+
+/// In a child started by [`spawn`]: the port connected to the parent. Callable once.
+///
+/// # Errors
+/// `NotFound` when this process was not started by [`spawn`]; `AlreadyExists` on a second call;
+/// `InvalidInput` when the named descriptor is not a socket.
+pub fn bootstrap() -> io::Result<MessagePort> {
+    let raw = std::env::var(BOOTSTRAP_ENV).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "not started by msgport::process::spawn",
+        )
+    })?;
+    let raw: i32 = raw.parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "malformed bootstrap descriptor",
+        )
+    })?;
+    if BOOTSTRAPPED.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "bootstrap() was already called",
+        ));
+    }
+    MessagePort::from_socket(sys::adopt_inherited(raw)?)
+}

@@ -1,0 +1,403 @@
+//! [`Link`]: one end of a port's socket in this process.
+//!
+//! Writes happen on the posting thread when the socket takes them; what it does not take waits
+//! in the link's queue (never blocking the poster) and the reactor flushes it when the socket is
+//! writable, coalescing queued frames into one `sendmsg`. Reads happen on the reactor thread:
+//! frames are decoded and pushed to the target endpoint, under the link's lock, so that a port
+//! leaving the process (`export`) sees every frame either delivered or still unread.
+//!
+//! Lock order: a link's `io` before any endpoint's locks; callbacks run after `io` is released.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::reactor::reactor;
+use super::wire::{self, Frame, WireError, HEADER};
+use crate::event::MessageEvent;
+use crate::port::Endpoint;
+use crate::sys;
+
+/// One socket end: what we write to it, and the endpoint that gets what we read.
+pub(crate) struct Link {
+    token: usize,
+    target: Arc<Endpoint>,
+    io: Mutex<Io>,
+}
+
+#[derive(Default)]
+struct Io {
+    /// `None` once closed, dead or exported.
+    fd: Option<OwnedFd>,
+    /// Received bytes: `inbuf[..filled]`.
+    inbuf: Vec<u8>,
+    filled: usize,
+    /// Received descriptors not yet claimed by a frame.
+    infds: VecDeque<OwnedFd>,
+    /// Frames (or their unsent rest) waiting for the socket.
+    out: VecDeque<Chunk>,
+    /// Writable interest is registered.
+    want_writable: bool,
+    /// Close once `out` is flushed.
+    closing: bool,
+}
+
+struct Chunk {
+    bytes: Vec<u8>,
+    pos: usize,
+    /// Sent with the first `sendmsg` that includes any byte of this chunk, then dropped here.
+    fds: Vec<OwnedFd>,
+}
+
+/// What a link held when its port left the process.
+pub(crate) struct Exported {
+    pub socket: Option<OwnedFd>,
+    pub prefix: Vec<u8>,
+    pub prefix_fds: Vec<OwnedFd>,
+    pub unsent: Vec<u8>,
+    pub unsent_fds: Vec<OwnedFd>,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+const MAX_IOV: usize = 64;
+
+fn lock(m: &Mutex<Io>) -> MutexGuard<'_, Io> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Link {
+    /// Takes over `socket`, delivering what it reads to `target`. `prefix` (with its
+    /// descriptors) is what an earlier owner had read of a frame not yet complete; `unsent`
+    /// what it had not yet written: both come first.
+    pub(crate) fn new(
+        socket: OwnedFd,
+        target: Arc<Endpoint>,
+        prefix: Vec<u8>,
+        prefix_fds: Vec<OwnedFd>,
+        unsent: Vec<u8>,
+        unsent_fds: Vec<OwnedFd>,
+    ) -> io::Result<Arc<Link>> {
+        sys::set_nonblocking(socket.as_fd())?;
+        let r = reactor();
+        let token = r.token();
+        let raw = socket.as_raw_fd();
+        let filled = prefix.len();
+        let link = Arc::new(Link {
+            token,
+            target,
+            io: Mutex::new(Io {
+                fd: Some(socket),
+                inbuf: prefix,
+                filled,
+                infds: prefix_fds.into(),
+                ..Io::default()
+            }),
+        });
+        if !unsent.is_empty() {
+            lock(&link.io).out.push_back(Chunk {
+                bytes: unsent,
+                pos: 0,
+                fds: unsent_fds,
+            });
+        }
+        r.register(token, raw, &link)?;
+        {
+            let mut io = lock(&link.io);
+            if !io.out.is_empty() {
+                link.flush(&mut io);
+            }
+        }
+        Ok(link)
+    }
+
+    /// Encodes and writes a message (its ports leave the process). A message that cannot be
+    /// encoded is dropped, with its ports.
+    pub(crate) fn send_message(&self, message: MessageEvent) {
+        match message.into_wire() {
+            Ok((data, ports)) => match wire::encode_frame(&data, ports) {
+                Ok(frame) => self.send_frame(frame),
+                Err(e) => tracing::warn!("msgport: message dropped: {e}"),
+            },
+            Err(e) => tracing::warn!("msgport: message dropped: {e}"),
+        }
+    }
+
+    /// Writes a frame, or queues it behind earlier ones. Never blocks.
+    pub(crate) fn send_frame(&self, frame: Frame) {
+        let mut io = lock(&self.io);
+        if io.fd.is_none() || io.closing {
+            return;
+        }
+        io.out.push_back(Chunk {
+            bytes: frame.bytes,
+            pos: 0,
+            fds: frame.fds,
+        });
+        if !io.want_writable {
+            self.flush(&mut io);
+        }
+    }
+
+    /// Writes queued chunks until the socket refuses; then asks the reactor for writability.
+    fn flush(&self, io: &mut Io) {
+        while !io.out.is_empty() {
+            let Some(fd) = io.fd.as_ref() else { return };
+            let mut iov = Vec::with_capacity(MAX_IOV.min(io.out.len()));
+            let mut nfds = 0;
+            let mut chunks = 0;
+            for chunk in io.out.iter() {
+                if iov.len() == MAX_IOV || nfds + chunk.fds.len() > sys::MAX_FDS_PER_SEND {
+                    break;
+                }
+                nfds += chunk.fds.len();
+                iov.push(IoSlice::new(&chunk.bytes[chunk.pos..]));
+                chunks += 1;
+            }
+            if chunks == 0 {
+                // A single chunk with more descriptors than one sendmsg carries: send its
+                // first byte with the first batch of them.
+                let chunk = io.out.front_mut().expect("non-empty");
+                let batch: Vec<OwnedFd> = chunk.fds.drain(..sys::MAX_FDS_PER_SEND).collect();
+                let borrowed: Vec<BorrowedFd<'_>> = batch.iter().map(|f| f.as_fd()).collect();
+                match sys::send(
+                    fd.as_fd(),
+                    &[IoSlice::new(&chunk.bytes[chunk.pos..chunk.pos + 1])],
+                    &borrowed,
+                ) {
+                    Ok(n) => chunk.pos += n,
+                    Err(e) => {
+                        chunk.fds.splice(0..0, batch);
+                        if self.write_failed(io, e) {
+                            return;
+                        }
+                    }
+                }
+                continue;
+            }
+            let borrowed: Vec<BorrowedFd<'_>> = io
+                .out
+                .iter()
+                .take(chunks)
+                .flat_map(|c| c.fds.iter().map(|f| f.as_fd()))
+                .collect();
+            match sys::send(fd.as_fd(), &iov, &borrowed) {
+                Ok(mut n) => {
+                    drop(borrowed);
+                    drop(iov);
+                    for chunk in io.out.iter_mut().take(chunks) {
+                        chunk.fds.clear();
+                    }
+                    while n > 0 {
+                        let chunk = io.out.front_mut().expect("sent bytes belong to chunks");
+                        let left = chunk.bytes.len() - chunk.pos;
+                        if n >= left {
+                            n -= left;
+                            io.out.pop_front();
+                        } else {
+                            chunk.pos += n;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) => {
+                    drop(borrowed);
+                    drop(iov);
+                    if self.write_failed(io, e) {
+                        return;
+                    }
+                }
+            }
+        }
+        if io.want_writable {
+            io.want_writable = false;
+            if let Some(fd) = &io.fd {
+                reactor().want_writable(self.token, fd.as_raw_fd(), false);
+            }
+        }
+        if io.closing {
+            self.shut(io);
+        }
+    }
+
+    /// Handles a failed write; returns true when flushing must stop.
+    fn write_failed(&self, io: &mut Io, e: io::Error) -> bool {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => {
+                if !io.want_writable {
+                    io.want_writable = true;
+                    if let Some(fd) = &io.fd {
+                        reactor().want_writable(self.token, fd.as_raw_fd(), true);
+                    }
+                }
+                true
+            }
+            io::ErrorKind::Interrupted => false,
+            _ => {
+                // The peer is gone (EPIPE, ECONNRESET): what we queued can go nowhere. The
+                // reader sees the end of the stream and reports the close.
+                io.out.clear();
+                true
+            }
+        }
+    }
+
+    pub(crate) fn on_writable(&self) {
+        let mut io = lock(&self.io);
+        io.want_writable = false;
+        self.flush(&mut io);
+    }
+
+    /// Reads everything available, delivers complete frames, and reports the end of the stream.
+    pub(crate) fn on_readable(&self) {
+        let mut io = lock(&self.io);
+        let mut ended = None;
+        let mut rejected = Vec::new();
+        loop {
+            let Some(fd) = io.fd.as_ref().map(|f| f.as_raw_fd()) else {
+                return;
+            };
+            let want = match io.filled.checked_sub(HEADER) {
+                Some(_) => {
+                    let len =
+                        u32::from_le_bytes(io.inbuf[..4].try_into().expect("4 bytes")) as usize;
+                    (HEADER + len).max(io.filled + 1)
+                }
+                None => io.filled + READ_CHUNK,
+            }
+            .min(io.filled + (64 << 20));
+            if io.inbuf.len() < want {
+                io.inbuf.resize(want, 0);
+            }
+            let Io {
+                inbuf,
+                filled,
+                infds,
+                fd: Some(sock),
+                ..
+            } = &mut *io
+            else {
+                return;
+            };
+            debug_assert_eq!(sock.as_raw_fd(), fd);
+            match sys::recv(sock.as_fd(), &mut inbuf[*filled..], infds) {
+                Ok(0) => {
+                    ended = Some("end of stream");
+                    break;
+                }
+                Ok(n) => {
+                    io.filled += n;
+                    if let Err(e) = self.deliver(&mut io, &mut rejected) {
+                        tracing::warn!("msgport: closing a port after a bad frame: {e}");
+                        ended = Some("bad frame");
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!("msgport: link read error: {e}");
+                    ended = Some("read error");
+                    break;
+                }
+            }
+        }
+        if ended.is_some() {
+            self.shut(&mut io);
+            io.inbuf = Vec::new();
+            io.filled = 0;
+            io.infds.clear();
+        }
+        drop(io);
+        drop(rejected);
+        if ended.is_some() {
+            self.target.peer_closed();
+        }
+        self.target.dispatch();
+    }
+
+    /// Decodes and delivers every complete frame in the buffer.
+    fn deliver(&self, io: &mut Io, rejected: &mut Vec<MessageEvent>) -> Result<(), WireError> {
+        let mut start = 0;
+        loop {
+            let avail = io.filled - start;
+            if avail < HEADER {
+                break;
+            }
+            let head = &io.inbuf[start..start + HEADER];
+            let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+            let nfds = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
+            if len > wire::max_frame() {
+                return Err(WireError::TooLarge(len));
+            }
+            if avail < HEADER + len {
+                break;
+            }
+            if nfds > io.infds.len() {
+                return Err(WireError::Descriptors);
+            }
+            let fds: VecDeque<OwnedFd> = io.infds.drain(..nfds).collect();
+            let body = &io.inbuf[start + HEADER..start + HEADER + len];
+            let event = wire::decode_body(body, fds)?;
+            if let Err(dropped) = self.target.push_quietly(event) {
+                rejected.push(dropped);
+            }
+            start += HEADER + len;
+        }
+        if start > 0 {
+            io.inbuf.copy_within(start..io.filled, 0);
+            io.filled -= start;
+            if io.inbuf.len() > READ_CHUNK * 4 && io.filled < READ_CHUNK {
+                io.inbuf.truncate(READ_CHUNK);
+                io.inbuf.shrink_to_fit();
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops using the socket: deregisters it and closes it.
+    fn shut(&self, io: &mut Io) {
+        if let Some(fd) = io.fd.take() {
+            reactor().deregister(self.token, fd.as_raw_fd());
+        }
+        io.out.clear();
+    }
+
+    /// Our port was closed or dropped: close the socket once what we wrote is flushed, so the
+    /// peer reads every message and then the end of the stream.
+    pub(crate) fn close(&self) {
+        let mut io = lock(&self.io);
+        if io.out.is_empty() {
+            self.shut(&mut io);
+        } else {
+            io.closing = true;
+        }
+    }
+
+    /// Our port leaves the process: stop reading, and hand over the socket with what was read
+    /// of an incomplete frame and what was not yet written.
+    pub(crate) fn export(&self) -> Exported {
+        let mut io = lock(&self.io);
+        let socket = io.fd.take();
+        if let Some(fd) = &socket {
+            reactor().deregister(self.token, fd.as_raw_fd());
+        }
+        let mut unsent = Vec::new();
+        let mut unsent_fds = Vec::new();
+        for chunk in io.out.drain(..) {
+            unsent.extend_from_slice(&chunk.bytes[chunk.pos..]);
+            unsent_fds.extend(chunk.fds);
+        }
+        let filled = io.filled;
+        let mut prefix = std::mem::take(&mut io.inbuf);
+        prefix.truncate(filled);
+        io.filled = 0;
+        Exported {
+            socket,
+            prefix,
+            prefix_fds: io.infds.drain(..).collect(),
+            unsent,
+            unsent_fds,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The cross-process backing of ports: one `AF_UNIX` stream socket pair per channel that crossed
+//! a process boundary, its descriptors passed with `SCM_RIGHTS` inside the message that transfers
+//! the port.
+//!
+//! - [`Link`]: one socket end in this process: what is written to it, and where what is read
+//!   from it goes (the port's endpoint).
+//! - `wire`: the frames on a link and the records that describe a port in flight.
+//! - `reactor`: the thread that reads every link of the process (epoll through mio).
+//!
+//! Hand-off without loss (DESIGN §3): when a port that is already socket-backed leaves again,
+//! the reactor stops reading its socket first; the messages it had read but not delivered, the
+//! bytes of a partly read frame and the unsent bytes of the write queue travel in the port's
+//! record, and everything newer is still in the kernel buffer, which travels with the
+//! descriptor. When a port whose peer is in this process leaves, its endpoint becomes a proxy:
+//! what the peer posts to it from then on is written to a new socket whose other end travels.
+
+mod link;
+mod reactor;
+pub(crate) mod wire;
+
+pub(crate) use link::Link;

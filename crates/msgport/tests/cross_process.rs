@@ -1,0 +1,109 @@
+//! Ports between real processes: the test binary re-runs itself in a child role.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::watchdog;
+use msgport::{process, value, MessageChannel, MessagePort, Value};
+
+const ROLE: &str = "MSGPORT_TEST_ROLE";
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn spawn_child(role: &str) -> (Child, MessagePort) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .stdout(std::process::Stdio::null());
+    process::spawn(&mut cmd).expect("spawn child")
+}
+
+fn wait_ok(mut child: Child) {
+    let status = child.wait().unwrap();
+    assert!(status.success(), "child failed: {status}");
+}
+
+/// Not a test: the entry point of the child roles (returns at once in the parent).
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let boot = process::bootstrap().expect("bootstrap");
+    match role.as_str() {
+        "echo" => {
+            while let Some(mut event) = boot.blocking_recv() {
+                let ports = std::mem::take(&mut event.ports);
+                boot.post_message(event.value().unwrap(), ports).unwrap();
+            }
+        }
+        "serve-ports" => {
+            // Every port that arrives: echo on it until it closes.
+            while let Some(event) = boot.blocking_recv() {
+                for port in event.ports {
+                    std::thread::spawn(move || {
+                        while let Some(e) = port.blocking_recv() {
+                            port.post_message(e.value().unwrap(), []).unwrap();
+                        }
+                    });
+                }
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
+#[test]
+fn messages_cross_and_come_back_in_order() {
+    watchdog(LIMIT, || {
+        let (child, port) = spawn_child("echo");
+        for i in 0..1000u32 {
+            port.post_message(value!({ "i": i, "s": "x" }), []).unwrap();
+        }
+        for i in 0..1000u32 {
+            let v = port.blocking_recv().unwrap().value().unwrap();
+            assert_eq!(v["i"], Value::from(i));
+        }
+        drop(port);
+        wait_ok(child);
+    });
+}
+
+#[test]
+fn a_port_sent_to_a_child_talks_directly() {
+    watchdog(LIMIT, || {
+        let (child, boot) = spawn_child("serve-ports");
+        let (mine, theirs) = MessageChannel::new().into_ports();
+        // Queued before the transfer: travels with the port.
+        mine.post_message("early", []).unwrap();
+        boot.post_message("take this", [theirs]).unwrap();
+        assert_eq!(
+            mine.blocking_recv().unwrap().data::<String>().unwrap(),
+            "early"
+        );
+        for i in 0..100u32 {
+            mine.post_message(i, []).unwrap();
+            assert_eq!(mine.blocking_recv().unwrap().data::<u32>().unwrap(), i);
+        }
+        drop(boot);
+        drop(mine);
+        wait_ok(child);
+    });
+}
+
+#[test]
+fn the_death_of_a_child_closes_its_ports() {
+    watchdog(LIMIT, || {
+        let (mut child, boot) = spawn_child("serve-ports");
+        let (mine, theirs) = MessageChannel::new().into_ports();
+        boot.post_message((), [theirs]).unwrap();
+        mine.post_message(1u8, []).unwrap();
+        assert!(mine.blocking_recv().is_some());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(mine.blocking_recv().is_none());
+        assert!(boot.blocking_recv().is_none());
+    });
+}
