@@ -65,3 +65,14 @@ pub fn bootstrap() -> io::Result<MessagePort> {
     }
     MessagePort::from_socket(sys::adopt_inherited(raw)?)
 }
+
+/// Waits until every message this process posted to other processes has been written to the
+/// kernel (which delivers it even if this process then exits), or `timeout` passes; returns
+/// whether everything was written.
+///
+/// Posting never blocks: what a peer's socket cannot take yet waits in this process, and is lost
+/// if the process exits first, just as if it had died. Call this before `std::process::exit`
+/// (or before `main` returns) when the last messages matter.
+pub fn flush(timeout: std::time::Duration) -> bool {
+    crate::transport::flush(timeout)
+}

@@ -52,6 +52,7 @@ fn child_entry() {
         }
         other => panic!("unknown role {other}"),
     }
+    assert!(process::flush(Duration::from_secs(30)), "flush");
     std::process::exit(0);
 }
 
@@ -105,5 +106,54 @@ fn the_death_of_a_child_closes_its_ports() {
         child.wait().unwrap();
         assert!(mine.blocking_recv().is_none());
         assert!(boot.blocking_recv().is_none());
+    });
+}
+
+#[test]
+fn a_port_that_went_to_a_child_and_back_still_works() {
+    watchdog(LIMIT, || {
+        let (child, boot) = spawn_child("echo");
+        let (mine, theirs) = MessageChannel::new().into_ports();
+        mine.post_message("before", []).unwrap();
+        boot.post_message("there and back", [theirs]).unwrap();
+        let back = boot.blocking_recv().unwrap().ports.pop().unwrap();
+        assert_eq!(
+            back.blocking_recv().unwrap().data::<String>().unwrap(),
+            "before"
+        );
+        mine.post_message("after", []).unwrap();
+        assert_eq!(
+            back.blocking_recv().unwrap().data::<String>().unwrap(),
+            "after"
+        );
+        back.post_message("reply", []).unwrap();
+        assert_eq!(
+            mine.blocking_recv().unwrap().data::<String>().unwrap(),
+            "reply"
+        );
+        drop(back);
+        assert!(mine.blocking_recv().is_none());
+        drop(boot);
+        wait_ok(child);
+    });
+}
+
+#[test]
+fn a_port_relayed_through_a_child_to_another_child() {
+    watchdog(LIMIT, || {
+        let (a, a_boot) = spawn_child("echo");
+        let (b, b_boot) = spawn_child("serve-ports");
+        let (mine, theirs) = MessageChannel::new().into_ports();
+        a_boot.post_message("there and back", [theirs]).unwrap();
+        let back = a_boot.blocking_recv().unwrap().ports.pop().unwrap();
+        eprintln!("got it back");
+        b_boot.post_message("serve this", [back]).unwrap();
+        eprintln!("sent to b");
+        mine.post_message(7u32, []).unwrap();
+        assert_eq!(mine.blocking_recv().unwrap().data::<u32>().unwrap(), 7);
+        drop(mine);
+        drop((a_boot, b_boot));
+        wait_ok(a);
+        wait_ok(b);
     });
 }

@@ -247,6 +247,25 @@ fn callbacks_wait_for_start(t: &dyn Topology) {
     );
 }
 
+/// Every peer script, by name, for the child-process topologies.
+const PEERS: Peers = &[
+    ("stream_100k", stream_100k),
+    ("post_50_then_close", post_50_then_close),
+    ("post_50_then_drop", post_50_then_drop),
+    ("echo_doubled", echo_doubled),
+    ("stream_replies", stream_replies),
+    ("answer_on_each_port", answer_on_each_port),
+    ("post_mismatched_then_good", post_mismatched_then_good),
+    ("drop_at_once", drop_at_once),
+    ("post_3_then_close", post_3_then_close),
+];
+
+/// Not a test: the entry point of the child processes (returns at once in the test process).
+#[test]
+fn child_entry() {
+    run_child_role(PEERS);
+}
+
 macro_rules! suite {
     ($($topology:ident => $make:expr, $rounds:expr;)*) => {$(
         mod $topology {
@@ -297,4 +316,6 @@ suite! {
     two_threads => TwoThreads, 1000;
     async_tasks => AsyncTasks, 1000;
     transferred_3_times => Transferred(3), 1000;
+    one_end_in_a_child => InChild(PEERS), 20;
+    end_crossed_three_processes => ViaChildren(PEERS), 10;
 }

@@ -242,6 +242,11 @@ impl Link {
         }
     }
 
+    /// Nothing waits to be written.
+    pub(crate) fn is_flushed(&self) -> bool {
+        lock(&self.io).out.is_empty()
+    }
+
     pub(crate) fn on_writable(&self) {
         let mut io = lock(&self.io);
         io.want_writable = false;

@@ -19,3 +19,19 @@ mod reactor;
 pub(crate) mod wire;
 
 pub(crate) use link::Link;
+
+/// Waits until every message posted to another process has been handed to the kernel, or
+/// `timeout` passes; returns whether everything was written.
+pub(crate) fn flush(timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    let r = reactor::reactor();
+    loop {
+        if r.all_flushed() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}

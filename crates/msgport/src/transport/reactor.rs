@@ -104,6 +104,18 @@ impl Reactor {
         }
     }
 
+    /// Whether every link has written all it queued.
+    pub(crate) fn all_flushed(&self) -> bool {
+        let links: Vec<Arc<Link>> = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        links.iter().all(|l| l.is_flushed())
+    }
+
     pub(crate) fn deregister(&self, token: usize, fd: RawFd) {
         let _ = self.registry.deregister(&mut SourceFd(&fd));
         self.links

@@ -31,6 +31,8 @@ pub enum PeerHandle {
     Deferred(MessagePort, Peer),
     Thread(std::thread::JoinHandle<()>),
     Task(tokio::runtime::Runtime, tokio::task::JoinHandle<()>),
+    /// Child processes, with their bootstrap ports (kept open until they are joined).
+    Children(Vec<(std::process::Child, MessagePort)>),
 }
 
 impl PeerHandle {
@@ -52,6 +54,14 @@ impl PeerHandle {
             PeerHandle::Deferred(port, peer) => futures::executor::block_on(peer(port)),
             PeerHandle::Thread(t) => t.join().expect("peer panicked"),
             PeerHandle::Task(rt, task) => rt.block_on(task).expect("peer task panicked"),
+            PeerHandle::Children(children) => {
+                for (mut child, boot) in children {
+                    // A relay serves until its bootstrap port closes.
+                    drop(boot);
+                    let status = child.wait().expect("wait for child");
+                    assert!(status.success(), "peer child failed: {status}");
+                }
+            }
         }
     }
 }
@@ -129,5 +139,87 @@ pub fn watchdog<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send
             }
             panic!("watchdog: the test did not finish within {limit:?}");
         }
+    }
+}
+
+/// The environment variable that gives a re-run test binary its child role.
+pub const ROLE: &str = "MSGPORT_TEST_ROLE";
+
+/// Re-runs this test binary as a child running only the test `entry`, in role `role`.
+pub fn spawn_child(entry: &str, role: &str) -> (std::process::Child, MessagePort) {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", entry, "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .stdout(std::process::Stdio::null());
+    msgport::process::spawn(&mut cmd).expect("spawn child")
+}
+
+/// Named peer scripts, so that a child process can run one.
+pub type Peers = &'static [(&'static str, Peer)];
+
+fn name_of(peers: Peers, peer: Peer) -> &'static str {
+    peers
+        .iter()
+        .find(|(_, p)| std::ptr::fn_addr_eq(*p, peer))
+        .map(|(name, _)| *name)
+        .expect("peer script missing from the table")
+}
+
+/// The child-side entry: runs the role named in the environment, if any, then exits.
+pub fn run_child_role(entry_peers: Peers) {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let boot = msgport::process::bootstrap().expect("bootstrap");
+    if role == "relay" {
+        // Send every port that arrives straight back.
+        while let Some(event) = boot.blocking_recv() {
+            boot.post_message("back", event.ports).unwrap();
+        }
+    } else if let Some(name) = role.strip_prefix("peer:") {
+        let peer = entry_peers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("known peer")
+            .1;
+        let mut event = boot.blocking_recv().expect("the port to run on");
+        let port = event.ports.pop().expect("one port");
+        futures::executor::block_on(peer(port));
+    } else {
+        panic!("unknown role {role}");
+    }
+    assert!(
+        msgport::process::flush(std::time::Duration::from_secs(30)),
+        "flush"
+    );
+    std::process::exit(0);
+}
+
+/// The peer runs in a child process (its end crossed one process boundary).
+pub struct InChild(pub Peers);
+impl Topology for InChild {
+    fn spawn(&self, port: MessagePort, peer: Peer) -> PeerHandle {
+        let (child, boot) = spawn_child("child_entry", &format!("peer:{}", name_of(self.0, peer)));
+        boot.post_message("run", [port]).unwrap();
+        PeerHandle::Children(vec![(child, boot)])
+    }
+}
+
+/// The peer's end goes to child A, back to this process, then to child B, where the peer runs:
+/// it crossed three process boundaries.
+pub struct ViaChildren(pub Peers);
+impl Topology for ViaChildren {
+    fn spawn(&self, port: MessagePort, peer: Peer) -> PeerHandle {
+        let (relay, relay_boot) = spawn_child("child_entry", "relay");
+        relay_boot.post_message("there", [port]).unwrap();
+        let port = relay_boot
+            .blocking_recv()
+            .expect("port back")
+            .ports
+            .pop()
+            .expect("one port");
+        let (child, boot) = spawn_child("child_entry", &format!("peer:{}", name_of(self.0, peer)));
+        boot.post_message("run", [port]).unwrap();
+        PeerHandle::Children(vec![(child, boot), (relay, relay_boot)])
     }
 }
