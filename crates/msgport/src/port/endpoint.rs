@@ -191,6 +191,16 @@ impl Endpoint {
         detached
     }
 
+    /// If this end is a proxy (it left the process, its peer did not), retires it and returns its
+    /// link: the peer is leaving too, and takes the link over, so the two new homes talk
+    /// directly and this process is no longer on the path.
+    pub(crate) fn take_forward(&self) -> Option<Arc<Link>> {
+        let mut st = lock(&self.state);
+        let link = st.forward.take()?;
+        st.closed = true;
+        Some(link)
+    }
+
     /// Queues a message without running callbacks (the caller holds a lock a callback could
     /// need); it must call [`dispatch`](Self::dispatch) once that lock is released.
     pub(crate) fn push_quietly(&self, message: MessageEvent) -> Result<(), MessageEvent> {

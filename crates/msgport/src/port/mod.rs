@@ -218,8 +218,29 @@ impl MessagePort {
 
     /// Detaches this port to leave the process, as a record for the frame that carries it.
     pub(crate) fn export(self) -> std::io::Result<Record> {
-        match &self.peer {
-            Peer::Local(peer) => {
+        // A port whose peer already left the process takes over the peer's link, so that the
+        // two ends talk directly (this process drops off the path).
+        let link = match &self.peer {
+            Peer::Local(peer) => peer.take_forward(),
+            Peer::Remote(link) => Some(link.clone()),
+        };
+        match (&self.peer, link) {
+            (_, Some(link)) => {
+                // Stop reading first: from here on, nothing more reaches the endpoint.
+                let exported = link.export();
+                let detached = self.ep.detach(None);
+                Ok(Record {
+                    peer_gone: detached.peer_gone || exported.socket.is_none(),
+                    socket: exported.socket,
+                    closed: detached.closed,
+                    queued: detached.queued,
+                    prefix: exported.prefix,
+                    prefix_fds: exported.prefix_fds,
+                    unsent: exported.unsent,
+                    unsent_fds: exported.unsent_fds,
+                })
+            }
+            (Peer::Local(peer), None) => {
                 let (here, there) = sys::socketpair()?;
                 let link = Link::new(
                     here,
@@ -245,21 +266,7 @@ impl MessagePort {
                     unsent_fds: Vec::new(),
                 })
             }
-            Peer::Remote(link) => {
-                // Stop reading first: from here on, nothing more reaches the endpoint.
-                let exported = link.export();
-                let detached = self.ep.detach(None);
-                Ok(Record {
-                    peer_gone: detached.peer_gone || exported.socket.is_none(),
-                    socket: exported.socket,
-                    closed: detached.closed,
-                    queued: detached.queued,
-                    prefix: exported.prefix,
-                    prefix_fds: exported.prefix_fds,
-                    unsent: exported.unsent,
-                    unsent_fds: exported.unsent_fds,
-                })
-            }
+            (Peer::Remote(_), None) => unreachable!("a remote peer always has a link"),
         }
     }
 

@@ -1,0 +1,361 @@
+//! The cross-process transport under stress: real child processes, signals, leaks, chaos.
+
+mod common;
+
+use std::process::Child;
+use std::time::Duration;
+
+use common::{spawn_child, watchdog, ROLE};
+use msgport::{process, value, Binary, BinaryKind, MessageChannel, MessagePort, Value};
+use rustix::process::{kill_process, Pid, Signal};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn pid(child: &Child) -> Pid {
+    Pid::from_child(child)
+}
+
+fn signal(child: &Child, sig: Signal) {
+    kill_process(pid(child), sig).expect("kill");
+}
+
+fn wait_ok(mut child: Child) {
+    let status = child.wait().unwrap();
+    assert!(status.success(), "child failed: {status}");
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn child(role: &str) -> (Child, MessagePort) {
+    spawn_child("child_entry", role)
+}
+
+/// Not a test: the entry point of the child roles (returns at once in the test process).
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    if role == "garbage" {
+        garbage();
+    }
+    let boot = process::bootstrap().expect("bootstrap");
+    match role.as_str() {
+        "echo" => {
+            while let Some(mut event) = boot.blocking_recv() {
+                let ports = std::mem::take(&mut event.ports);
+                boot.post_message(event.value().unwrap(), ports).unwrap();
+            }
+        }
+        "serve-ports" => {
+            while let Some(event) = boot.blocking_recv() {
+                for port in event.ports {
+                    std::thread::spawn(move || {
+                        while let Some(e) = port.blocking_recv() {
+                            port.post_message(e.value().unwrap(), []).unwrap();
+                        }
+                    });
+                }
+            }
+        }
+        "main" => main_role(boot),
+        "talker" => talker(boot),
+        "ring" => ring(boot),
+        "idle" => while boot.blocking_recv().is_some() {},
+        "leak-check" => leak_check(boot),
+        other => panic!("unknown role {other}"),
+    }
+    assert!(process::flush(Duration::from_secs(30)), "flush");
+    std::process::exit(0);
+}
+
+/// Writes bytes that are not frames into the inherited socket, without using msgport.
+#[allow(unsafe_code)]
+fn garbage() -> ! {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let raw: i32 = std::env::var(process::BOOTSTRAP_ENV)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: the descriptor was inherited for this process and nothing else owns it.
+    let mut socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(raw) };
+    socket.set_nonblocking(false).unwrap();
+    // A header announcing a 1 GiB frame, then noise.
+    socket
+        .write_all(&[0xff, 0xff, 0xff, 0x3f, 0, 0, 0, 0, 1, 2, 3])
+        .unwrap();
+    // Stay until the parent closes its end (it should, at once).
+    use std::io::Read;
+    let _ = socket.read_to_end(&mut Vec::new());
+    std::process::exit(0);
+}
+
+/// A "main" process: spawns two talkers, gives them the two ends of one channel, and a report
+/// port each to the test process; then it only waits (the test stops it meanwhile).
+fn main_role(boot: MessagePort) {
+    let (a, a_boot) = child("talker");
+    let (b, b_boot) = child("talker");
+    let (pa, pb) = MessageChannel::new().into_ports();
+    let (ra_test, ra) = MessageChannel::new().into_ports();
+    let (rb_test, rb) = MessageChannel::new().into_ports();
+    a_boot.post_message("you are A", [pa, ra]).unwrap();
+    b_boot.post_message("you are B", [pb, rb]).unwrap();
+    boot.post_message("reports", [ra_test, rb_test]).unwrap();
+    // Serve until the test process hangs up, then let the talkers go.
+    while boot.blocking_recv().is_some() {}
+    drop((a_boot, b_boot));
+    wait_ok(a);
+    wait_ok(b);
+}
+
+/// Exchanges 10,000 messages each way with its peer once told to go, then reports.
+fn talker(boot: MessagePort) {
+    let event = boot.blocking_recv().unwrap();
+    let [peer, report]: [MessagePort; 2] = event.ports.try_into().unwrap();
+    assert_eq!(
+        report.blocking_recv().unwrap().data::<String>().unwrap(),
+        "go"
+    );
+    let peer = std::sync::Arc::new(peer);
+    let sender = {
+        let peer = peer.clone();
+        std::thread::spawn(move || {
+            for i in 0..10_000u32 {
+                peer.post_message(i, []).unwrap();
+            }
+        })
+    };
+    for i in 0..10_000u32 {
+        assert_eq!(peer.blocking_recv().unwrap().data::<u32>().unwrap(), i);
+    }
+    sender.join().unwrap();
+    assert!(process::flush(Duration::from_secs(30)));
+    report.post_message(10_000u32, []).unwrap();
+    // Wait for the test to hang up.
+    while report.blocking_recv().is_some() {}
+}
+
+#[test]
+fn main_is_not_on_the_path_between_two_children() {
+    watchdog(LIMIT, || {
+        let (main, main_boot) = child("main");
+        let [ra, rb]: [MessagePort; 2] =
+            main_boot.blocking_recv().unwrap().ports.try_into().unwrap();
+        signal(&main, Signal::STOP);
+        ra.post_message("go", []).unwrap();
+        rb.post_message("go", []).unwrap();
+        assert_eq!(ra.blocking_recv().unwrap().data::<u32>().unwrap(), 10_000);
+        assert_eq!(rb.blocking_recv().unwrap().data::<u32>().unwrap(), 10_000);
+        signal(&main, Signal::CONT);
+        drop((ra, rb, main_boot));
+        wait_ok(main);
+    });
+}
+
+#[test]
+fn sigkill_closes_and_ten_thousand_cycles_leak_no_descriptor() {
+    // Counted in a child of its own: other tests of this binary open descriptors concurrently.
+    watchdog(LIMIT, || {
+        let (checker, boot) = child("leak-check");
+        assert_eq!(
+            boot.blocking_recv().unwrap().data::<String>().unwrap(),
+            "no leak"
+        );
+        drop(boot);
+        wait_ok(checker);
+    });
+}
+
+fn leak_check(boot: MessagePort) {
+    let (mut server, server_boot) = child("serve-ports");
+    // Warm up (the reactor's own descriptors), then count.
+    let (warm, warm_far) = MessageChannel::new().into_ports();
+    server_boot.post_message((), [warm_far]).unwrap();
+    warm.post_message(0u32, []).unwrap();
+    warm.blocking_recv().unwrap();
+    drop(warm);
+    let before = open_fds();
+    for i in 0..10_000u32 {
+        let (mine, theirs) = MessageChannel::new().into_ports();
+        server_boot.post_message((), [theirs]).unwrap();
+        mine.post_message(i, []).unwrap();
+        assert_eq!(mine.blocking_recv().unwrap().data::<u32>().unwrap(), i);
+    }
+    let (held, held_far) = MessageChannel::new().into_ports();
+    server_boot.post_message((), [held_far]).unwrap();
+    held.post_message(1u32, []).unwrap();
+    held.blocking_recv().unwrap();
+    signal(&server, Signal::KILL);
+    server.wait().unwrap();
+    assert!(held.blocking_recv().is_none(), "close after SIGKILL");
+    assert!(server_boot.blocking_recv().is_none());
+    drop((held, server_boot));
+    // Closed links are released by the reactor thread: give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // The only descriptor gone for good is the link to the killed server.
+    let expected = before - 1;
+    while open_fds() > expected && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(open_fds(), expected, "descriptors leaked");
+    boot.post_message("no leak", []).unwrap();
+}
+
+const STREAM: u64 = 200_000;
+const PER_HOLDER: u64 = 7_919;
+
+/// One process of the ring: takes the reading end from its predecessor, reads a slice of the
+/// stream checking every number, passes it on with the next expected number.
+fn ring(boot: MessagePort) {
+    let event = boot.blocking_recv().unwrap();
+    let [from_prev, to_next, report]: [MessagePort; 3] = event.ports.try_into().unwrap();
+    // The ring never closes by itself: leave when the test process hangs up.
+    std::thread::spawn(move || {
+        while boot.blocking_recv().is_some() {}
+        assert!(process::flush(Duration::from_secs(30)));
+        std::process::exit(0);
+    });
+    while let Some(mut event) = from_prev.blocking_recv() {
+        let mut next: u64 = event.data::<u64>().unwrap();
+        let reader = event.ports.pop().unwrap();
+        let stop = (next + PER_HOLDER).min(STREAM);
+        while next < stop {
+            let got: u64 = reader.blocking_recv().unwrap().data().unwrap();
+            assert_eq!(got, next, "lost, duplicated or reordered");
+            next += 1;
+        }
+        if next == STREAM {
+            report.post_message(next, []).unwrap();
+        } else {
+            to_next.post_message(next, [reader]).unwrap();
+        }
+    }
+}
+
+#[test]
+fn chaos_a_stream_survives_its_reader_circling_four_processes() {
+    watchdog(LIMIT, || {
+        // The ring: this process → P0 → P1 → P2 → P3 → this process → P0 ... This process only
+        // relays the reader; each Pi reads the next 7,919 numbers, checking each.
+        let procs: Vec<(Child, MessagePort)> = (0..4).map(|_| child("ring")).collect();
+        let mut links: Vec<(Option<MessagePort>, Option<MessagePort>)> = (0..5)
+            .map(|_| {
+                let (a, b) = MessageChannel::new().into_ports();
+                (Some(a), Some(b))
+            })
+            .collect();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut reports = Vec::new();
+        for (i, (_, boot)) in procs.iter().enumerate() {
+            let from_prev = links[i].1.take().unwrap();
+            let to_next = links[i + 1].0.take().unwrap();
+            let (report_here, report_there) = MessageChannel::new().into_ports();
+            let done = done_tx.clone();
+            report_here.on_message(move |e| done.send(e.data::<u64>().unwrap()).unwrap());
+            report_here.start();
+            reports.push(report_here);
+            boot.post_message("ring", [from_prev, to_next, report_there])
+                .unwrap();
+        }
+        let to_p0 = links[0].0.take().unwrap();
+        let from_p3 = links[4].1.take().unwrap();
+        let (writer, reader) = MessageChannel::new().into_ports();
+        let stream = std::thread::spawn(move || {
+            for i in 0..STREAM {
+                writer.post_message(i, []).unwrap();
+            }
+            writer
+        });
+        to_p0.post_message(0u64, [reader]).unwrap();
+        let relay = std::thread::spawn(move || {
+            let mut hops = 0;
+            while let Some(mut event) = from_p3.blocking_recv() {
+                let next: u64 = event.data().unwrap();
+                to_p0.post_message(next, event.ports.pop()).unwrap();
+                hops += 1;
+            }
+            hops
+        });
+        assert_eq!(done_rx.recv_timeout(LIMIT).unwrap(), STREAM);
+        let _writer = stream.join().unwrap();
+        drop(reports);
+        for (child, boot) in procs {
+            drop(boot);
+            wait_ok(child);
+        }
+        let hops = relay.join().unwrap();
+        assert!(hops >= 5, "the reader went round the ring {hops} times");
+    });
+}
+
+#[test]
+fn a_64_mib_message_and_200_ports_arrive_intact() {
+    watchdog(LIMIT, || {
+        let (echo, boot) = child("echo");
+        let bytes: Vec<u8> = (0..64u32 << 20)
+            .map(|i| (i * 7 + (i >> 13)) as u8)
+            .collect();
+        let big = Value::Binary(Binary {
+            kind: BinaryKind::Uint8,
+            bytes,
+        });
+        boot.post_message(big.clone(), []).unwrap();
+        assert_eq!(boot.blocking_recv().unwrap().value().unwrap(), big);
+        drop(boot);
+        wait_ok(echo);
+
+        let (server, boot) = child("serve-ports");
+        let (near, far): (Vec<_>, Vec<_>) =
+            (0..200).map(|_| MessageChannel::new().into_ports()).unzip();
+        boot.post_message("200 ports", far).unwrap();
+        for (i, p) in near.iter().enumerate() {
+            p.post_message(i as u32, []).unwrap();
+        }
+        for (i, p) in near.iter().enumerate() {
+            assert_eq!(p.blocking_recv().unwrap().data::<u32>().unwrap(), i as u32);
+        }
+        drop((near, boot));
+        wait_ok(server);
+    });
+}
+
+#[test]
+fn a_port_in_flight_to_a_process_that_dies_closes_for_its_peer() {
+    watchdog(LIMIT, || {
+        let (mut victim, boot) = child("idle");
+        let (writer, reader) = MessageChannel::new().into_ports();
+        // Stopped, the victim cannot read the frame that carries the port.
+        signal(&victim, Signal::STOP);
+        boot.post_message("in flight", [reader]).unwrap();
+        writer.post_message("to a port in flight", []).unwrap();
+        assert!(process::flush(Duration::from_secs(10)));
+        signal(&victim, Signal::KILL);
+        victim.wait().unwrap();
+        assert!(
+            writer.blocking_recv().is_none(),
+            "the writer observes close"
+        );
+    });
+}
+
+#[test]
+fn garbage_on_a_port_socket_closes_that_port_only() {
+    watchdog(LIMIT, || {
+        let (bad, bad_boot) = child("garbage");
+        let (good, good_boot) = child("echo");
+        assert!(bad_boot.blocking_recv().is_none(), "the bad port closes");
+        good_boot
+            .post_message(value!({ "still": "working" }), [])
+            .unwrap();
+        assert_eq!(
+            good_boot.blocking_recv().unwrap().value().unwrap(),
+            value!({ "still": "working" })
+        );
+        drop((bad_boot, good_boot));
+        wait_ok(bad);
+        wait_ok(good);
+    });
+}
