@@ -4,6 +4,8 @@
 //! medians and a ratio. Latencies are reported twice: both threads pinned to one CPU, and split
 //! across two (waking a sleeping CPU costs ≈ 33 µs on the reference machine; DESIGN §4).
 
+mod transport;
+
 use std::hint::black_box;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,37 +30,37 @@ impl Small {
 }
 
 #[derive(Serialize)]
-struct Figure {
-    group: &'static str,
-    name: String,
-    unit: &'static str,
-    msgport: f64,
-    rival: String,
-    rival_value: f64,
+pub(crate) struct Figure {
+    pub group: &'static str,
+    pub name: String,
+    pub unit: &'static str,
+    pub msgport: f64,
+    pub rival: String,
+    pub rival_value: f64,
     /// msgport / rival; `better` says which direction is good for this figure.
-    ratio: f64,
-    better: &'static str,
+    pub ratio: f64,
+    pub better: &'static str,
 }
 
-struct Config {
-    quick: bool,
-    reps: usize,
+pub(crate) struct Config {
+    pub quick: bool,
+    pub reps: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Placement {
+pub(crate) enum Placement {
     OneCpu,
     TwoCpus,
 }
 
 impl Placement {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Placement::OneCpu => "pinned to one CPU",
             Placement::TwoCpus => "split across two CPUs",
         }
     }
-    fn cpu(self, side: usize) -> usize {
+    pub(crate) fn cpu(self, side: usize) -> usize {
         match self {
             Placement::OneCpu => 0,
             Placement::TwoCpus => side,
@@ -66,15 +68,32 @@ impl Placement {
     }
 }
 
-fn pin(cpu: usize) {
-    if let Some(ids) = core_affinity::get_core_ids() {
-        if let Some(id) = ids.get(cpu % ids.len().max(1)) {
-            core_affinity::set_for_current(*id);
-        }
+/// Pins the calling thread to `cpu` (taken modulo the machine's CPU count, not the current
+/// affinity mask, so a child of a pinned process can still be placed elsewhere).
+pub(crate) fn pin(cpu: usize) {
+    let n = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(num_cpus_online());
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu % n);
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        eprintln!("cannot pin to CPU {cpu}: {e}");
     }
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+fn num_cpus_online() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| {
+            s.trim()
+                .rsplit(['-', ','])
+                .next()
+                .and_then(|last| last.parse::<usize>().ok())
+        })
+        .map_or(1, |last| last + 1)
+}
+
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     xs[xs.len() / 2]
 }
@@ -274,7 +293,7 @@ fn crossbeam_rtt(n: u64, placement: Placement) -> f64 {
     )
 }
 
-fn record(
+pub(crate) fn record(
     out: &mut Vec<Figure>,
     group: &'static str,
     name: String,
@@ -372,15 +391,23 @@ fn inproc(cfg: &Config, out: &mut Vec<Figure>) {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--child") {
+        let cpu = argv.get(3).and_then(|c| c.parse().ok()).unwrap_or(0);
+        transport::child(&argv[2], cpu, argv.get(4).cloned());
+        return;
+    }
     let mut quick = false;
     let mut json = None;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json = args.next(),
+            "--only" => only = args.next(),
             "-h" | "--help" => {
-                println!("usage: msgport-bench [--quick] [--json PATH]");
+                println!("usage: msgport-bench [--quick] [--json PATH] [--only inproc|xproc]");
                 return;
             }
             other => {
@@ -402,7 +429,13 @@ fn main() {
     let mut figures = Vec::new();
     // Keep the payload type honest: `Value` must stay usable as data too.
     black_box(Value::Null);
-    inproc(&cfg, &mut figures);
+    let wants = |g: &str| only.as_deref().is_none_or(|o| o == g);
+    if wants("inproc") {
+        inproc(&cfg, &mut figures);
+    }
+    if wants("xproc") {
+        transport::group(&cfg, &mut figures);
+    }
     println!(
         "{} figures in {:.1?}",
         figures.len(),

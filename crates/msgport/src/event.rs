@@ -104,16 +104,21 @@ impl MessageEvent {
                 self.payload = Payload::Taken;
                 Ok(v)
             }
-            Payload::Value(v) => {
-                let converted = if TypeId::of::<T>() == TypeId::of::<Value>() {
-                    let boxed: Box<dyn Any> = Box::new(v.clone());
-                    *boxed.downcast::<T>().expect("type checked above")
-                } else {
-                    value::from_value(v.clone())
-                        .map_err(|e| DecodeError::Mismatch(e.to_string()))?
+            Payload::Value(_) => {
+                let Payload::Value(v) = std::mem::replace(&mut self.payload, Payload::Taken) else {
+                    unreachable!("matched above")
                 };
-                self.payload = Payload::Taken;
-                Ok(converted)
+                if TypeId::of::<T>() == TypeId::of::<Value>() {
+                    let boxed: Box<dyn Any> = Box::new(v);
+                    return Ok(*boxed.downcast::<T>().expect("type checked above"));
+                }
+                match value::from_value::<T>(v.clone()) {
+                    Ok(converted) => Ok(converted),
+                    Err(e) => {
+                        self.payload = Payload::Value(v);
+                        Err(DecodeError::Mismatch(e.to_string()))
+                    }
+                }
             }
         }
     }

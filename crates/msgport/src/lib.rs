@@ -80,6 +80,15 @@ pub fn set_max_message_size(bytes: usize) {
 }
 pub use value::{from_value, to_value, BigInt, Binary, BinaryKind, ErrorValue, Value};
 
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Decodes a byte stream as a link would (frames, then bodies and port records).
+    pub fn decode_frames(bytes: &[u8]) -> usize {
+        crate::transport::wire::decode_stream(bytes)
+    }
+}
+
 /// The README's example, compiled and run as a doc test.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

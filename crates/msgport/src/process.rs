@@ -76,3 +76,47 @@ pub fn bootstrap() -> io::Result<MessagePort> {
 pub fn flush(timeout: std::time::Duration) -> bool {
     crate::transport::flush(timeout)
 }
+
+/// A rendezvous socket for processes that were not spawned by this one: each connection that
+/// [`Listener::accept`] takes is a port to the process that called [`connect`].
+#[derive(Debug)]
+pub struct Listener {
+    socket: std::os::unix::net::UnixListener,
+}
+
+/// The credentials of a connected process, read from the socket (`SO_PEERCRED`): the kernel
+/// vouches for them, the process cannot choose them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Process id.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// Listens on a Unix socket path (which must not exist yet).
+pub fn listen(path: impl AsRef<std::path::Path>) -> io::Result<Listener> {
+    Ok(Listener {
+        socket: std::os::unix::net::UnixListener::bind(path)?,
+    })
+}
+
+impl Listener {
+    /// Waits for the next process to [`connect`]; returns its port and its credentials.
+    pub fn accept(&self) -> io::Result<(MessagePort, PeerCredentials)> {
+        let (stream, _) = self.socket.accept()?;
+        let creds = sys::peer_credentials(stream.as_fd())?;
+        Ok((
+            MessagePort::from_socket(std::os::fd::OwnedFd::from(stream))?,
+            creds,
+        ))
+    }
+}
+
+/// Connects to a process that [`listen`]s on `path`; returns the port to it.
+pub fn connect(path: impl AsRef<std::path::Path>) -> io::Result<MessagePort> {
+    let stream = std::os::unix::net::UnixStream::connect(path)?;
+    MessagePort::from_socket(std::os::fd::OwnedFd::from(stream))
+}

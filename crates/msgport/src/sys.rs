@@ -28,6 +28,18 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
+/// The socket buffer size asked for on every port socket: large messages then move in few
+/// system calls (DESIGN §3: 10 GB/s with 4 MiB here, against 2 GB/s with the default). The
+/// kernel allocates buffer memory as data flows, not up front.
+pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Sets the send and receive buffer sizes of a port socket (best effort: the kernel may cap
+/// them at `net.core.wmem_max` / `rmem_max`).
+pub(crate) fn size_buffers(socket: BorrowedFd<'_>) {
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(socket, SOCKET_BUFFER);
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(socket, SOCKET_BUFFER);
+}
+
 /// Makes `fd` non-blocking (descriptors received or inherited may not be).
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(fd)?;
@@ -115,6 +127,18 @@ pub(crate) fn is_cloexec(fd: impl AsFd) -> bool {
     rustix::io::fcntl_getfd(fd)
         .map(|f| f.contains(rustix::io::FdFlags::CLOEXEC))
         .unwrap_or(false)
+}
+
+/// The pid, uid and gid of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub(crate) fn peer_credentials(
+    socket: BorrowedFd<'_>,
+) -> io::Result<crate::process::PeerCredentials> {
+    let cred = rustix::net::sockopt::socket_peercred(socket)?;
+    Ok(crate::process::PeerCredentials {
+        pid: cred.pid.as_raw_nonzero().get() as u32,
+        uid: cred.uid.as_raw(),
+        gid: cred.gid.as_raw(),
+    })
 }
 
 /// Lets `fd` be inherited by the child `cmd` spawns, at the same number: the child's copy loses

@@ -157,3 +157,52 @@ fn a_port_relayed_through_a_child_to_another_child() {
         wait_ok(b);
     });
 }
+
+#[test]
+fn listen_and_connect_give_ports_with_kernel_credentials() {
+    watchdog(LIMIT, || {
+        let dir = std::env::temp_dir().join(format!("msgport-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rendezvous.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = process::listen(&path).unwrap();
+        let p = path.clone();
+        let client = std::thread::spawn(move || {
+            let port = process::connect(&p).unwrap();
+            port.post_message("hello", []).unwrap();
+            port.blocking_recv().unwrap().data::<String>().unwrap()
+        });
+        let (port, creds) = listener.accept().unwrap();
+        assert_eq!(creds.pid, std::process::id());
+        assert_eq!(
+            port.blocking_recv().unwrap().data::<String>().unwrap(),
+            "hello"
+        );
+        port.post_message("welcome", []).unwrap();
+        assert_eq!(client.join().unwrap(), "welcome");
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
+
+#[test]
+fn oversized_messages_are_refused_at_the_sender() {
+    watchdog(LIMIT, || {
+        let (child, port) = spawn_child("echo");
+        msgport::set_max_message_size(1 << 20);
+        let big = Value::from(&vec![7u8; 2 << 20][..]);
+        let err = port.post_message(big, []).unwrap_err();
+        assert!(
+            matches!(err, msgport::PostError::TooLarge { max, .. } if max == 1 << 20),
+            "{err}"
+        );
+        msgport::set_max_message_size(256 << 20);
+        // The port still works.
+        port.post_message("small", []).unwrap();
+        assert_eq!(
+            port.blocking_recv().unwrap().data::<String>().unwrap(),
+            "small"
+        );
+        drop(port);
+        wait_ok(child);
+    });
+}

@@ -60,6 +60,8 @@ pub(crate) struct Exported {
 }
 
 const READ_CHUNK: usize = 64 * 1024;
+/// Receive buffers up to this size are kept between frames rather than freed.
+const KEEP_BUFFER: usize = 32 << 20;
 const MAX_IOV: usize = 64;
 
 fn lock(m: &Mutex<Io>) -> MutexGuard<'_, Io> {
@@ -79,6 +81,7 @@ impl Link {
         unsent_fds: Vec<OwnedFd>,
     ) -> io::Result<Arc<Link>> {
         sys::set_nonblocking(socket.as_fd())?;
+        sys::size_buffers(socket.as_fd());
         let r = reactor();
         let token = r.token();
         let raw = socket.as_raw_fd();
@@ -352,7 +355,8 @@ impl Link {
         if start > 0 {
             io.inbuf.copy_within(start..io.filled, 0);
             io.filled -= start;
-            if io.inbuf.len() > READ_CHUNK * 4 && io.filled < READ_CHUNK {
+            // Keep a large buffer for the next large frame, up to a point.
+            if io.inbuf.len() > KEEP_BUFFER && io.filled < READ_CHUNK {
                 io.inbuf.truncate(READ_CHUNK);
                 io.inbuf.shrink_to_fit();
             }

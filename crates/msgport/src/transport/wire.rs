@@ -244,3 +244,22 @@ fn read_record(
         unsent_fds,
     }))
 }
+
+/// Splits `bytes` into frames as a link does and decodes each body (with no descriptors): the
+/// fuzz target's entry. Returns how many frames decoded before the first error or the end.
+pub(crate) fn decode_stream(mut bytes: &[u8]) -> usize {
+    let mut frames = 0;
+    while bytes.len() >= HEADER {
+        let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+        let nfds = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+        if len > max_frame() || nfds > 0 || bytes.len() < HEADER + len {
+            break;
+        }
+        if decode_body(&bytes[HEADER..HEADER + len], VecDeque::new()).is_err() {
+            break;
+        }
+        frames += 1;
+        bytes = &bytes[HEADER + len..];
+    }
+    frames
+}

@@ -1,0 +1,419 @@
+//! The cross-process group: msgport next to a raw `AF_UNIX` socket pair written plainly here,
+//! and Servo's ipc-channel, on the same payloads, each in a child process of this binary
+//! (`msgport-bench --child ROLE CPU [NAME]`).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use ipc_channel::ipc::{
+    self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender,
+};
+use msgport::{process, MessagePort, Value};
+
+use crate::{median, pin, record, Config, Figure, Placement};
+
+/// The bootstrap message of the ipc-channel children: where the parent sends data, and where it
+/// sends the sender for the replies.
+type IpcBoot = (IpcBytesSender, IpcSender<IpcBytesSender>);
+
+fn payload(size: usize) -> Value {
+    Value::from(&vec![0xa5u8; size][..])
+}
+
+fn child_cmd(role: &str, cpu: usize, name: Option<&str>) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+    cmd.arg("--child").arg(role).arg(cpu.to_string());
+    if let Some(name) = name {
+        cmd.arg(name);
+    }
+    cmd
+}
+
+/// The child side: runs `role` pinned to `cpu`.
+pub fn child(role: &str, cpu: usize, name: Option<String>) {
+    pin(cpu);
+    match role {
+        "msgport-echo" => {
+            let port = process::bootstrap().unwrap();
+            while let Some(mut e) = port.blocking_recv() {
+                port.post_message(e.take_data::<Value>().unwrap(), [])
+                    .unwrap();
+            }
+        }
+        "msgport-sink" => {
+            let port = process::bootstrap().unwrap();
+            while let Some(e) = port.blocking_recv() {
+                let n: u64 = e.data().unwrap();
+                for _ in 0..n {
+                    port.blocking_recv().unwrap();
+                }
+                port.post_message("done", []).unwrap();
+            }
+        }
+        "msgport-hold" => {
+            let port = process::bootstrap().unwrap();
+            let held = port.blocking_recv().unwrap().ports;
+            port.post_message("holding", []).unwrap();
+            std::thread::sleep(Duration::from_secs(3600));
+            drop(held);
+        }
+        "raw-echo" => {
+            let mut s = raw_inherited();
+            let mut buf = [0u8; 64];
+            while s.read_exact(&mut buf).is_ok() {
+                s.write_all(&buf).unwrap();
+            }
+        }
+        "raw-sink" => {
+            let mut s = raw_inherited();
+            let mut head = [0u8; 16];
+            let mut buf = vec![0u8; 1 << 20];
+            while s.read_exact(&mut head).is_ok() {
+                let total = u64::from_le_bytes(head[..8].try_into().unwrap())
+                    * u64::from_le_bytes(head[8..].try_into().unwrap());
+                let mut got = 0u64;
+                while got < total {
+                    let want = buf.len().min((total - got) as usize);
+                    let n = s.read(&mut buf[..want]).unwrap();
+                    assert!(n > 0);
+                    got += n as u64;
+                }
+                s.write_all(&[1]).unwrap();
+            }
+        }
+        "ipc-echo" | "ipc-sink" => {
+            let boot = IpcSender::<IpcBoot>::connect(name.expect("server name")).unwrap();
+            let (data_tx, data_rx) = ipc::bytes_channel().unwrap();
+            let (reply_tx_tx, reply_tx_rx) = ipc::channel::<IpcBytesSender>().unwrap();
+            boot.send((data_tx, reply_tx_tx)).unwrap();
+            let reply = reply_tx_rx.recv().unwrap();
+            if role == "ipc-echo" {
+                while let Ok(m) = data_rx.recv() {
+                    reply.send(&m).unwrap();
+                }
+            } else {
+                while let Ok(head) = data_rx.recv() {
+                    let n = u64::from_le_bytes(head[..8].try_into().unwrap());
+                    for _ in 0..n {
+                        data_rx.recv().unwrap();
+                    }
+                    reply.send(b"done").unwrap();
+                }
+            }
+        }
+        other => panic!("unknown child role {other}"),
+    }
+    process::flush(Duration::from_secs(10));
+}
+
+#[allow(unsafe_code)]
+fn raw_inherited() -> UnixStream {
+    use std::os::fd::FromRawFd;
+    let raw: i32 = std::env::var(process::BOOTSTRAP_ENV)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: the descriptor was inherited for this process and nothing else owns it.
+    let s = unsafe { UnixStream::from_raw_fd(raw) };
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+struct MsgportChild(Child, Option<MessagePort>);
+impl MsgportChild {
+    fn spawn(role: &str, cpu: usize) -> Self {
+        let (child, port) = process::spawn(&mut child_cmd(role, cpu, None)).unwrap();
+        MsgportChild(child, Some(port))
+    }
+    fn port(&self) -> &MessagePort {
+        self.1.as_ref().unwrap()
+    }
+}
+impl Drop for MsgportChild {
+    fn drop(&mut self) {
+        self.1.take();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A raw child: spawned through msgport's bootstrap (for the inherited socket) but spoken to
+/// with plain reads and writes.
+struct RawChild(Child, UnixStream);
+impl RawChild {
+    fn spawn(role: &str, cpu: usize) -> Self {
+        let (here, there) = UnixStream::pair().unwrap();
+        let mut cmd = child_cmd(role, cpu, None);
+        inherit(&mut cmd, &there);
+        let child = cmd.spawn().unwrap();
+        drop(there);
+        RawChild(child, here)
+    }
+}
+impl Drop for RawChild {
+    fn drop(&mut self) {
+        let _ = self.1.shutdown(std::net::Shutdown::Both);
+        let _ = self.0.wait();
+    }
+}
+
+#[allow(unsafe_code)]
+fn inherit(cmd: &mut Command, fd: &UnixStream) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    use std::os::unix::process::CommandExt;
+    let raw = fd.as_raw_fd();
+    cmd.env(process::BOOTSTRAP_ENV, raw.to_string());
+    // SAFETY: only fcntl between fork and exec; `fd` stays open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(raw), rustix::io::FdFlags::empty())?;
+            Ok(())
+        });
+    }
+}
+
+struct IpcChild(Child, IpcBytesSender, IpcBytesReceiver);
+impl IpcChild {
+    fn spawn(role: &str, cpu: usize) -> Self {
+        let (server, name) = IpcOneShotServer::<IpcBoot>::new().unwrap();
+        let child = child_cmd(role, cpu, Some(&name)).spawn().unwrap();
+        let (_rx, (data_tx, reply_tx_tx)): (IpcReceiver<IpcBoot>, IpcBoot) =
+            server.accept().unwrap();
+        let (reply_tx, reply_rx) = ipc::bytes_channel().unwrap();
+        reply_tx_tx.send(reply_tx).unwrap();
+        IpcChild(child, data_tx, reply_rx)
+    }
+}
+impl Drop for IpcChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Microseconds per round trip, median of `reps` batches of `n`.
+fn rtt(reps: usize, n: usize, mut one: impl FnMut()) -> f64 {
+    for _ in 0..n / 10 {
+        one();
+    }
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..n {
+                    one();
+                }
+                t.elapsed().as_secs_f64() * 1e6 / n as f64
+            })
+            .collect(),
+    )
+}
+
+/// Messages per second (or bytes per second with `bytes`), median of `reps` batches.
+fn rate(reps: usize, mut batch: impl FnMut() -> u64) -> f64 {
+    batch();
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                let n = batch();
+                n as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+pub fn group(cfg: &Config, out: &mut Vec<Figure>) {
+    let reps = cfg.reps;
+    let n_rtt = if cfg.quick { 2_000 } else { 10_000 };
+    for placement in [Placement::OneCpu, Placement::TwoCpus] {
+        pin(placement.cpu(0));
+        let cpu = placement.cpu(1);
+        let p = placement.label();
+
+        // Round trip, 64 B.
+        let m = MsgportChild::spawn("msgport-echo", cpu);
+        let msg = payload(64);
+        let ours = rtt(reps, n_rtt, || {
+            m.port().post_message(msg.clone(), []).unwrap();
+            m.port().blocking_recv().unwrap();
+        });
+        drop(m);
+        let mut r = RawChild::spawn("raw-echo", cpu);
+        let mut buf = [0u8; 64];
+        let raw = rtt(reps, n_rtt, || {
+            r.1.write_all(&[0xa5; 64]).unwrap();
+            r.1.read_exact(&mut buf).unwrap();
+        });
+        drop(r);
+        let i = IpcChild::spawn("ipc-echo", cpu);
+        let ipc_rtt = rtt(reps, n_rtt, || {
+            i.1.send(&[0xa5; 64]).unwrap();
+            i.2.recv().unwrap();
+        });
+        drop(i);
+        let name = format!("round trip, 64 B, {p}");
+        record(
+            out,
+            "xproc",
+            name.clone(),
+            "µs",
+            "lower",
+            (ours, raw),
+            "raw AF_UNIX socket pair",
+        );
+        record(
+            out,
+            "xproc",
+            name,
+            "µs",
+            "lower",
+            (ours, ipc_rtt),
+            "ipc-channel",
+        );
+
+        // One-way throughput, 64 B and 4 KiB.
+        for size in [64usize, 4096] {
+            let n: u64 = if cfg.quick { 20_000 } else { 200_000 } / if size > 64 { 4 } else { 1 };
+            let m = MsgportChild::spawn("msgport-sink", cpu);
+            let msg = payload(size);
+            let ours = rate(reps, || {
+                m.port().post_message(n, []).unwrap();
+                for _ in 0..n {
+                    m.port().post_message(msg.clone(), []).unwrap();
+                }
+                m.port().blocking_recv().unwrap();
+                n
+            });
+            drop(m);
+            let mut r = RawChild::spawn("raw-sink", cpu);
+            let block = vec![0xa5u8; size];
+            let raw = rate(reps, || {
+                let mut head = [0u8; 16];
+                head[..8].copy_from_slice(&n.to_le_bytes());
+                head[8..].copy_from_slice(&(size as u64).to_le_bytes());
+                r.1.write_all(&head).unwrap();
+                for _ in 0..n {
+                    r.1.write_all(&block).unwrap();
+                }
+                let mut ack = [0u8; 1];
+                r.1.read_exact(&mut ack).unwrap();
+                n
+            });
+            drop(r);
+            let i = IpcChild::spawn("ipc-sink", cpu);
+            let ipc_rate = rate(reps, || {
+                i.1.send(&n.to_le_bytes()).unwrap();
+                for _ in 0..n {
+                    i.1.send(&block).unwrap();
+                }
+                i.2.recv().unwrap();
+                n
+            });
+            drop(i);
+            let name = format!("one-way throughput, {size} B, {p}");
+            record(
+                out,
+                "xproc",
+                name.clone(),
+                "msg/s",
+                "higher",
+                (ours, raw),
+                "raw AF_UNIX, one write per message",
+            );
+            record(
+                out,
+                "xproc",
+                name,
+                "msg/s",
+                "higher",
+                (ours, ipc_rate),
+                "ipc-channel",
+            );
+        }
+
+        // 16 MiB messages, against a single-thread memcpy.
+        let size = 16 << 20;
+        let k: u64 = if cfg.quick { 4 } else { 16 };
+        let m = MsgportChild::spawn("msgport-sink", cpu);
+        let msg = payload(size);
+        let ours = rate(reps, || {
+            m.port().post_message(k, []).unwrap();
+            for _ in 0..k {
+                m.port().post_message(msg.clone(), []).unwrap();
+            }
+            m.port().blocking_recv().unwrap();
+            k * size as u64
+        }) / 1e9;
+        drop(m);
+        let i = IpcChild::spawn("ipc-sink", cpu);
+        let block = vec![0xa5u8; size];
+        let ipc_rate = rate(reps, || {
+            i.1.send(&k.to_le_bytes()).unwrap();
+            for _ in 0..k {
+                i.1.send(&block).unwrap();
+            }
+            i.2.recv().unwrap();
+            k * size as u64
+        }) / 1e9;
+        drop(i);
+        let src = vec![0x5au8; size];
+        let mut dst = vec![0u8; size];
+        let memcpy = rate(reps, || {
+            for _ in 0..k {
+                dst.copy_from_slice(std::hint::black_box(&src));
+            }
+            k * size as u64
+        }) / 1e9;
+        let name = format!("16 MiB messages, {p}");
+        record(
+            out,
+            "xproc",
+            name.clone(),
+            "GB/s",
+            "higher",
+            (ours, memcpy),
+            "memcpy, one thread",
+        );
+        record(
+            out,
+            "xproc",
+            name,
+            "GB/s",
+            "higher",
+            (ours, ipc_rate),
+            "ipc-channel",
+        );
+
+        // Close observed after the peer process is SIGKILLed.
+        let samples: Vec<f64> = (0..reps.max(5))
+            .map(|_| {
+                let mut h = MsgportChild::spawn("msgport-hold", cpu);
+                let (mine, theirs) = msgport::MessageChannel::new().into_ports();
+                h.port().post_message((), [theirs]).unwrap();
+                h.port().blocking_recv().unwrap();
+                let t = Instant::now();
+                h.0.kill().unwrap();
+                assert!(mine.blocking_recv().is_none());
+                let us = t.elapsed().as_secs_f64() * 1e6;
+                let _ = h.0.wait();
+                h.1.take();
+                us
+            })
+            .collect();
+        let close = median(samples);
+        println!("xproc    close observed after SIGKILL, {p:<37} msgport {close:>12.3} µs      (kernel sees it in ≈ 50 µs; target ≤ 1000 µs)");
+        out.push(Figure {
+            group: "xproc",
+            name: format!("close observed after SIGKILL, {p}"),
+            unit: "µs",
+            msgport: close,
+            rival: "target 1000 µs".into(),
+            rival_value: 1000.0,
+            ratio: close / 1000.0,
+            better: "lower",
+        });
+    }
+}
