@@ -233,49 +233,58 @@ pub fn group(cfg: &Config, out: &mut Vec<Figure>) {
         let cpu = placement.cpu(1);
         let p = placement.label();
 
-        // Round trip, 64 B.
-        let m = MsgportChild::spawn("msgport-echo", cpu);
-        let msg = payload(64);
-        let ours = rtt(reps, n_rtt, || {
-            m.port().post_message(msg.clone(), []).unwrap();
-            m.port().blocking_recv().unwrap();
-        });
-        drop(m);
-        let mut r = RawChild::spawn("raw-echo", cpu);
-        let mut buf = [0u8; 64];
-        let raw = rtt(reps, n_rtt, || {
-            r.1.write_all(&[0xa5; 64]).unwrap();
-            r.1.read_exact(&mut buf).unwrap();
-        });
-        drop(r);
-        let i = IpcChild::spawn("ipc-echo", cpu);
-        let ipc_rtt = rtt(reps, n_rtt, || {
-            i.1.send(&[0xa5; 64]).unwrap();
-            i.2.recv().unwrap();
-        });
-        drop(i);
-        let name = format!("round trip, 64 B, {p}");
-        record(
-            out,
-            "xproc",
-            name.clone(),
-            "µs",
-            "lower",
-            (ours, raw),
-            "raw AF_UNIX socket pair",
-        );
-        record(
-            out,
-            "xproc",
-            name,
-            "µs",
-            "lower",
-            (ours, ipc_rtt),
-            "ipc-channel",
-        );
+        // MSGPORT_BENCH_CASE=rtt|throughput|16mib|close runs one case (for profiling).
+        let case = std::env::var("MSGPORT_BENCH_CASE").ok();
+        let runs = |c: &str| case.as_deref().is_none_or(|x| x == c);
+
+        if runs("rtt") {
+            // Round trip, 64 B.
+            let m = MsgportChild::spawn("msgport-echo", cpu);
+            let msg = payload(64);
+            let ours = rtt(reps, n_rtt, || {
+                m.port().post_message(msg.clone(), []).unwrap();
+                m.port().blocking_recv().unwrap();
+            });
+            drop(m);
+            let mut r = RawChild::spawn("raw-echo", cpu);
+            let mut buf = [0u8; 64];
+            let raw = rtt(reps, n_rtt, || {
+                r.1.write_all(&[0xa5; 64]).unwrap();
+                r.1.read_exact(&mut buf).unwrap();
+            });
+            drop(r);
+            let i = IpcChild::spawn("ipc-echo", cpu);
+            let ipc_rtt = rtt(reps, n_rtt, || {
+                i.1.send(&[0xa5; 64]).unwrap();
+                i.2.recv().unwrap();
+            });
+            drop(i);
+            let name = format!("round trip, 64 B, {p}");
+            record(
+                out,
+                "xproc",
+                name.clone(),
+                "µs",
+                "lower",
+                (ours, raw),
+                "raw AF_UNIX socket pair",
+            );
+            record(
+                out,
+                "xproc",
+                name,
+                "µs",
+                "lower",
+                (ours, ipc_rtt),
+                "ipc-channel",
+            );
+        }
 
         // One-way throughput, 64 B and 4 KiB.
         for size in [64usize, 4096] {
+            if !runs("throughput") {
+                continue;
+            }
             let n: u64 = if cfg.quick { 20_000 } else { 200_000 } / if size > 64 { 4 } else { 1 };
             let m = MsgportChild::spawn("msgport-sink", cpu);
             let msg = payload(size);
@@ -335,58 +344,63 @@ pub fn group(cfg: &Config, out: &mut Vec<Figure>) {
         }
 
         // 16 MiB messages, against a single-thread memcpy.
-        let size = 16 << 20;
-        let k: u64 = if cfg.quick { 4 } else { 16 };
-        let m = MsgportChild::spawn("msgport-sink", cpu);
-        let msg = payload(size);
-        let ours = rate(reps, || {
-            m.port().post_message(k, []).unwrap();
-            for _ in 0..k {
-                m.port().post_message(msg.clone(), []).unwrap();
-            }
-            m.port().blocking_recv().unwrap();
-            k * size as u64
-        }) / 1e9;
-        drop(m);
-        let i = IpcChild::spawn("ipc-sink", cpu);
-        let block = vec![0xa5u8; size];
-        let ipc_rate = rate(reps, || {
-            i.1.send(&k.to_le_bytes()).unwrap();
-            for _ in 0..k {
-                i.1.send(&block).unwrap();
-            }
-            i.2.recv().unwrap();
-            k * size as u64
-        }) / 1e9;
-        drop(i);
-        let src = vec![0x5au8; size];
-        let mut dst = vec![0u8; size];
-        let memcpy = rate(reps, || {
-            for _ in 0..k {
-                dst.copy_from_slice(std::hint::black_box(&src));
-            }
-            k * size as u64
-        }) / 1e9;
-        let name = format!("16 MiB messages, {p}");
-        record(
-            out,
-            "xproc",
-            name.clone(),
-            "GB/s",
-            "higher",
-            (ours, memcpy),
-            "memcpy, one thread",
-        );
-        record(
-            out,
-            "xproc",
-            name,
-            "GB/s",
-            "higher",
-            (ours, ipc_rate),
-            "ipc-channel",
-        );
+        if runs("16mib") {
+            let size = 16 << 20;
+            let k: u64 = if cfg.quick { 4 } else { 16 };
+            let m = MsgportChild::spawn("msgport-sink", cpu);
+            let msg = payload(size);
+            let ours = rate(reps, || {
+                m.port().post_message(k, []).unwrap();
+                for _ in 0..k {
+                    m.port().post_message(msg.clone(), []).unwrap();
+                }
+                m.port().blocking_recv().unwrap();
+                k * size as u64
+            }) / 1e9;
+            drop(m);
+            let i = IpcChild::spawn("ipc-sink", cpu);
+            let block = vec![0xa5u8; size];
+            let ipc_rate = rate(reps, || {
+                i.1.send(&k.to_le_bytes()).unwrap();
+                for _ in 0..k {
+                    i.1.send(&block).unwrap();
+                }
+                i.2.recv().unwrap();
+                k * size as u64
+            }) / 1e9;
+            drop(i);
+            let src = vec![0x5au8; size];
+            let mut dst = vec![0u8; size];
+            let memcpy = rate(reps, || {
+                for _ in 0..k {
+                    dst.copy_from_slice(std::hint::black_box(&src));
+                }
+                k * size as u64
+            }) / 1e9;
+            let name = format!("16 MiB messages, {p}");
+            record(
+                out,
+                "xproc",
+                name.clone(),
+                "GB/s",
+                "higher",
+                (ours, memcpy),
+                "memcpy, one thread",
+            );
+            record(
+                out,
+                "xproc",
+                name,
+                "GB/s",
+                "higher",
+                (ours, ipc_rate),
+                "ipc-channel",
+            );
+        }
 
+        if !runs("close") {
+            continue;
+        }
         // Close observed after the peer process is SIGKILLed.
         let samples: Vec<f64> = (0..reps.max(5))
             .map(|_| {
