@@ -227,7 +227,7 @@ fn plus_one(magnitude: &[u8]) -> Vec<u8> {
 
 /// RFC 8746 typed-array tags (little-endian forms), msgport's tag for `DataView`, none for
 /// `ArrayBuffer` (a plain byte string).
-fn binary_tag(kind: BinaryKind) -> Option<u64> {
+pub(crate) fn binary_tag(kind: BinaryKind) -> Option<u64> {
     Some(match kind {
         BinaryKind::ArrayBuffer => return None,
         BinaryKind::DataView => TAG_DATAVIEW,

@@ -189,7 +189,7 @@ impl MessagePort {
                             .map_err(|e| PostError::Serialize(e.to_string()))?
                     }
                 };
-                let frame = wire::encode_frame(&value, ports)?;
+                let frame = wire::encode_frame(value, ports)?;
                 link.send_frame(frame);
                 Ok(())
             }

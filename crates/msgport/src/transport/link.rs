@@ -118,7 +118,7 @@ impl Link {
     /// encoded is dropped, with its ports.
     pub(crate) fn send_message(&self, message: MessageEvent) {
         match message.into_wire() {
-            Ok((data, ports)) => match wire::encode_frame(&data, ports) {
+            Ok((data, ports)) => match wire::encode_frame(data, ports) {
                 Ok(frame) => self.send_frame(frame),
                 Err(e) => tracing::warn!("msgport: message dropped: {e}"),
             },
@@ -132,11 +132,14 @@ impl Link {
         if io.fd.is_none() || io.closing {
             return;
         }
-        io.out.push_back(Chunk {
-            bytes: frame.bytes,
-            pos: 0,
-            fds: frame.fds,
-        });
+        let mut fds = Some(frame.fds);
+        for bytes in frame.parts {
+            io.out.push_back(Chunk {
+                bytes,
+                pos: 0,
+                fds: fds.take().unwrap_or_default(),
+            });
+        }
         if !io.want_writable {
             self.flush(&mut io);
         }

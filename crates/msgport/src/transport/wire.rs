@@ -52,10 +52,114 @@ pub(crate) enum WireError {
     BadSlot(u32),
 }
 
-/// One encoded frame: header and body bytes, and the descriptors to attach.
+/// One encoded frame: its bytes in parts (the first starts with the header; large byte strings
+/// are parts of their own, moved out of the message, never copied), and the descriptors to
+/// attach.
 pub(crate) struct Frame {
-    pub bytes: Vec<u8>,
+    pub parts: Vec<Vec<u8>>,
     pub fds: Vec<OwnedFd>,
+}
+
+/// Byte strings at least this large are moved into the frame as parts of their own.
+const ZERO_COPY_MIN: usize = 64 * 1024;
+
+/// Builds a frame's parts.
+struct FrameWriter {
+    parts: Vec<Vec<u8>>,
+    cur: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl FrameWriter {
+    fn enc(&mut self) -> Encoder<&mut Vec<u8>> {
+        Encoder::new(&mut self.cur)
+    }
+
+    /// Appends `bytes` as a part of its own.
+    fn part(&mut self, bytes: Vec<u8>) {
+        let cur = std::mem::take(&mut self.cur);
+        self.parts.push(cur);
+        self.parts.push(bytes);
+    }
+
+    /// Writes `v` as `codec::encode` would, moving large byte strings instead of copying them.
+    fn value(&mut self, v: Value) {
+        match v {
+            Value::Binary(b) if b.bytes.len() >= ZERO_COPY_MIN => {
+                if let Some(tag) = codec::binary_tag(b.kind) {
+                    let _ = ok(self.enc().tag(minicbor::data::Tag::new(tag)));
+                }
+                let _ = ok(self.enc().bytes_len(b.bytes.len() as u64));
+                self.part(b.bytes);
+            }
+            Value::Array(items) => {
+                let _ = ok(self.enc().array(items.len() as u64));
+                items.into_iter().for_each(|item| self.value(item));
+            }
+            Value::Object(entries) => {
+                let _ = ok(self.enc().map(entries.len() as u64));
+                for (k, v) in entries {
+                    let _ = ok(self.enc().str(&k));
+                    self.value(v);
+                }
+            }
+            Value::Map(entries) => {
+                let _ = ok(self.enc().tag(minicbor::data::Tag::new(codec::TAG_MAP)));
+                let _ = ok(self.enc().map(entries.len() as u64));
+                for (k, v) in entries {
+                    self.value(k);
+                    self.value(v);
+                }
+            }
+            Value::Set(items) => {
+                let _ = ok(self.enc().tag(minicbor::data::Tag::new(codec::TAG_SET)));
+                let _ = ok(self.enc().array(items.len() as u64));
+                items.into_iter().for_each(|item| self.value(item));
+            }
+            other => {
+                let _ = codec::write_value(&mut self.enc(), &other);
+            }
+        }
+    }
+
+    fn body(&mut self, data: Value, ports: Vec<MessagePort>) -> Result<(), PostError> {
+        let _ = ok(self.enc().array(2));
+        self.value(data);
+        let _ = ok(self.enc().array(ports.len() as u64));
+        let mut ports = ports.into_iter();
+        for port in ports.by_ref() {
+            let record = port
+                .export()
+                .map_err(|err| PostError::Resources(err.to_string()))?;
+            self.record(record)?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, record: Record) -> Result<(), PostError> {
+        let flags = u8::from(record.socket.is_some())
+            | u8::from(record.peer_gone) << 1
+            | u8::from(record.closed) << 2;
+        let _ = ok(self.enc().array(6));
+        let _ = ok(self.enc().u8(flags));
+        self.fds.extend(record.socket);
+        let _ = ok(self.enc().array(record.queued.len() as u64));
+        for message in record.queued {
+            // A message that cannot be turned into a Value (its Serialize failed) travels as
+            // `undefined`: the receiver in this process would have seen an error for it.
+            let (data, ports) = message
+                .into_wire()
+                .unwrap_or((Value::Undefined, Vec::new()));
+            self.body(data, ports)?;
+        }
+        let _ = ok(self.enc().bytes(&record.prefix));
+        let _ = ok(self.enc().u64(record.prefix_fds.len() as u64));
+        self.fds.extend(record.prefix_fds);
+        let _ = ok(self.enc().bytes(&record.unsent));
+        let _ = ok(self.enc().u64(record.unsent_fds.len() as u64));
+        self.fds.extend(record.unsent_fds);
+        Ok(())
+    }
 }
 
 /// A port as it leaves the process (built by `Link::export`).
@@ -72,72 +176,32 @@ pub(crate) struct Record {
 
 /// Encodes a message into one frame, exporting its ports (which leave this process even when
 /// encoding fails: they are closed then).
-pub(crate) fn encode_frame(data: &Value, ports: Vec<MessagePort>) -> Result<Frame, PostError> {
-    let mut bytes = vec![0u8; HEADER];
-    let mut fds = Vec::new();
-    {
-        let mut e = Encoder::new(&mut bytes);
-        write_body(&mut e, data, ports, &mut fds)?;
+pub(crate) fn encode_frame(data: Value, ports: Vec<MessagePort>) -> Result<Frame, PostError> {
+    let mut w = FrameWriter {
+        parts: Vec::new(),
+        cur: vec![0u8; HEADER],
+        fds: Vec::new(),
+    };
+    w.body(data, ports)?;
+    let FrameWriter {
+        mut parts,
+        cur,
+        fds,
+    } = w;
+    if !cur.is_empty() {
+        parts.push(cur);
     }
-    let size = bytes.len() - HEADER;
+    let size = parts.iter().map(Vec::len).sum::<usize>() - HEADER;
     if size > max_frame() {
         return Err(PostError::TooLarge {
             size,
             max: max_frame(),
         });
     }
-    let len = size as u32;
-    bytes[..4].copy_from_slice(&len.to_le_bytes());
-    bytes[4..8].copy_from_slice(&(fds.len() as u32).to_le_bytes());
-    Ok(Frame { bytes, fds })
-}
-
-fn write_body(
-    e: &mut Encoder<&mut Vec<u8>>,
-    data: &Value,
-    ports: Vec<MessagePort>,
-    fds: &mut Vec<OwnedFd>,
-) -> Result<(), PostError> {
-    let _ = ok(e.array(2));
-    let _ = codec::write_value(e, data);
-    let _ = ok(e.array(ports.len() as u64));
-    let mut ports = ports.into_iter();
-    for port in ports.by_ref() {
-        let record = port
-            .export()
-            .map_err(|err| PostError::Resources(err.to_string()))?;
-        write_record(e, record, fds)?;
-    }
-    Ok(())
-}
-
-fn write_record(
-    e: &mut Encoder<&mut Vec<u8>>,
-    record: Record,
-    fds: &mut Vec<OwnedFd>,
-) -> Result<(), PostError> {
-    let flags = u8::from(record.socket.is_some())
-        | u8::from(record.peer_gone) << 1
-        | u8::from(record.closed) << 2;
-    let _ = ok(e.array(6));
-    let _ = ok(e.u8(flags));
-    fds.extend(record.socket);
-    let _ = ok(e.array(record.queued.len() as u64));
-    for message in record.queued {
-        // A message that cannot be turned into a Value (its Serialize failed) is delivered as
-        // `undefined`, as the receiver in this process would have seen an error for it.
-        let (data, ports) = message
-            .into_wire()
-            .unwrap_or((Value::Undefined, Vec::new()));
-        write_body(e, &data, ports, fds)?;
-    }
-    let _ = ok(e.bytes(&record.prefix));
-    let _ = ok(e.u64(record.prefix_fds.len() as u64));
-    fds.extend(record.prefix_fds);
-    let _ = ok(e.bytes(&record.unsent));
-    let _ = ok(e.u64(record.unsent_fds.len() as u64));
-    fds.extend(record.unsent_fds);
-    Ok(())
+    let head = &mut parts[0];
+    head[..4].copy_from_slice(&(size as u32).to_le_bytes());
+    head[4..8].copy_from_slice(&(fds.len() as u32).to_le_bytes());
+    Ok(Frame { parts, fds })
 }
 
 /// Decodes a frame body with exactly the descriptors `fds`, importing its ports.
