@@ -52,6 +52,35 @@ pub fn child(role: &str, cpu: usize, name: Option<String>) {
                 port.post_message("done", []).unwrap();
             }
         }
+        "msgport-drop" => {
+            // Takes ports and drops them; after each batch of n (announced first), acks.
+            let port = process::bootstrap().unwrap();
+            while let Some(e) = port.blocking_recv() {
+                let n: u64 = e.data().unwrap();
+                for _ in 0..n {
+                    drop(port.blocking_recv().unwrap());
+                }
+                port.post_message("done", []).unwrap();
+            }
+        }
+        "msgport-keep" => {
+            // Keeps every port it is given, echoing on each (callbacks, no thread per port).
+            let port = process::bootstrap().unwrap();
+            let mut kept = Vec::new();
+            while let Some(e) = port.blocking_recv() {
+                for p in e.ports {
+                    let p = std::sync::Arc::new(p);
+                    let echo = std::sync::Arc::downgrade(&p);
+                    p.on_message(move |mut m| {
+                        if let Some(p) = echo.upgrade() {
+                            let _ = p.post_message(m.take_data::<Value>().unwrap(), []);
+                        }
+                    });
+                    p.start();
+                    kept.push(p);
+                }
+            }
+        }
         "msgport-hold" => {
             let port = process::bootstrap().unwrap();
             let held = port.blocking_recv().unwrap().ports;
@@ -81,6 +110,20 @@ pub fn child(role: &str, cpu: usize, name: Option<String>) {
                     got += n as u64;
                 }
                 s.write_all(&[1]).unwrap();
+            }
+        }
+        "ipc-drop" => {
+            let boot = IpcSender::<IpcBoot>::connect(name.expect("server name")).unwrap();
+            let (data_tx, data_rx) = ipc::bytes_channel().unwrap();
+            let (senders_tx, senders_rx) = ipc::channel::<IpcBytesSender>().unwrap();
+            boot.send((data_tx, senders_tx)).unwrap();
+            let reply = senders_rx.recv().unwrap();
+            while let Ok(head) = data_rx.recv() {
+                let n = u64::from_le_bytes(head[..8].try_into().unwrap());
+                for _ in 0..n {
+                    drop(senders_rx.recv().unwrap());
+                }
+                reply.send(b"done").unwrap();
             }
         }
         "ipc-echo" | "ipc-sink" => {
@@ -174,7 +217,12 @@ fn inherit(cmd: &mut Command, fd: &UnixStream) {
     }
 }
 
-struct IpcChild(Child, IpcBytesSender, IpcBytesReceiver);
+struct IpcChild(
+    Child,
+    IpcBytesSender,
+    IpcBytesReceiver,
+    IpcSender<IpcBytesSender>,
+);
 impl IpcChild {
     fn spawn(role: &str, cpu: usize) -> Self {
         let (server, name) = IpcOneShotServer::<IpcBoot>::new().unwrap();
@@ -183,7 +231,7 @@ impl IpcChild {
             server.accept().unwrap();
         let (reply_tx, reply_rx) = ipc::bytes_channel().unwrap();
         reply_tx_tx.send(reply_tx).unwrap();
-        IpcChild(child, data_tx, reply_rx)
+        IpcChild(child, data_tx, reply_rx, reply_tx_tx)
     }
 }
 impl Drop for IpcChild {
@@ -407,6 +455,45 @@ pub fn group(cfg: &Config, out: &mut Vec<Figure>) {
             );
         }
 
+        if runs("create") {
+            let n: u64 = if cfg.quick { 2_000 } else { 20_000 };
+            let m = MsgportChild::spawn("msgport-drop", cpu);
+            let ours = rate(reps, || {
+                m.port().post_message(n, []).unwrap();
+                for _ in 0..n {
+                    let (_here, there) = msgport::MessageChannel::new().into_ports();
+                    m.port().post_message((), [there]).unwrap();
+                }
+                m.port().blocking_recv().unwrap();
+                n
+            });
+            drop(m);
+            let i = IpcChild::spawn("ipc-drop", cpu);
+            let theirs = rate(reps, || {
+                i.1.send(&n.to_le_bytes()).unwrap();
+                for _ in 0..n {
+                    let (tx, _rx) = ipc::bytes_channel().unwrap();
+                    i.3.send(tx).unwrap();
+                }
+                i.2.recv().unwrap();
+                n
+            });
+            drop(i);
+            record(
+                out,
+                "xproc",
+                format!("create a channel and transfer one end, {p}"),
+                "1/s",
+                "higher",
+                (ours, theirs),
+                "ipc-channel",
+            );
+        }
+
+        if runs("live") && matches!(placement, Placement::TwoCpus) {
+            live_ports(cfg, cpu, out);
+        }
+
         if !runs("close") {
             continue;
         }
@@ -439,4 +526,69 @@ pub fn group(cfg: &Config, out: &mut Vec<Figure>) {
             better: "lower",
         });
     }
+}
+
+/// How many cross-process ports one process holds before the descriptor limit stops it, and
+/// whether a message costs more on the last of them than on the first.
+fn live_ports(cfg: &Config, cpu: usize, out: &mut Vec<Figure>) {
+    let m = MsgportChild::spawn("msgport-keep", cpu);
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(0) as f64;
+    let mut ports = Vec::new();
+    let cap = if cfg.quick { 2_000 } else { 100_000 };
+    while ports.len() < cap {
+        let (here, there) = msgport::MessageChannel::new().into_ports();
+        match m.port().post_message((), [there]) {
+            Ok(()) => ports.push(here),
+            Err(_) => break,
+        }
+    }
+    // The child may have hit its own limit first: keep the ports that answer.
+    let probe = payload(64);
+    let answers = |p: &MessagePort| {
+        p.post_message(probe.clone(), []).is_ok() && p.recv_timeout(Duration::from_secs(5)).is_ok()
+    };
+    while let Some(last) = ports.last() {
+        if answers(last) {
+            break;
+        }
+        ports.pop();
+    }
+    let live = ports.len();
+    let n = 2_000;
+    let first = rtt(cfg.reps, n, || {
+        ports[0].post_message(probe.clone(), []).unwrap();
+        ports[0].blocking_recv().unwrap();
+    });
+    let last = rtt(cfg.reps, n, || {
+        ports[live - 1].post_message(probe.clone(), []).unwrap();
+        ports[live - 1].blocking_recv().unwrap();
+    });
+    println!(
+        "xproc    live cross-process ports in one process: {live} of a descriptor limit of {limit} ({:.0} %); round trip on the first {first:.2} µs, on the last {last:.2} µs",
+        100.0 * live as f64 / limit
+    );
+    out.push(Figure {
+        group: "xproc",
+        name: "live cross-process ports (fraction of the descriptor limit)".into(),
+        unit: "ports",
+        msgport: live as f64,
+        rival: "RLIMIT_NOFILE".into(),
+        rival_value: limit,
+        ratio: live as f64 / limit,
+        better: "higher",
+    });
+    out.push(Figure {
+        group: "xproc",
+        name: format!("round trip on port #{live} against port #1"),
+        unit: "µs",
+        msgport: last,
+        rival: "port #1".into(),
+        rival_value: first,
+        ratio: last / first,
+        better: "lower",
+    });
+    drop(ports);
+    drop(m);
 }

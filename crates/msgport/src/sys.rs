@@ -33,11 +33,11 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// kernel allocates buffer memory as data flows, not up front.
 pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Sets the send and receive buffer sizes of a port socket (best effort: the kernel may cap
-/// them at `net.core.wmem_max` / `rmem_max`).
+/// Sets the send buffer size of a port socket (best effort: the kernel caps it at
+/// `net.core.wmem_max`). For `AF_UNIX` stream sockets the sender's buffer bounds the data in
+/// flight; the receive buffer size is not used.
 pub(crate) fn size_buffers(socket: BorrowedFd<'_>) {
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(socket, SOCKET_BUFFER);
-    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(socket, SOCKET_BUFFER);
 }
 
 /// Makes `fd` non-blocking (descriptors received or inherited may not be).

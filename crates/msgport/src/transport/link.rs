@@ -39,6 +39,9 @@ struct Io {
     out: VecDeque<Chunk>,
     /// Writable interest is registered.
     want_writable: bool,
+    /// The send buffer was enlarged (done before the first large frame, not for every socket:
+    /// most ports never carry one).
+    sized: bool,
     /// Close once `out` is flushed.
     closing: bool,
 }
@@ -60,6 +63,8 @@ pub(crate) struct Exported {
 }
 
 const READ_CHUNK: usize = 64 * 1024;
+/// Frames larger than this enlarge the socket's send buffer first.
+const LARGE_FRAME: usize = 256 * 1024;
 /// Receive buffers up to this size are kept between frames rather than freed.
 const KEEP_BUFFER: usize = 32 << 20;
 const MAX_IOV: usize = 64;
@@ -80,8 +85,8 @@ impl Link {
         unsent: Vec<u8>,
         unsent_fds: Vec<OwnedFd>,
     ) -> io::Result<Arc<Link>> {
-        sys::set_nonblocking(socket.as_fd())?;
-        sys::size_buffers(socket.as_fd());
+        // Every send and receive passes MSG_DONTWAIT, so the socket's own O_NONBLOCK flag (which
+        // a peer controls for descriptors it sends us) does not matter: no fcntl here.
         let r = reactor();
         let token = r.token();
         let raw = socket.as_raw_fd();
@@ -131,6 +136,12 @@ impl Link {
         let mut io = lock(&self.io);
         if io.fd.is_none() || io.closing {
             return;
+        }
+        if !io.sized && frame.parts.iter().map(Vec::len).sum::<usize>() > LARGE_FRAME {
+            io.sized = true;
+            if let Some(fd) = &io.fd {
+                sys::size_buffers(fd.as_fd());
+            }
         }
         let mut fds = Some(frame.fds);
         for bytes in frame.parts {
