@@ -4,6 +4,7 @@
 //! medians and a ratio. Latencies are reported twice: both threads pinned to one CPU, and split
 //! across two (waking a sleeping CPU costs ≈ 33 µs on the reference machine; DESIGN §4).
 
+mod chart;
 mod transport;
 
 use std::hint::black_box;
@@ -400,14 +401,16 @@ fn main() {
     let mut quick = false;
     let mut json = None;
     let mut only: Option<String> = None;
+    let mut svg = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json = args.next(),
             "--only" => only = args.next(),
+            "--svg" => svg = args.next(),
             "-h" | "--help" => {
-                println!("usage: msgport-bench [--quick] [--json PATH] [--only inproc|xproc]");
+                println!("usage: msgport-bench [--quick] [--json PATH] [--svg PATH] [--only inproc|xproc]");
                 return;
             }
             other => {
@@ -444,6 +447,13 @@ fn main() {
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&figures).expect("figures serialize");
         if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("cannot write {path}: {e}");
+            std::process::exit(1);
+        }
+        println!("wrote {path}");
+    }
+    if let Some(path) = svg {
+        if let Err(e) = std::fs::write(&path, chart::svg(&figures)) {
             eprintln!("cannot write {path}: {e}");
             std::process::exit(1);
         }

@@ -206,3 +206,43 @@ fn oversized_messages_are_refused_at_the_sender() {
         wait_ok(child);
     });
 }
+
+#[test]
+fn every_receive_form_works_on_a_remote_port_and_they_can_be_mixed() {
+    watchdog(LIMIT, || {
+        let (child, port) = spawn_child("echo");
+        // Blocking (the pulling thread reads the socket itself)...
+        port.post_message(1u32, []).unwrap();
+        assert_eq!(port.blocking_recv().unwrap().data::<u32>().unwrap(), 1);
+        // ...then try_recv (nobody else reads the socket in pull mode)...
+        port.post_message(2u32, []).unwrap();
+        let got = loop {
+            match port.try_recv() {
+                Ok(e) => break e.data::<u32>().unwrap(),
+                Err(msgport::TryRecvError::Empty) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(got, 2);
+        // ...then async (the reactor feeds it again)...
+        port.post_message(3u32, []).unwrap();
+        let e = futures::executor::block_on(port.recv()).unwrap();
+        assert_eq!(e.data::<u32>().unwrap(), 3);
+        // ...then a callback...
+        let (tx, rx) = std::sync::mpsc::channel();
+        port.on_message(move |e| tx.send(e.data::<u32>().unwrap()).unwrap());
+        port.start();
+        port.post_message(4u32, []).unwrap();
+        assert_eq!(rx.recv_timeout(LIMIT).unwrap(), 4);
+        port.remove_listeners();
+        // ...and blocking again, with a timeout.
+        port.post_message(5u32, []).unwrap();
+        assert_eq!(port.recv_timeout(LIMIT).unwrap().data::<u32>().unwrap(), 5);
+        assert!(matches!(
+            port.recv_timeout(Duration::from_millis(20)),
+            Err(msgport::RecvTimeoutError::Timeout)
+        ));
+        drop(port);
+        wait_ok(child);
+    });
+}

@@ -245,6 +245,11 @@ impl Endpoint {
         ep
     }
 
+    /// Whether messages may be waiting (a hint, read without the lock).
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         lock(&self.state).closed
     }

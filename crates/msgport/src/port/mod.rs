@@ -201,7 +201,15 @@ impl MessagePort {
     /// Idempotent. Pulling starts the port by itself; `start` is needed for callbacks, as with
     /// Electron's `MessagePortMain`.
     pub fn start(&self) {
+        self.arm_reactor();
         self.ep.start();
+    }
+
+    /// Asynchronous pulls and callbacks are fed by the reactor thread.
+    fn arm_reactor(&self) {
+        if let Peer::Remote(link) = &self.peer {
+            link.arm();
+        }
     }
 
     /// Closes this end (idempotent). Messages queued here are discarded (ports in them close);
@@ -337,6 +345,7 @@ impl MessagePort {
     where
         F: FnMut(MessageEvent) + Send + 'static,
     {
+        self.arm_reactor();
         self.ep.set_on_message(Some(Box::new(callback)));
     }
 
@@ -347,6 +356,7 @@ impl MessagePort {
     where
         F: FnOnce() + Send + 'static,
     {
+        self.arm_reactor();
         self.ep.set_on_close(Some(Box::new(callback)));
     }
 
@@ -366,6 +376,7 @@ impl MessagePort {
     /// Polls for the next message: `Ready(Some)`, `Ready(None)` when closed, or `Pending` with
     /// the waker registered. Starts the port.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<MessageEvent>> {
+        self.arm_reactor();
         match self.ep.pull(Some(cx.waker())) {
             Pulled::Message(m) => Poll::Ready(Some(m)),
             Pulled::Closed => Poll::Ready(None),
@@ -376,7 +387,7 @@ impl MessagePort {
     /// Receives the next message, blocking this thread; `None` once closed and drained.
     /// Starts the port. Do not call it from async code.
     pub fn blocking_recv(&self) -> Option<MessageEvent> {
-        match self.ep.pull_blocking(None) {
+        match self.pull_blocking(None) {
             Pulled::Message(m) => Some(m),
             Pulled::Closed => None,
             Pulled::Empty => unreachable!("an untimed wait returns an event"),
@@ -386,16 +397,48 @@ impl MessagePort {
     /// Receives the next message, blocking for at most `timeout`. Starts the port.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<MessageEvent, RecvTimeoutError> {
         let deadline = Instant::now().checked_add(timeout);
-        match self.ep.pull_blocking(deadline) {
+        match self.pull_blocking(deadline) {
             Pulled::Message(m) => Ok(m),
             Pulled::Closed => Err(RecvTimeoutError::Closed),
             Pulled::Empty => Err(RecvTimeoutError::Timeout),
         }
     }
 
+    /// Blocks for the next event. A socket-backed port reads its socket on this thread while it
+    /// waits (one wake-up per message, not two); a local one sleeps on its endpoint.
+    fn pull_blocking(&self, deadline: Option<Instant>) -> Pulled {
+        let Peer::Remote(link) = &self.peer else {
+            return self.ep.pull_blocking(deadline);
+        };
+        // Wake now and then to notice a close made by another thread on this port.
+        const SLICE: Duration = Duration::from_millis(50);
+        loop {
+            match self.ep.pull(None) {
+                Pulled::Empty => {}
+                event => return event,
+            }
+            let wait = match deadline {
+                None => SLICE,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(SLICE),
+                    _ => return Pulled::Empty,
+                },
+            };
+            if !link.read_here(wait) {
+                return self.ep.pull_blocking(deadline);
+            }
+        }
+    }
+
     /// Receives a message if one is queued, without waiting. Starts the port.
     pub fn try_recv(&self) -> Result<MessageEvent, TryRecvError> {
-        match self.ep.pull(None) {
+        let mut pulled = self.ep.pull(None);
+        if let (Pulled::Empty, Peer::Remote(link)) = (&pulled, &self.peer) {
+            // In pull mode nobody else reads the socket.
+            link.read_now();
+            pulled = self.ep.pull(None);
+        }
+        match pulled {
             Pulled::Message(m) => Ok(m),
             Pulled::Closed => Err(TryRecvError::Closed),
             Pulled::Empty => Err(TryRecvError::Empty),

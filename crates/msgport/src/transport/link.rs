@@ -12,8 +12,9 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use super::reactor::reactor;
+use super::reactor::{reactor, wait_readable, SharedFd};
 use super::wire::{self, Frame, WireError, HEADER};
 use crate::event::MessageEvent;
 use crate::port::Endpoint;
@@ -28,8 +29,12 @@ pub(crate) struct Link {
 
 #[derive(Default)]
 struct Io {
-    /// `None` once closed, dead or exported.
-    fd: Option<OwnedFd>,
+    /// `None` once closed, dead or exported. Shared with a thread polling it (`read_here`).
+    fd: Option<SharedFd>,
+    /// A thread pulling on this port reads the socket itself (`read_here`): the reactor does
+    /// not watch for readability until asynchronous or callback delivery needs it again
+    /// (`arm`). A blocking pull then costs no reactor wake-up and no epoll_ctl per message.
+    pull_mode: bool,
     /// Received bytes: `inbuf[..filled]`.
     inbuf: Vec<u8>,
     filled: usize,
@@ -89,13 +94,13 @@ impl Link {
         // a peer controls for descriptors it sends us) does not matter: no fcntl here.
         let r = reactor();
         let token = r.token();
-        let raw = socket.as_raw_fd();
+        let socket: SharedFd = Arc::new(socket);
         let filled = prefix.len();
         let link = Arc::new(Link {
             token,
             target,
             io: Mutex::new(Io {
-                fd: Some(socket),
+                fd: Some(socket.clone()),
                 inbuf: prefix,
                 filled,
                 infds: prefix_fds.into(),
@@ -109,7 +114,7 @@ impl Link {
                 fds: unsent_fds,
             });
         }
-        r.register(token, raw, &link)?;
+        r.register(token, socket.as_fd(), &link)?;
         {
             let mut io = lock(&link.io);
             if !io.out.is_empty() {
@@ -228,9 +233,7 @@ impl Link {
         }
         if io.want_writable {
             io.want_writable = false;
-            if let Some(fd) = &io.fd {
-                reactor().want_writable(self.token, fd.as_raw_fd(), false);
-            }
+            self.update_interest(io);
         }
         if io.closing {
             self.shut(io);
@@ -243,9 +246,7 @@ impl Link {
             io::ErrorKind::WouldBlock => {
                 if !io.want_writable {
                     io.want_writable = true;
-                    if let Some(fd) = &io.fd {
-                        reactor().want_writable(self.token, fd.as_raw_fd(), true);
-                    }
+                    self.update_interest(io);
                 }
                 true
             }
@@ -256,6 +257,57 @@ impl Link {
                 io.out.clear();
                 true
             }
+        }
+    }
+
+    /// Tells the reactor what to watch for: readability unless pulling threads read the socket
+    /// themselves, writability while frames wait.
+    fn update_interest(&self, io: &Io) {
+        if let Some(fd) = &io.fd {
+            reactor().interest(self.token, fd.as_fd(), !io.pull_mode, io.want_writable);
+        }
+    }
+
+    /// Hands reading back to the reactor (for `poll_recv` and callbacks, which nobody else
+    /// would feed).
+    pub(crate) fn arm(&self) {
+        let mut io = lock(&self.io);
+        if io.pull_mode {
+            io.pull_mode = false;
+            self.update_interest(&io);
+        }
+    }
+
+    /// Blocks this thread until the socket has data (or `timeout` passes), then reads and
+    /// delivers it here: a blocked pull on a socket-backed port wakes directly, without the
+    /// reactor thread in between. Returns false when the socket is gone (the endpoint has been
+    /// told, or soon will be).
+    pub(crate) fn read_here(&self, timeout: Duration) -> bool {
+        let fd = {
+            let mut io = lock(&self.io);
+            let Some(fd) = io.fd.clone() else {
+                return false;
+            };
+            if !io.pull_mode {
+                io.pull_mode = true;
+                self.update_interest(&io);
+            }
+            fd
+        };
+        // The reactor may have delivered just before it stopped watching: then there is no
+        // need to wait.
+        if !self.target.has_pending() {
+            wait_readable(&fd, timeout);
+        }
+        drop(fd);
+        self.read(true);
+        true
+    }
+
+    /// Reads what is there now, without waiting (for `try_recv` in pull mode).
+    pub(crate) fn read_now(&self) {
+        if lock(&self.io).pull_mode {
+            self.read(true);
         }
     }
 
@@ -270,9 +322,19 @@ impl Link {
         self.flush(&mut io);
     }
 
-    /// Reads everything available, delivers complete frames, and reports the end of the stream.
+    /// The reactor saw the socket readable.
     pub(crate) fn on_readable(&self) {
+        self.read(false);
+    }
+
+    /// Reads everything available, delivers complete frames, and reports the end of the stream.
+    /// The reactor leaves a socket alone while a thread reads it itself (`read_here`), so that a
+    /// readiness event it picked up just before would not take the data from under that thread.
+    fn read(&self, here: bool) {
         let mut io = lock(&self.io);
+        if !here && io.pull_mode {
+            return;
+        }
         let mut ended = None;
         let mut rejected = Vec::new();
         loop {
@@ -309,10 +371,17 @@ impl Link {
                 }
                 Ok(n) => {
                     io.filled += n;
-                    if let Err(e) = self.deliver(&mut io, &mut rejected) {
-                        tracing::warn!("msgport: closing a port after a bad frame: {e}");
-                        ended = Some("bad frame");
-                        break;
+                    let before = rejected.len();
+                    match self.deliver(&mut io, &mut rejected) {
+                        Err(e) => {
+                            tracing::warn!("msgport: closing a port after a bad frame: {e}");
+                            ended = Some("bad frame");
+                            break;
+                        }
+                        // A pulling thread polls level-triggered: it need not drain the socket
+                        // (which costs one more recvmsg, answered EAGAIN) once it has a message.
+                        Ok(delivered) if here && delivered > rejected.len() - before => break,
+                        Ok(_) => {}
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -339,8 +408,10 @@ impl Link {
     }
 
     /// Decodes and delivers every complete frame in the buffer.
-    fn deliver(&self, io: &mut Io, rejected: &mut Vec<MessageEvent>) -> Result<(), WireError> {
+    /// Returns how many frames it decoded.
+    fn deliver(&self, io: &mut Io, rejected: &mut Vec<MessageEvent>) -> Result<usize, WireError> {
         let mut start = 0;
+        let mut frames = 0;
         loop {
             let avail = io.filled - start;
             if avail < HEADER {
@@ -364,6 +435,7 @@ impl Link {
             if let Err(dropped) = self.target.push_quietly(event) {
                 rejected.push(dropped);
             }
+            frames += 1;
             start += HEADER + len;
         }
         if start > 0 {
@@ -375,13 +447,13 @@ impl Link {
                 io.inbuf.shrink_to_fit();
             }
         }
-        Ok(())
+        Ok(frames)
     }
 
     /// Stops using the socket: deregisters it and closes it.
     fn shut(&self, io: &mut Io) {
         if let Some(fd) = io.fd.take() {
-            reactor().deregister(self.token, fd.as_raw_fd());
+            reactor().deregister(self.token, fd.as_fd());
         }
         io.out.clear();
     }
@@ -401,10 +473,20 @@ impl Link {
     /// of an incomplete frame and what was not yet written.
     pub(crate) fn export(&self) -> Exported {
         let mut io = lock(&self.io);
-        let socket = io.fd.take();
-        if let Some(fd) = &socket {
-            reactor().deregister(self.token, fd.as_raw_fd());
-        }
+        let socket = io.fd.take().map(|fd| {
+            reactor().deregister(self.token, fd.as_fd());
+            // No other thread polls a port that is being moved (it is owned, not borrowed);
+            // should one still hold the descriptor, hand over a duplicate.
+            Arc::try_unwrap(fd).or_else(|shared| rustix::io::fcntl_dupfd_cloexec(&*shared, 0))
+        });
+        let socket = match socket {
+            Some(Ok(fd)) => Some(fd),
+            Some(Err(e)) => {
+                tracing::warn!("msgport: cannot hand over a port's socket: {e}");
+                None
+            }
+            None => None,
+        };
         let mut unsent = Vec::new();
         let mut unsent_fds = Vec::new();
         for chunk in io.out.drain(..) {
