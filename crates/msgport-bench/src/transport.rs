@@ -35,8 +35,9 @@ fn child_cmd(role: &str, cpu: usize, name: Option<&str>) -> Command {
 pub fn child(role: &str, cpu: usize, name: Option<String>) {
     pin(cpu);
     match role {
-        "msgport-echo" => {
+        "msgport-echo" | "msgport-echo-ll" => {
             let port = process::bootstrap().unwrap();
+            port.set_low_latency(role == "msgport-echo-ll");
             while let Some(mut e) = port.blocking_recv() {
                 port.post_message(e.take_data::<Value>().unwrap(), [])
                     .unwrap();
@@ -87,6 +88,25 @@ pub fn child(role: &str, cpu: usize, name: Option<String>) {
             port.post_message("holding", []).unwrap();
             std::thread::sleep(Duration::from_secs(3600));
             drop(held);
+        }
+        "raw-echo-spin" => {
+            let mut s = raw_inherited();
+            s.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 64];
+            loop {
+                let mut got = 0;
+                while got < 64 {
+                    match s.read(&mut buf[got..]) {
+                        Ok(0) => return,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::hint::spin_loop()
+                        }
+                        Err(_) => return,
+                    }
+                }
+                s.write_all(&buf).unwrap();
+            }
         }
         "raw-echo" => {
             let mut s = raw_inherited();
@@ -325,6 +345,45 @@ pub fn group(cfg: &Config, out: &mut Vec<Figure>) {
                 "lower",
                 (ours, ipc_rtt),
                 "ipc-channel",
+            );
+        }
+
+        if runs("rtt-ll") {
+            // The low-latency option against raw sockets that busy-poll.
+            let m = MsgportChild::spawn("msgport-echo-ll", cpu);
+            m.port().set_low_latency(true);
+            let msg = payload(64);
+            let ours = rtt(reps, n_rtt, || {
+                m.port().post_message(msg.clone(), []).unwrap();
+                m.port().blocking_recv().unwrap();
+            });
+            drop(m);
+            let mut r = RawChild::spawn("raw-echo-spin", cpu);
+            r.1.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 64];
+            let raw = rtt(reps, n_rtt, || {
+                r.1.write_all(&[0xa5; 64]).unwrap();
+                let mut got = 0;
+                while got < 64 {
+                    match r.1.read(&mut buf[got..]) {
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::hint::spin_loop()
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+            r.1.set_nonblocking(false).unwrap();
+            drop(r);
+            record(
+                out,
+                "xproc",
+                format!("round trip, 64 B, low-latency option, {p}"),
+                "µs",
+                "lower",
+                (ours, raw),
+                "raw AF_UNIX, busy-polling",
             );
         }
 

@@ -60,14 +60,8 @@ impl MessageChannel {
         let a = Arc::new(Endpoint::new());
         let b = Arc::new(Endpoint::new());
         MessageChannel {
-            port1: MessagePort {
-                ep: a.clone(),
-                peer: Peer::Local(b.clone()),
-            },
-            port2: MessagePort {
-                ep: b,
-                peer: Peer::Local(a),
-            },
+            port1: MessagePort::new(a.clone(), Peer::Local(b.clone())),
+            port2: MessagePort::new(b, Peer::Local(a)),
         }
     }
 
@@ -121,6 +115,9 @@ pub struct MessagePort {
     ep: Arc<Endpoint>,
     /// Where this end posts.
     peer: Peer,
+    /// Blocking pulls on a socket-backed port read the socket themselves and spin briefly
+    /// before sleeping ([`set_low_latency`](Self::set_low_latency)).
+    low_latency: std::sync::atomic::AtomicBool,
 }
 
 /// Where a port's peer is: the backing of the channel, switched when an end leaves the process.
@@ -132,6 +129,30 @@ enum Peer {
 }
 
 impl MessagePort {
+    fn new(ep: Arc<Endpoint>, peer: Peer) -> Self {
+        MessagePort {
+            ep,
+            peer,
+            low_latency: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Trades CPU for latency on this port's blocking pulls (`blocking_recv`, `recv_timeout`)
+    /// when its peer is in another process: the pulling thread reads the socket itself (no
+    /// hand-off from the I/O thread) and looks again a few times, for some microseconds,
+    /// before it sleeps. Off by default: it makes a round trip across CPUs several times
+    /// faster, but a receiver that keeps up with a stream then reads message by message, which
+    /// costs throughput (figures in the project's notes). Within one process it changes
+    /// nothing (local pulls always spin briefly). The setting stays with this process: a
+    /// transferred port arrives with it off.
+    pub fn set_low_latency(&self, on: bool) {
+        self.low_latency
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        if !on {
+            self.arm_reactor();
+        }
+    }
+
     /// Posts a message to the peer, moving the ports of `transfer` along with it.
     ///
     /// `data` is any `serde::Serialize` value (or a [`Value`]). Within one process it is moved,
@@ -303,7 +324,7 @@ impl MessagePort {
             }
             _ => dead_peer(),
         };
-        MessagePort { ep, peer }
+        MessagePort::new(ep, peer)
     }
 
     /// A port over a socket whose other end is another process's port (a bootstrap
@@ -318,10 +339,7 @@ impl MessagePort {
             Vec::new(),
             Vec::new(),
         )?;
-        Ok(MessagePort {
-            ep,
-            peer: Peer::Remote(link),
-        })
+        Ok(MessagePort::new(ep, Peer::Remote(link)))
     }
 
     /// Whether this end was closed locally ([`close`](Self::close)). To learn that the *peer*
@@ -404,18 +422,40 @@ impl MessagePort {
         }
     }
 
-    /// Blocks for the next event. A socket-backed port reads its socket on this thread while it
-    /// waits (one wake-up per message, not two); a local one sleeps on its endpoint.
+    /// Blocks for the next event. In low-latency mode a socket-backed port reads its socket on
+    /// this thread while it waits (one wake-up per message, not two); otherwise the I/O thread
+    /// delivers to the endpoint, where this thread spins briefly, then sleeps.
     fn pull_blocking(&self, deadline: Option<Instant>) -> Pulled {
         let Peer::Remote(link) = &self.peer else {
             return self.ep.pull_blocking(deadline);
         };
+        if !self.low_latency.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.ep.pull_blocking(deadline);
+        }
         // Wake now and then to notice a close made by another thread on this port.
         const SLICE: Duration = Duration::from_millis(50);
+        let mut spins = 0;
         loop {
             match self.ep.pull(None) {
                 Pulled::Empty => {}
                 event => return event,
+            }
+            if spins < REMOTE_SPINS {
+                // A busy sender's next message is usually microseconds away: look again
+                // (yielding first, for a sender that shares this CPU) before sleeping in poll,
+                // whose wake-up the sender pays for.
+                spins += 1;
+                if spins == 1 {
+                    std::thread::yield_now();
+                } else {
+                    // Without a system call: a sender posting a stream has several messages
+                    // in the socket by the time we read, and we do not contend for its lock.
+                    for _ in 0..REMOTE_SPIN_HINTS {
+                        std::hint::spin_loop();
+                    }
+                }
+                link.read_now();
+                continue;
             }
             let wait = match deadline {
                 None => SLICE,
@@ -460,6 +500,12 @@ impl fmt::Debug for MessagePort {
             .finish()
     }
 }
+
+/// How many times a blocking pull on a socket-backed port looks at the socket again before it
+/// sleeps in `poll`.
+const REMOTE_SPINS: u32 = 4;
+/// Spin hints between two looks at the socket.
+const REMOTE_SPIN_HINTS: u32 = 256;
 
 /// The future of [`MessagePort::recv`].
 #[must_use = "futures do nothing unless polled"]

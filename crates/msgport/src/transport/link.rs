@@ -304,9 +304,10 @@ impl Link {
         true
     }
 
-    /// Reads what is there now, without waiting (for `try_recv` in pull mode).
+    /// Reads what is there now, without waiting, when pulling threads do the reading.
     pub(crate) fn read_now(&self) {
-        if lock(&self.io).pull_mode {
+        let pull_mode = lock(&self.io).pull_mode;
+        if pull_mode {
             self.read(true);
         }
     }

@@ -5,7 +5,8 @@
 //! - [`Link`]: one socket end in this process: what is written to it, and where what is read
 //!   from it goes (the port's endpoint).
 //! - `wire`: the frames on a link and the records that describe a port in flight.
-//! - `reactor`: the thread that reads every link of the process (epoll through mio).
+//! - `reactor`: the thread that reads every link of the process (edge-triggered epoll); a
+//!   thread blocked in a pull reads its own port's socket instead (pull mode).
 //!
 //! Hand-off without loss (DESIGN §3): when a port that is already socket-backed leaves again,
 //! the reactor stops reading its socket first; the messages it had read but not delivered, the
