@@ -65,6 +65,7 @@ fn child_entry() {
         "ring" => ring(boot),
         "idle" => while boot.blocking_recv().is_some() {},
         "leak-check" => leak_check(boot),
+        "fd-starved" => fd_starved(boot),
         other => panic!("unknown role {other}"),
     }
     assert!(process::flush(Duration::from_secs(30)), "flush");
@@ -139,6 +140,25 @@ fn talker(boot: MessagePort) {
 }
 
 #[test]
+fn running_out_of_descriptors_is_a_typed_error_on_the_post_that_needed_one() {
+    watchdog(LIMIT, || {
+        let (starved, boot) = child("fd-starved");
+        let mut ports = 0;
+        let report = loop {
+            let event = boot.blocking_recv().expect("the report");
+            ports += event.ports.len();
+            if let Ok(text) = event.data::<String>() {
+                break text;
+            }
+        };
+        assert!(report.starts_with("refused after"), "{report}");
+        assert!(ports > 0, "some ports made it before the limit");
+        drop(boot);
+        wait_ok(starved);
+    });
+}
+
+#[test]
 fn main_is_not_on_the_path_between_two_children() {
     watchdog(LIMIT, || {
         let (main, main_boot) = child("main");
@@ -202,6 +222,37 @@ fn leak_check(boot: MessagePort) {
     }
     assert_eq!(open_fds(), expected, "descriptors leaked");
     boot.post_message("no leak", []).unwrap();
+}
+
+/// In a process out of descriptors, the post that needs one fails with a typed error; the ports
+/// that exist keep working.
+fn fd_starved(boot: MessagePort) {
+    // The reactor (and its raised limit) exists already: lower the limit under our feet.
+    let now = open_fds() as u64;
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(now + 16),
+            maximum: rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum,
+        },
+    )
+    .unwrap();
+    let mut kept = Vec::new();
+    let mut error = None;
+    for _ in 0..100 {
+        let (here, there) = MessageChannel::new().into_ports();
+        match boot.post_message((), [there]) {
+            Ok(()) => kept.push(here),
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let error = error.expect("the limit was hit");
+    assert!(matches!(error, msgport::PostError::Resources(_)), "{error}");
+    boot.post_message(format!("refused after {}: {error}", kept.len()), [])
+        .unwrap();
 }
 
 const STREAM: u64 = 200_000;
