@@ -341,22 +341,7 @@ pub(crate) fn read_value(d: &mut Decoder<'_>, depth: usize) -> Result<Value, Cod
             Value::String(s)
         }
         Type::Array | Type::ArrayIndef => Value::Array(read_array(d, depth)?),
-        Type::Map | Type::MapIndef => {
-            let entries = read_map(d, depth)?;
-            if entries.iter().all(|(k, _)| matches!(k, Value::String(_))) {
-                Value::Object(
-                    entries
-                        .into_iter()
-                        .map(|(k, v)| match k {
-                            Value::String(k) => (k, v),
-                            _ => unreachable!("checked above"),
-                        })
-                        .collect(),
-                )
-            } else {
-                Value::Map(entries)
-            }
-        }
+        Type::Map | Type::MapIndef => Value::from_entries(read_map(d, depth)?),
         Type::Tag => read_tagged(d, depth)?,
         Type::Simple | Type::Break | Type::Unknown(_) => {
             return Err(CodecError::Invalid(

@@ -32,24 +32,8 @@ fn child_entry() {
     };
     let boot = process::bootstrap().expect("bootstrap");
     match role.as_str() {
-        "echo" => {
-            while let Some(mut event) = boot.blocking_recv() {
-                let ports = std::mem::take(&mut event.ports);
-                boot.post_message(event.value().unwrap(), ports).unwrap();
-            }
-        }
-        "serve-ports" => {
-            // Every port that arrives: echo on it until it closes.
-            while let Some(event) = boot.blocking_recv() {
-                for port in event.ports {
-                    std::thread::spawn(move || {
-                        while let Some(e) = port.blocking_recv() {
-                            port.post_message(e.value().unwrap(), []).unwrap();
-                        }
-                    });
-                }
-            }
-        }
+        "echo" => common::echo(&boot),
+        "serve-ports" => common::serve_ports(&boot),
         other => panic!("unknown role {other}"),
     }
     assert!(process::flush(Duration::from_secs(30)), "flush");

@@ -113,19 +113,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
             }
             entries.push((key, map.next_value()?));
         }
-        if entries.iter().all(|(k, _)| matches!(k, Value::String(_))) {
-            Ok(Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| match k {
-                        Value::String(k) => (k, v),
-                        _ => unreachable!("checked above"),
-                    })
-                    .collect(),
-            ))
-        } else {
-            Ok(Value::Map(entries))
-        }
+        Ok(Value::from_entries(entries))
     }
 }
 

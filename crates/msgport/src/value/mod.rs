@@ -191,6 +191,23 @@ impl Value {
         matches!(self, Value::Null | Value::Undefined)
     }
 
+    /// A plain object when every key is a string, otherwise a `Map` (the reading of a CBOR
+    /// map, and of a serde map, in the wire format).
+    pub fn from_entries(entries: Vec<(Value, Value)>) -> Value {
+        if !entries.iter().all(|(k, _)| matches!(k, Value::String(_))) {
+            return Value::Map(entries);
+        }
+        Value::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| match k {
+                    Value::String(k) => (k, v),
+                    _ => unreachable!("checked above"),
+                })
+                .collect(),
+        )
+    }
+
     /// The highest port slot anywhere in this value, if any.
     pub fn max_port_slot(&self) -> Option<u32> {
         let mut max = None;

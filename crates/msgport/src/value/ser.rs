@@ -395,23 +395,7 @@ impl SerializeMap for MapBuilder {
         Ok(())
     }
     fn end(self) -> Result<Value, ValueError> {
-        let value = if self
-            .entries
-            .iter()
-            .all(|(k, _)| matches!(k, Value::String(_)))
-        {
-            Value::Object(
-                self.entries
-                    .into_iter()
-                    .map(|(k, v)| match k {
-                        Value::String(k) => (k, v),
-                        _ => unreachable!("checked above"),
-                    })
-                    .collect(),
-            )
-        } else {
-            Value::Map(self.entries)
-        };
+        let value = Value::from_entries(self.entries);
         Ok(tagged(self.variant, value))
     }
 }

@@ -223,3 +223,24 @@ impl Topology for ViaChildren {
         PeerHandle::Children(vec![(child, boot), (relay, relay_boot)])
     }
 }
+
+/// Child role: sends every message back, with its ports, until the port closes.
+pub fn echo(boot: &MessagePort) {
+    while let Some(mut event) = boot.blocking_recv() {
+        let ports = std::mem::take(&mut event.ports);
+        boot.post_message(event.value().unwrap(), ports).unwrap();
+    }
+}
+
+/// Child role: every port that arrives gets a thread that echoes on it until it closes.
+pub fn serve_ports(boot: &MessagePort) {
+    while let Some(event) = boot.blocking_recv() {
+        for port in event.ports {
+            std::thread::spawn(move || {
+                while let Some(e) = port.blocking_recv() {
+                    port.post_message(e.value().unwrap(), []).unwrap();
+                }
+            });
+        }
+    }
+}
