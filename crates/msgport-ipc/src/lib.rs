@@ -1,0 +1,86 @@
+//! # msgport-ipc: main and child processes over msgport
+//!
+//! Electron's `ipcMain` / `ipcRenderer` / `webContents.postMessage` / `utilityProcess` layer for
+//! Rust programs. The main process spawns children ([`IpcMain::spawn`]); each child gets its
+//! connection with [`IpcChild::connect`]. Named channels carry, in both directions,
+//! fire-and-forget messages (`send`), request/response (`invoke` / [`IpcMain::handle`]) and
+//! messages that transfer ports (`post_message`).
+//!
+//! Every event in main says which child sent it ([`IpcMainEvent::sender`]): an id that main
+//! assigned, and the OS pid, taken from the connection the message arrived on, so a child
+//! cannot claim to be another. The seed's security check is one comparison:
+//! `if event.sender == app { ... }`.
+//!
+//! | Electron | msgport-ipc |
+//! |---|---|
+//! | `ipcMain.on(ch, (e, ...args))` / `once` / `removeListener` | [`IpcMain::on`] / [`IpcMain::once`] / [`IpcMain::remove_listener`] |
+//! | `ipcMain.handle(ch, fn)` | [`IpcMain::handle`] |
+//! | `event.senderFrame` | [`IpcMainEvent::sender`] (a [`ChildRef`]) |
+//! | `webContents.send` / `webContents.postMessage` | [`ChildRef::send`] / [`ChildRef::post_message`] |
+//! | `ipcRenderer.send` / `invoke` / `postMessage` / `on` | [`IpcChild::send`] / [`IpcChild::invoke`] / [`IpcChild::post_message`] / [`IpcChild::on`] |
+//! | `utilityProcess.fork` | [`IpcMain::spawn`] |
+
+mod child_side;
+mod envelope;
+mod main_side;
+
+pub use child_side::{IpcChild, IpcChildEvent};
+pub use main_side::{ChildExit, ChildRef, IpcMain, IpcMainEvent, ListenerId};
+
+/// Why an `invoke` failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvokeError {
+    /// Main has no handler for the channel.
+    #[error("no handler registered for channel {0:?}")]
+    NoHandler(String),
+    /// The handler returned an error.
+    #[error("handler failed: {0}")]
+    HandlerFailed(String),
+    /// The handler panicked; main keeps serving.
+    #[error("handler panicked: {0}")]
+    HandlerPanicked(String),
+    /// The connection to main closed before the reply came (main exited or crashed).
+    #[error("main process went away")]
+    MainGone,
+    /// The request could not be sent.
+    #[error("request refused: {0}")]
+    Post(#[from] msgport::PostError),
+    /// The data could not be converted.
+    #[error("data conversion failed: {0}")]
+    Data(String),
+}
+
+impl InvokeError {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            InvokeError::NoHandler(_) => "no-handler",
+            InvokeError::HandlerFailed(_) => "handler-failed",
+            InvokeError::HandlerPanicked(_) => "handler-panicked",
+            InvokeError::MainGone => "main-gone",
+            InvokeError::Post(_) => "post",
+            InvokeError::Data(_) => "data",
+        }
+    }
+
+    pub(crate) fn from_wire(kind: &str, message: &str) -> InvokeError {
+        let m = message.to_owned();
+        match kind {
+            "no-handler" => InvokeError::NoHandler(
+                m.strip_prefix("no handler registered for channel ")
+                    .map(|c| c.trim_matches('"').to_owned())
+                    .unwrap_or(m),
+            ),
+            "handler-panicked" => InvokeError::HandlerPanicked(
+                m.strip_prefix("handler panicked: ")
+                    .map(str::to_owned)
+                    .unwrap_or(m),
+            ),
+            _ => InvokeError::HandlerFailed(
+                m.strip_prefix("handler failed: ")
+                    .map(str::to_owned)
+                    .unwrap_or(m),
+            ),
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The main process: spawns children, dispatches their messages to listeners and handlers.
+//!
+//! Each child's connection is served by a thread of its own, which runs the listeners and
+//! handlers for that child's messages, one at a time, in order. A slow handler delays only its
+//! own child.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use msgport::{process, MessagePort, PostError, Value};
+use serde::Serialize;
+
+use crate::envelope::Envelope;
+use crate::InvokeError;
+
+type Listener = Arc<Mutex<dyn FnMut(&mut IpcMainEvent) + Send>>;
+type Handler = Arc<dyn Fn(&IpcMainEvent) -> Result<Value, String> + Send + Sync>;
+type ExitListener = Arc<dyn Fn(&ChildExit) + Send + Sync>;
+
+/// Identifies a listener, for [`IpcMain::remove_listener`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId(u64);
+
+struct Registered {
+    id: ListenerId,
+    once: bool,
+    f: Listener,
+}
+
+#[derive(Default)]
+struct Shared {
+    listeners: Mutex<HashMap<String, Vec<Registered>>>,
+    handlers: Mutex<HashMap<String, Handler>>,
+    exit_listeners: Mutex<Vec<ExitListener>>,
+    next: AtomicU64,
+}
+
+/// The main side of the IPC layer (Electron's `ipcMain`, plus spawning).
+#[derive(Clone, Default)]
+pub struct IpcMain {
+    shared: Arc<Shared>,
+}
+
+/// A child process, as main knows it: main's id for it, its pid, and its connection. Two
+/// `ChildRef`s are equal when they name the same child; compare `event.sender` with the
+/// `ChildRef` returned by [`IpcMain::spawn`] to check who sent a message.
+#[derive(Clone)]
+pub struct ChildRef {
+    id: u64,
+    pid: u32,
+    port: Arc<MessagePort>,
+}
+
+impl PartialEq for ChildRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+impl Eq for ChildRef {}
+
+impl fmt::Debug for ChildRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildRef")
+            .field("id", &self.id)
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+impl ChildRef {
+    /// Main's id for this child (unique in this main process, never reused).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The child's OS process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `data` on `channel` to this child (Electron's `webContents.send`). Messages to a
+    /// channel the child does not listen to yet are queued there, in order.
+    pub fn send<T: Serialize>(&self, channel: &str, data: T) -> Result<(), PostError> {
+        self.post_message(channel, data, [])
+    }
+
+    /// Sends `data` and transfers `ports` on `channel` (Electron's `webContents.postMessage`).
+    pub fn post_message<T, I>(&self, channel: &str, data: T, ports: I) -> Result<(), PostError>
+    where
+        T: Serialize,
+        I: IntoIterator<Item = MessagePort>,
+    {
+        let data = msgport::to_value(&data).map_err(|e| PostError::Serialize(e.to_string()))?;
+        let envelope = Envelope::Send {
+            channel: channel.to_owned(),
+            data,
+        }
+        .into_value();
+        self.port.post_message(envelope, ports)
+    }
+
+    /// Kills the child (SIGKILL). Its exit is reported to [`IpcMain::on_exit`] listeners.
+    pub fn kill(&self) -> std::io::Result<()> {
+        let pid = rustix::process::Pid::from_raw(self.pid as i32)
+            .ok_or_else(|| std::io::Error::other("invalid pid"))?;
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
+        Ok(())
+    }
+}
+
+/// A message from a child, as main's listeners and handlers see it.
+#[derive(Debug)]
+pub struct IpcMainEvent {
+    /// Which child sent it, taken from the connection it arrived on (unforgeable).
+    pub sender: ChildRef,
+    /// The channel it was sent on.
+    pub channel: String,
+    /// The data.
+    pub data: Value,
+    /// The ports it transferred (`post_message`); the first listener to take them owns them.
+    pub ports: Vec<MessagePort>,
+}
+
+impl IpcMainEvent {
+    /// The data decoded as `T`.
+    pub fn data<T: serde::de::DeserializeOwned>(&self) -> Result<T, msgport::ValueError> {
+        msgport::from_value(self.data.clone())
+    }
+}
+
+/// A child's exit, as [`IpcMain::on_exit`] reports it.
+#[derive(Debug, Clone)]
+pub struct ChildExit {
+    /// The child.
+    pub child: ChildRef,
+    /// How it ended (`status.code()`, or the signal through `ExitStatusExt`).
+    pub status: ExitStatus,
+}
+
+impl IpcMain {
+    /// A main side with no listeners.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Spawns `cmd` as a child with a connection to this main process. The child calls
+    /// [`IpcChild::connect`](crate::IpcChild::connect). When it exits, `on_exit` listeners
+    /// run, and every port it held is observed closed by its peer.
+    pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<ChildRef> {
+        let (mut child, port) = process::spawn(cmd)?;
+        let child_ref = ChildRef {
+            id: self.shared.next.fetch_add(1, Ordering::Relaxed) + 1,
+            pid: child.id(),
+            port: Arc::new(port),
+        };
+        let shared = self.shared.clone();
+        let me = child_ref.clone();
+        std::thread::Builder::new()
+            .name(format!("msgport-ipc-child-{}", me.id))
+            .spawn(move || serve(&shared, &me))?;
+        let shared = self.shared.clone();
+        let me = child_ref.clone();
+        std::thread::Builder::new()
+            .name(format!("msgport-ipc-wait-{}", me.id))
+            .spawn(move || {
+                if let Ok(status) = child.wait() {
+                    let exit = ChildExit { child: me, status };
+                    let listeners: Vec<ExitListener> = shared
+                        .exit_listeners
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    for l in listeners {
+                        l(&exit);
+                    }
+                }
+            })?;
+        Ok(child_ref)
+    }
+
+    fn add(&self, channel: &str, once: bool, f: Listener) -> ListenerId {
+        let id = ListenerId(self.shared.next.fetch_add(1, Ordering::Relaxed) + 1);
+        self.shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(channel.to_owned())
+            .or_default()
+            .push(Registered { id, once, f });
+        id
+    }
+
+    /// Calls `f` for every message children send on `channel` (`send` and `post_message`).
+    pub fn on<F>(&self, channel: &str, f: F) -> ListenerId
+    where
+        F: FnMut(&mut IpcMainEvent) + Send + 'static,
+    {
+        self.add(channel, false, Arc::new(Mutex::new(f)))
+    }
+
+    /// Like [`on`](Self::on), for the next message only.
+    pub fn once<F>(&self, channel: &str, f: F) -> ListenerId
+    where
+        F: FnMut(&mut IpcMainEvent) + Send + 'static,
+    {
+        self.add(channel, true, Arc::new(Mutex::new(f)))
+    }
+
+    /// Removes a listener; returns whether it was registered.
+    pub fn remove_listener(&self, channel: &str, id: ListenerId) -> bool {
+        let mut all = self
+            .shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(list) = all.get_mut(channel) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|r| r.id != id);
+        before != list.len()
+    }
+
+    /// Answers `invoke` on `channel`: `Ok(value)` is the reply, `Err(message)` fails the
+    /// caller's `invoke` with [`InvokeError::HandlerFailed`]; a panic fails it with
+    /// [`InvokeError::HandlerPanicked`] and main keeps serving. Replaces an earlier handler.
+    pub fn handle<F>(&self, channel: &str, f: F)
+    where
+        F: Fn(&IpcMainEvent) -> Result<Value, String> + Send + Sync + 'static,
+    {
+        self.shared
+            .handlers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(channel.to_owned(), Arc::new(f));
+    }
+
+    /// Removes the handler of `channel`.
+    pub fn remove_handler(&self, channel: &str) {
+        self.shared
+            .handlers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(channel);
+    }
+
+    /// Calls `f` when a spawned child exits (normally, by crash, or killed).
+    pub fn on_exit<F>(&self, f: F)
+    where
+        F: Fn(&ChildExit) + Send + Sync + 'static,
+    {
+        self.shared
+            .exit_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(f));
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// Serves one child's connection until it closes.
+fn serve(shared: &Shared, child: &ChildRef) {
+    while let Some(mut message) = child.port.blocking_recv() {
+        let ports = std::mem::take(&mut message.ports);
+        let Some(envelope) = message.value().ok().and_then(Envelope::from_value) else {
+            tracing::warn!(
+                child = child.id,
+                "msgport-ipc: ignoring a malformed message"
+            );
+            continue;
+        };
+        match envelope {
+            Envelope::Send { channel, data } => {
+                let mut event = IpcMainEvent {
+                    sender: child.clone(),
+                    channel,
+                    data,
+                    ports,
+                };
+                emit(shared, &mut event);
+            }
+            Envelope::Invoke { channel, id, data } => {
+                let handler = shared
+                    .handlers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&channel)
+                    .cloned();
+                let event = IpcMainEvent {
+                    sender: child.clone(),
+                    channel,
+                    data,
+                    ports,
+                };
+                let result = match handler {
+                    None => Err(InvokeError::NoHandler(event.channel.clone())),
+                    Some(h) => match catch_unwind(AssertUnwindSafe(|| h(&event))) {
+                        Ok(Ok(v)) => Ok(v),
+                        Ok(Err(message)) => Err(InvokeError::HandlerFailed(message)),
+                        Err(p) => Err(InvokeError::HandlerPanicked(panic_text(&*p))),
+                    },
+                };
+                // The child may be gone meanwhile: nothing to do then.
+                let _ = child
+                    .port
+                    .post_message(Envelope::Reply { id, result }.into_value(), []);
+            }
+            Envelope::Reply { .. } => {
+                tracing::warn!(
+                    child = child.id,
+                    "msgport-ipc: ignoring a reply from a child"
+                );
+            }
+        }
+    }
+}
+
+fn emit(shared: &Shared, event: &mut IpcMainEvent) {
+    let listeners: Vec<(ListenerId, bool, Listener)> = {
+        let mut all = shared.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = all.get_mut(&event.channel) else {
+            return;
+        };
+        let picked = list.iter().map(|r| (r.id, r.once, r.f.clone())).collect();
+        list.retain(|r| !r.once);
+        picked
+    };
+    for (_, _, f) in listeners {
+        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        if catch_unwind(AssertUnwindSafe(|| (*f)(event))).is_err() {
+            tracing::error!("msgport-ipc: a listener panicked");
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! main/child IPC with real child processes (the test binary re-runs itself in a child role).
+
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use msgport::{value, MessageChannel, Value};
+use msgport_ipc::{ChildRef, InvokeError, IpcChild, IpcMain};
+
+const ROLE: &str = "MSGPORT_IPC_TEST_ROLE";
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn cmd(role: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .stdout(std::process::Stdio::null());
+    c
+}
+
+/// Not a test: the child roles (returns at once in the test process).
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    match role.as_str() {
+        "basic" => {
+            let ipc = IpcChild::connect().unwrap();
+            let (tx, rx) = mpsc::channel();
+            ipc.on("ping", move |e| tx.send(e.data::<u32>().unwrap()).unwrap());
+            ipc.send("hello", value!({ "claims_to_be": 1 })).unwrap();
+            let doubled = ipc.invoke_blocking("double", 21).unwrap();
+            ipc.send("result", doubled).unwrap();
+            let n = rx.recv().unwrap();
+            ipc.send("pong", n + 1).unwrap();
+            // Wait for main to hang up.
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "errors" => {
+            let ipc = IpcChild::connect().unwrap();
+            let missing = ipc.invoke_blocking("nope", ()).unwrap_err();
+            assert_eq!(missing, InvokeError::NoHandler("nope".into()));
+            let failed = ipc.invoke_blocking("fail", ()).unwrap_err();
+            assert_eq!(failed, InvokeError::HandlerFailed("no luck".into()));
+            let panicked = ipc.invoke_blocking("boom", ()).unwrap_err();
+            assert!(
+                matches!(panicked, InvokeError::HandlerPanicked(ref m) if m.contains("kaboom")),
+                "{panicked}"
+            );
+            let after = futures::executor::block_on(ipc.invoke("double", 5)).unwrap();
+            ipc.send("errors-ok", after).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "hang-invoke" => {
+            let ipc = IpcChild::connect().unwrap();
+            ipc.send("about-to-hang", ()).unwrap();
+            let _ = ipc.invoke_blocking("hang", ());
+        }
+        "main-gone" => {
+            // Without exiting on disconnect, to report what the pending invoke saw.
+            let ipc = IpcChild::connect_with(false).unwrap();
+            ipc.send("waiting", ()).unwrap();
+            let err = ipc.invoke_blocking("hang", ()).unwrap_err();
+            let path = std::env::var("MSGPORT_IPC_TEST_OUT").unwrap();
+            std::fs::write(path, err.to_string()).unwrap();
+        }
+        "mini-main" => {
+            // A main process of its own, whose child invokes a handler that never answers.
+            let main = IpcMain::new();
+            main.handle("hang", |_| {
+                std::thread::sleep(Duration::from_secs(3600));
+                Ok(Value::Null)
+            });
+            let (tx, rx) = mpsc::channel();
+            main.on("waiting", move |_| tx.send(()).unwrap());
+            let mut c = cmd("main-gone");
+            c.env(
+                "MSGPORT_IPC_TEST_OUT",
+                std::env::var("MSGPORT_IPC_TEST_OUT").unwrap(),
+            );
+            let _child = main.spawn(&mut c).unwrap();
+            rx.recv().unwrap();
+            // Tell the test to kill us now.
+            let boot = msgport::process::bootstrap().unwrap();
+            boot.post_message("ready", []).unwrap();
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        "worker" => {
+            let ipc = IpcChild::connect().unwrap();
+            let (tx, rx) = mpsc::channel();
+            ipc.on("new-client", move |mut e| {
+                tx.send(e.ports.pop().unwrap()).unwrap()
+            });
+            let port = rx.recv().unwrap();
+            while let Some(e) = port.blocking_recv() {
+                let n: u32 = e.data().unwrap();
+                port.post_message(n * 2, []).unwrap();
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+    msgport::process::flush(Duration::from_secs(10));
+    std::process::exit(0);
+}
+
+#[test]
+fn send_invoke_and_listen_both_ways_with_unforgeable_identity() {
+    let main = IpcMain::new();
+    main.handle("double", |e| {
+        Ok(Value::from(e.data::<u32>().map_err(|e| e.to_string())? * 2))
+    });
+    let (tx, rx) = mpsc::channel::<(String, Option<u64>, Value)>();
+    for ch in ["hello", "result", "pong"] {
+        let tx = tx.clone();
+        main.on(ch, move |e| {
+            tx.send((e.channel.clone(), Some(e.sender.id()), e.data.clone()))
+                .unwrap();
+        });
+    }
+    let a = main.spawn(&mut cmd("basic")).unwrap();
+    let b = main.spawn(&mut cmd("basic")).unwrap();
+    assert_ne!(a, b);
+    let mut seen: Vec<(String, Option<u64>, Value)> = Vec::new();
+    for _ in 0..4 {
+        seen.push(rx.recv_timeout(LIMIT).unwrap());
+    }
+    // Each child says it is child 1: the sender id comes from the connection, not the data.
+    let hellos: Vec<_> = seen.iter().filter(|(c, _, _)| c == "hello").collect();
+    assert_eq!(hellos.len(), 2);
+    let mut ids: Vec<u64> = hellos.iter().map(|(_, id, _)| id.unwrap()).collect();
+    ids.sort_unstable();
+    let mut want = vec![a.id(), b.id()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    for (_, _, v) in seen.iter().filter(|(c, _, _)| c == "result") {
+        assert_eq!(*v, Value::from(42));
+    }
+    a.send("ping", 7).unwrap();
+    b.send("ping", 9).unwrap();
+    let mut pongs = Vec::new();
+    while pongs.len() < 2 {
+        let (ch, id, v) = rx.recv_timeout(LIMIT).unwrap();
+        if ch == "pong" {
+            pongs.push((id.unwrap(), v));
+        }
+    }
+    pongs.sort_by_key(|(id, _)| *id);
+    let expect_for = |c: &ChildRef, n: u32| (c.id(), Value::from(n));
+    let mut want = vec![expect_for(&a, 8), expect_for(&b, 10)];
+    want.sort_by_key(|(id, _)| *id);
+    assert_eq!(pongs, want);
+    a.kill().unwrap();
+    b.kill().unwrap();
+}
+
+#[test]
+fn invoke_errors_are_typed_and_main_keeps_serving() {
+    let main = IpcMain::new();
+    main.handle("double", |e| {
+        Ok(Value::from(e.data::<u32>().map_err(|e| e.to_string())? * 2))
+    });
+    main.handle("fail", |_| Err("no luck".into()));
+    main.handle("boom", |_| panic!("kaboom"));
+    let (tx, rx) = mpsc::channel();
+    main.on("errors-ok", move |e| tx.send(e.data.clone()).unwrap());
+    let child = main.spawn(&mut cmd("errors")).unwrap();
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), Value::from(10));
+    child.kill().unwrap();
+}
+
+#[test]
+fn a_child_killed_during_its_invoke_leaves_main_serving_others_and_exits_are_reported() {
+    let main = IpcMain::new();
+    let (started_tx, started_rx) = mpsc::channel();
+    main.handle("hang", move |_| {
+        started_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Value::Null)
+    });
+    main.handle("double", |e| {
+        Ok(Value::from(e.data::<u32>().map_err(|e| e.to_string())? * 2))
+    });
+    let (exit_tx, exit_rx) = mpsc::channel();
+    main.on_exit(move |x| exit_tx.send((x.child.id(), x.status)).unwrap());
+    let hanging = main.spawn(&mut cmd("hang-invoke")).unwrap();
+    started_rx.recv_timeout(LIMIT).unwrap();
+    hanging.kill().unwrap();
+    let (id, status) = exit_rx.recv_timeout(LIMIT).unwrap();
+    assert_eq!(id, hanging.id());
+    assert!(!status.success());
+    // Main still serves a new child.
+    let (tx, rx) = mpsc::channel();
+    main.on("errors-ok", move |e| tx.send(e.data.clone()).unwrap());
+    main.handle("fail", |_| Err("no luck".into()));
+    main.handle("boom", |_| panic!("kaboom"));
+    let other = main.spawn(&mut cmd("errors")).unwrap();
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), Value::from(10));
+    other.kill().unwrap();
+}
+
+#[test]
+fn main_going_away_fails_a_pending_invoke_with_a_typed_error() {
+    let out = std::env::temp_dir().join(format!("msgport-ipc-main-gone-{}", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let mut c = cmd("mini-main");
+    c.env("MSGPORT_IPC_TEST_OUT", &out);
+    let (mut mini, boot) = msgport::process::spawn(&mut c).unwrap();
+    assert_eq!(
+        boot.recv_timeout(LIMIT).unwrap().data::<String>().unwrap(),
+        "ready"
+    );
+    mini.kill().unwrap();
+    mini.wait().unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !out.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        InvokeError::MainGone.to_string()
+    );
+    let _ = std::fs::remove_file(&out);
+}
+
+#[test]
+fn fifty_children_at_once_are_all_served_and_a_worker_channel_bypasses_main() {
+    let main = IpcMain::new();
+    main.handle("double", |e| {
+        Ok(Value::from(e.data::<u32>().map_err(|e| e.to_string())? * 2))
+    });
+    let (tx, rx) = mpsc::channel();
+    main.on("result", move |e| tx.send(e.sender.id()).unwrap());
+    let children: Vec<ChildRef> = (0..50)
+        .map(|_| main.spawn(&mut cmd("basic")).unwrap())
+        .collect();
+    let mut served: Vec<u64> = (0..50).map(|_| rx.recv_timeout(LIMIT).unwrap()).collect();
+    served.sort_unstable();
+    let mut ids: Vec<u64> = children.iter().map(ChildRef::id).collect();
+    ids.sort_unstable();
+    assert_eq!(served, ids);
+    for c in &children {
+        c.kill().unwrap();
+    }
+    // The seed's worker: main hands a fresh channel's end to the worker; this process keeps
+    // the other and talks to the worker directly.
+    let worker = main.spawn(&mut cmd("worker")).unwrap();
+    let (mine, theirs) = MessageChannel::new().into_ports();
+    worker.post_message("new-client", (), [theirs]).unwrap();
+    for i in 0..100u32 {
+        mine.post_message(i, []).unwrap();
+        assert_eq!(
+            mine.recv_timeout(LIMIT).unwrap().data::<u32>().unwrap(),
+            i * 2
+        );
+    }
+    worker.kill().unwrap();
+}
