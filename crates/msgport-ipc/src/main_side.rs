@@ -37,6 +37,7 @@ struct Shared {
     handlers: Mutex<HashMap<String, Handler>>,
     exit_listeners: Mutex<Vec<ExitListener>>,
     next: AtomicU64,
+    next_child: AtomicU64,
 }
 
 /// The main side of the IPC layer (Electron's `ipcMain`, plus spawning).
@@ -153,7 +154,7 @@ impl IpcMain {
     pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<ChildRef> {
         let (mut child, port) = process::spawn(cmd)?;
         let child_ref = ChildRef {
-            id: self.shared.next.fetch_add(1, Ordering::Relaxed) + 1,
+            id: self.shared.next_child.fetch_add(1, Ordering::Relaxed) + 1,
             pid: child.id(),
             port: Arc::new(port),
         };
