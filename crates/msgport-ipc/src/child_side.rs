@@ -76,6 +76,12 @@ impl IpcChild {
         Ok(Self::over(process::bootstrap()?, exit_when_main_goes))
     }
 
+    /// Connects to a main process that [`listen`](crate::IpcMain::listen)s on `path` (for
+    /// processes main did not spawn). This process does not exit when main goes away.
+    pub fn connect_to(path: impl AsRef<std::path::Path>) -> std::io::Result<IpcChild> {
+        Ok(Self::over(process::connect(path)?, false))
+    }
+
     /// Serves the IPC protocol over an existing port to main (for example one from
     /// `msgport::process::connect`).
     pub fn over(port: MessagePort, exit_when_main_goes: bool) -> IpcChild {

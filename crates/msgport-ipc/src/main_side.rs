@@ -148,6 +148,45 @@ impl IpcMain {
         Self::default()
     }
 
+    /// Accepts connections from processes this one did not spawn (they call
+    /// [`IpcChild::connect_to`](crate::IpcChild::connect_to) with the same path). `admit` sees
+    /// each connecting process's credentials, read from the socket by the kernel (pid, uid,
+    /// gid), and decides: a refused process sees its connection closed. Admitted processes are
+    /// served like spawned children (no exit status: their connection closing is the end).
+    /// The path must not exist yet.
+    pub fn listen<F>(&self, path: impl AsRef<std::path::Path>, admit: F) -> std::io::Result<()>
+    where
+        F: Fn(&process::PeerCredentials) -> bool + Send + 'static,
+    {
+        let listener = process::listen(path)?;
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("msgport-ipc-listen".into())
+            .spawn(move || loop {
+                let (port, creds) = match listener.accept() {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!("msgport-ipc: accept failed: {e}");
+                        continue;
+                    }
+                };
+                if !admit(&creds) {
+                    drop(port);
+                    continue;
+                }
+                let child = ChildRef {
+                    id: shared.next_child.fetch_add(1, Ordering::Relaxed) + 1,
+                    pid: creds.pid,
+                    port: Arc::new(port),
+                };
+                let shared = shared.clone();
+                let _ = std::thread::Builder::new()
+                    .name(format!("msgport-ipc-child-{}", child.id))
+                    .spawn(move || serve(&shared, &child));
+            })?;
+        Ok(())
+    }
+
     /// Spawns `cmd` as a child with a connection to this main process. The child calls
     /// [`IpcChild::connect`](crate::IpcChild::connect). When it exits, `on_exit` listeners
     /// run, and every port it held is observed closed by its peer.

@@ -98,10 +98,122 @@ fn child_entry() {
                 port.post_message(n * 2, []).unwrap();
             }
         }
+        "garbage" => {
+            garbage();
+        }
+        "flood" => {
+            let ipc = IpcChild::connect().unwrap();
+            for i in 0..100_000u32 {
+                let _ = ipc.send("flood", i);
+            }
+            for ch in ["nobody-listens", "nor-here"] {
+                let _ = ipc.send(ch, "hello?");
+                assert!(matches!(
+                    ipc.invoke_blocking(ch, ()),
+                    Err(InvokeError::NoHandler(_))
+                ));
+            }
+            ipc.send("flood-done", ()).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
         other => panic!("unknown role {other}"),
     }
     msgport::process::flush(Duration::from_secs(10));
     std::process::exit(0);
+}
+
+/// Writes bytes that are not msgport frames into the connection to main.
+#[allow(unsafe_code)]
+fn garbage() {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let raw: i32 = std::env::var(msgport::process::BOOTSTRAP_ENV)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: the descriptor was inherited for this process and nothing else owns it.
+    let mut socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(raw) };
+    socket.set_nonblocking(false).unwrap();
+    let _ = socket.write_all(&[8, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc, 1, 2, 3, 4]);
+    let _ = socket.write_all(&[0xff; 4096]);
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn hostile_children_do_not_stop_main_serving_others() {
+    let main = IpcMain::new();
+    main.handle("double", |e| {
+        Ok(Value::from(e.data::<u32>().map_err(|e| e.to_string())? * 2))
+    });
+    main.handle("fail", |_| Err("no luck".into()));
+    main.handle("boom", |_| panic!("kaboom"));
+    let flooded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let f = flooded.clone();
+    main.on("flood", move |_| {
+        f.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+    let (tx, rx) = mpsc::channel();
+    let t2 = tx.clone();
+    main.on("flood-done", move |_| {
+        t2.send("flood-done".to_string()).unwrap()
+    });
+    main.on("errors-ok", move |e| {
+        tx.send(format!("errors-ok {:?}", e.data)).unwrap()
+    });
+    let bad = main.spawn(&mut cmd("garbage")).unwrap();
+    let flood = main.spawn(&mut cmd("flood")).unwrap();
+    let good = main.spawn(&mut cmd("errors")).unwrap();
+    let mut got = vec![
+        rx.recv_timeout(LIMIT).unwrap(),
+        rx.recv_timeout(LIMIT).unwrap(),
+    ];
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "errors-ok Number(10.0)".to_string(),
+            "flood-done".to_string()
+        ]
+    );
+    assert_eq!(flooded.load(std::sync::atomic::Ordering::Relaxed), 100_000);
+    for c in [bad, flood, good] {
+        c.kill().unwrap();
+    }
+}
+
+#[test]
+fn processes_main_did_not_spawn_rendezvous_on_a_path_and_main_sees_their_pid() {
+    let dir = std::env::temp_dir().join(format!("msgport-ipc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("main.sock");
+    let _ = std::fs::remove_file(&path);
+    let main = IpcMain::new();
+    main.handle("double", |e| {
+        Ok(Value::from(e.data::<u32>().map_err(|e| e.to_string())? * 2))
+    });
+    let (tx, rx) = mpsc::channel();
+    main.on("hello", move |e| tx.send(e.sender.pid()).unwrap());
+    let me = std::process::id();
+    let refuse_next = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refuse = refuse_next.clone();
+    main.listen(&path, move |creds| {
+        creds.uid == rustix::process::getuid().as_raw()
+            && !refuse.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .unwrap();
+    // A "process main did not spawn": here, a thread of this test process.
+    let client = IpcChild::connect_to(&path).unwrap();
+    client.send("hello", ()).unwrap();
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), me);
+    assert_eq!(client.invoke_blocking("double", 4).unwrap(), Value::from(8));
+    // A refused process sees its connection close: its invoke fails.
+    refuse_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = IpcChild::connect_to(&path).unwrap();
+    assert_eq!(
+        refused.invoke_blocking("double", 1),
+        Err(InvokeError::MainGone)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
