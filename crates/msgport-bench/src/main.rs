@@ -5,6 +5,7 @@
 //! across two (waking a sleeping CPU costs ≈ 33 µs on the reference machine; DESIGN §4).
 
 mod chart;
+mod ipc;
 mod transport;
 
 use std::hint::black_box;
@@ -395,7 +396,11 @@ fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("--child") {
         let cpu = argv.get(3).and_then(|c| c.parse().ok()).unwrap_or(0);
-        transport::child(&argv[2], cpu, argv.get(4).cloned());
+        if argv[2].starts_with("ipc-") {
+            ipc::child(&argv[2], cpu);
+        } else {
+            transport::child(&argv[2], cpu, argv.get(4).cloned());
+        }
         return;
     }
     let mut quick = false;
@@ -410,7 +415,7 @@ fn main() {
             "--only" => only = args.next(),
             "--svg" => svg = args.next(),
             "-h" | "--help" => {
-                println!("usage: msgport-bench [--quick] [--json PATH] [--svg PATH] [--only inproc|xproc]");
+                println!("usage: msgport-bench [--quick] [--json PATH] [--svg PATH] [--only inproc|xproc|ipc]");
                 return;
             }
             other => {
@@ -438,6 +443,9 @@ fn main() {
     }
     if wants("xproc") {
         transport::group(&cfg, &mut figures);
+    }
+    if wants("ipc") {
+        ipc::group(&cfg, &mut figures);
     }
     println!(
         "{} figures in {:.1?}",

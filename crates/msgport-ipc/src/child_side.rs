@@ -217,6 +217,8 @@ impl IpcChild {
 }
 
 fn serve(inner: &Inner, exit_when_main_goes: bool) {
+    // This thread only ever pulls from the connection: let it read the socket itself.
+    inner.port.set_low_latency(true);
     while let Some(mut message) = inner.port.blocking_recv() {
         let ports = std::mem::take(&mut message.ports);
         match message.value().ok().and_then(Envelope::from_value) {

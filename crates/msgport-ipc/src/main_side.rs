@@ -308,8 +308,10 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".to_owned())
 }
 
-/// Serves one child's connection until it closes.
+/// Serves one child's connection until it closes. This thread only ever pulls from the
+/// connection, so it reads the socket itself (low-latency mode: no hand-off per message).
 fn serve(shared: &Shared, child: &ChildRef) {
+    child.port.set_low_latency(true);
     while let Some(mut message) = child.port.blocking_recv() {
         let ports = std::mem::take(&mut message.ports);
         let Some(envelope) = message.value().ok().and_then(Envelope::from_value) else {
