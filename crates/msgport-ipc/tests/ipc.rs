@@ -98,6 +98,16 @@ fn child_entry() {
                 port.post_message(n * 2, []).unwrap();
             }
         }
+        "late-listener" => {
+            let ipc = IpcChild::connect().unwrap();
+            // Listen only after main has sent everything.
+            std::thread::sleep(Duration::from_millis(300));
+            let (tx, rx) = mpsc::channel();
+            ipc.on("early", move |e| tx.send(e.data::<u32>().unwrap()).unwrap());
+            let got: Vec<u32> = (0..100).map(|_| rx.recv().unwrap()).collect();
+            ipc.send("early-got", got).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
         "garbage" => {
             garbage();
         }
@@ -137,6 +147,24 @@ fn garbage() {
     let _ = socket.write_all(&[8, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc, 1, 2, 3, 4]);
     let _ = socket.write_all(&[0xff; 4096]);
     std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn messages_to_a_child_that_does_not_listen_yet_are_queued_in_order() {
+    let main = IpcMain::new();
+    let (tx, rx) = mpsc::channel();
+    main.on("early-got", move |e| {
+        tx.send(e.data::<Vec<u32>>().unwrap()).unwrap()
+    });
+    let child = main.spawn(&mut cmd("late-listener")).unwrap();
+    for i in 0..100u32 {
+        child.send("early", i).unwrap();
+    }
+    assert_eq!(
+        rx.recv_timeout(LIMIT).unwrap(),
+        (0..100).collect::<Vec<_>>()
+    );
+    child.kill().unwrap();
 }
 
 #[test]
