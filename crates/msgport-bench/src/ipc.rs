@@ -25,7 +25,7 @@ pub fn child(role: &str, cpu: usize) {
     let figures: Vec<f64> = (0..=reps)
         .map(|_| {
             let t = Instant::now();
-            if role == "ipc-invoke" {
+            if role == "mpipc-invoke" {
                 for _ in 0..n {
                     ipc.invoke_blocking("echo", payload.clone()).unwrap();
                 }
@@ -139,9 +139,9 @@ pub fn group(cfg: &Config, out: &mut Vec<Figure>) {
         pin(placement.cpu(0));
         let p = placement.label();
         let n_inv = if cfg.quick { 2_000 } else { 10_000 };
-        let ours = msgport_figure("ipc-invoke", placement.cpu(1), n_inv, reps);
+        let ours = msgport_figure("mpipc-invoke", placement.cpu(1), n_inv, reps);
         let n_send = if cfg.quick { 20_000 } else { 200_000 };
-        let ours_send = msgport_figure("ipc-send", placement.cpu(1), n_send, reps);
+        let ours_send = msgport_figure("mpipc-send", placement.cpu(1), n_send, reps);
         match (
             has_node
                 .then(|| node_figure("invoke", placement, n_inv, reps))

@@ -396,7 +396,7 @@ fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("--child") {
         let cpu = argv.get(3).and_then(|c| c.parse().ok()).unwrap_or(0);
-        if argv[2].starts_with("ipc-") {
+        if argv[2].starts_with("mpipc-") {
             ipc::child(&argv[2], cpu);
         } else {
             transport::child(&argv[2], cpu, argv.get(4).cloned());
