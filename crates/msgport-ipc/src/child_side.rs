@@ -110,13 +110,7 @@ impl IpcChild {
         T: Serialize,
         I: IntoIterator<Item = MessagePort>,
     {
-        let data = msgport::to_value(&data).map_err(|e| PostError::Serialize(e.to_string()))?;
-        let envelope = Envelope::Send {
-            channel: channel.to_owned(),
-            data,
-        }
-        .into_value();
-        self.inner.port.post_message(envelope, ports)
+        crate::envelope::post_send(&self.inner.port, channel, data, ports)
     }
 
     /// Asks main's handler for `channel` and waits for its answer (any executor).

@@ -3,7 +3,7 @@
 //! `{"t": "reply", "id": n, "ok": value}` or `{"t": "reply", "id": n, "err": {"kind", "message"}}`.
 //! Anything else a child sends is ignored (and logged): a child cannot make main fail.
 
-use msgport::Value;
+use msgport::{MessagePort, PostError, Value};
 
 use crate::InvokeError;
 
@@ -99,4 +99,23 @@ impl Envelope {
             _ => None,
         }
     }
+}
+
+/// Posts a `send` envelope (with `ports`, for `post_message`) on a connection, either way.
+pub(crate) fn post_send<T, I>(
+    port: &MessagePort,
+    channel: &str,
+    data: T,
+    ports: I,
+) -> Result<(), PostError>
+where
+    T: serde::Serialize,
+    I: IntoIterator<Item = MessagePort>,
+{
+    let data = msgport::to_value(&data).map_err(|e| PostError::Serialize(e.to_string()))?;
+    let envelope = Envelope::Send {
+        channel: channel.to_owned(),
+        data,
+    };
+    port.post_message(envelope.into_value(), ports)
 }

@@ -95,13 +95,7 @@ impl ChildRef {
         T: Serialize,
         I: IntoIterator<Item = MessagePort>,
     {
-        let data = msgport::to_value(&data).map_err(|e| PostError::Serialize(e.to_string()))?;
-        let envelope = Envelope::Send {
-            channel: channel.to_owned(),
-            data,
-        }
-        .into_value();
-        self.port.post_message(envelope, ports)
+        crate::envelope::post_send(&self.port, channel, data, ports)
     }
 
     /// Kills the child (SIGKILL). Its exit is reported to [`IpcMain::on_exit`] listeners.
