@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::DecodeError;
+use crate::inline::Inline;
 use crate::port::MessagePort;
 use crate::value::{self, Value};
 
@@ -38,6 +39,8 @@ impl<T: Serialize + Send + 'static> NativeData for T {
 /// The data of a message: a moved Rust value, a value decoded from another process, or nothing
 /// once taken.
 pub(crate) enum Payload {
+    /// A small value, stored in place (no allocation).
+    Inline(Inline),
     Native(Box<dyn NativeData>),
     Value(Value),
     Taken,
@@ -89,6 +92,18 @@ impl MessageEvent {
     pub fn take_data<T: DeserializeOwned + 'static>(&mut self) -> Result<T, DecodeError> {
         match &self.payload {
             Payload::Taken => Err(DecodeError::Taken),
+            Payload::Inline(inline) if inline.is::<T>() => {
+                let Payload::Inline(inline) = std::mem::replace(&mut self.payload, Payload::Taken)
+                else {
+                    unreachable!("matched above")
+                };
+                Ok(inline.take::<T>().ok().expect("type checked above"))
+            }
+            Payload::Inline(_) => {
+                let v = self.data::<T>()?;
+                self.payload = Payload::Taken;
+                Ok(v)
+            }
             Payload::Native(native) if native.as_any().type_id() == TypeId::of::<T>() => {
                 let Payload::Native(native) = std::mem::replace(&mut self.payload, Payload::Taken)
                 else {
@@ -134,6 +149,7 @@ impl MessageEvent {
     /// The data as a dynamic [`Value`] (the structured-clone data model).
     pub fn value(&self) -> Result<Value, DecodeError> {
         match &self.payload {
+            Payload::Inline(inline) => inline.to_value(),
             Payload::Native(native) => native.to_value(),
             Payload::Value(v) => Ok(v.clone()),
             Payload::Taken => Err(DecodeError::Taken),
@@ -145,6 +161,7 @@ impl MessageEvent {
         let ports = std::mem::take(&mut self.ports);
         let v = match std::mem::replace(&mut self.payload, Payload::Taken) {
             Payload::Value(v) => v,
+            Payload::Inline(inline) => inline.to_value()?,
             Payload::Native(native) => native.to_value()?,
             Payload::Taken => return Err(DecodeError::Taken),
         };
@@ -153,7 +170,11 @@ impl MessageEvent {
 
     /// Whether the data was posted as a `T` (and not yet taken): a cheap type test, no decoding.
     pub fn is<T: 'static>(&self) -> bool {
-        matches!(&self.payload, Payload::Native(n) if n.as_any().type_id() == TypeId::of::<T>())
+        match &self.payload {
+            Payload::Inline(inline) => inline.is::<T>(),
+            Payload::Native(n) => n.as_any().type_id() == TypeId::of::<T>(),
+            _ => false,
+        }
     }
 }
 

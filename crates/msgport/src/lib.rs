@@ -58,6 +58,7 @@
 pub mod codec;
 mod error;
 mod event;
+mod inline;
 mod port;
 pub mod process;
 mod sync;

@@ -194,7 +194,11 @@ impl MessagePort {
                 for port in &ports {
                     port.ep.detach_for_transfer();
                 }
-                let message = MessageEvent::new(Payload::Native(Box::new(data)), ports);
+                let payload = match crate::inline::Inline::new(data) {
+                    Ok(inline) => Payload::Inline(inline),
+                    Err(data) => Payload::Native(Box::new(data)),
+                };
+                let message = MessageEvent::new(payload, ports);
                 if let Err(dropped) = peer.push(message) {
                     drop(dropped);
                 }
