@@ -275,6 +275,7 @@ impl MessagePort {
             }
             (Peer::Local(peer), None) => {
                 let (here, there) = sys::socketpair()?;
+                // Nobody pulls from a proxy's link: the reactor reads it from the start.
                 let link = Link::new(
                     here,
                     peer.clone(),
@@ -282,6 +283,7 @@ impl MessagePort {
                     Vec::new(),
                     Vec::new(),
                     Vec::new(),
+                    true,
                 )?;
                 let detached = self.ep.detach(Some(link.clone()));
                 let connected = !detached.closed && !detached.peer_gone;
@@ -317,6 +319,7 @@ impl MessagePort {
                     record.prefix_fds,
                     record.unsent,
                     record.unsent_fds,
+                    false,
                 ) {
                     Ok(link) => Peer::Remote(link),
                     Err(e) => {
@@ -342,6 +345,7 @@ impl MessagePort {
             Vec::new(),
             Vec::new(),
             Vec::new(),
+            false,
         )?;
         Ok(MessagePort::new(ep, Peer::Remote(link)))
     }
@@ -434,6 +438,8 @@ impl MessagePort {
             return self.ep.pull_blocking(deadline);
         };
         if !self.low_latency.load(std::sync::atomic::Ordering::Relaxed) {
+            // The reactor delivers, this thread waits on the endpoint.
+            link.arm();
             return self.ep.pull_blocking(deadline);
         }
         // Wake now and then to notice a close made by another thread on this port.

@@ -22,6 +22,8 @@ use crate::sys;
 
 /// One socket end: what we write to it, and the endpoint that gets what we read.
 pub(crate) struct Link {
+    /// This link, for registering itself with the reactor when first needed.
+    me: std::sync::Weak<Link>,
     token: usize,
     target: Arc<Endpoint>,
     io: Mutex<Io>,
@@ -35,6 +37,10 @@ struct Io {
     /// not watch for readability until asynchronous or callback delivery needs it again
     /// (`arm`). A blocking pull then costs no reactor wake-up and no epoll_ctl per message.
     pull_mode: bool,
+    /// The socket is in the reactor's epoll set. A link whose port nobody waits on
+    /// asynchronously starts unregistered (in pull mode): a port that arrives and is dropped, or
+    /// only pulled from, never costs an epoll_ctl.
+    registered: bool,
     /// Received bytes: `inbuf[..filled]`.
     inbuf: Vec<u8>,
     filled: usize,
@@ -82,6 +88,8 @@ impl Link {
     /// Takes over `socket`, delivering what it reads to `target`. `prefix` (with its
     /// descriptors) is what an earlier owner had read of a frame not yet complete; `unsent`
     /// what it had not yet written: both come first.
+    /// With `watch`, the reactor reads it from the start (a proxy's link, which nobody pulls
+    /// from); without, it is registered when a waiter needs it ([`arm`](Self::arm)).
     pub(crate) fn new(
         socket: OwnedFd,
         target: Arc<Endpoint>,
@@ -89,34 +97,39 @@ impl Link {
         prefix_fds: Vec<OwnedFd>,
         unsent: Vec<u8>,
         unsent_fds: Vec<OwnedFd>,
+        watch: bool,
     ) -> io::Result<Arc<Link>> {
         // Every send and receive passes MSG_DONTWAIT, so the socket's own O_NONBLOCK flag (which
         // a peer controls for descriptors it sends us) does not matter: no fcntl here.
-        let r = reactor();
-        let token = r.token();
-        let socket: SharedFd = Arc::new(socket);
+        let token = reactor().token();
         let filled = prefix.len();
-        let link = Arc::new(Link {
-            token,
-            target,
-            io: Mutex::new(Io {
-                fd: Some(socket.clone()),
-                inbuf: prefix,
-                filled,
-                infds: prefix_fds.into(),
-                ..Io::default()
-            }),
-        });
+        let mut out = VecDeque::new();
         if !unsent.is_empty() {
-            lock(&link.io).out.push_back(Chunk {
+            out.push_back(Chunk {
                 bytes: unsent,
                 pos: 0,
                 fds: unsent_fds,
             });
         }
-        r.register(token, socket.as_fd(), &link)?;
+        let link = Arc::new_cyclic(|me| Link {
+            me: me.clone(),
+            token,
+            target,
+            io: Mutex::new(Io {
+                fd: Some(Arc::new(socket)),
+                inbuf: prefix,
+                filled,
+                infds: prefix_fds.into(),
+                out,
+                pull_mode: !watch,
+                ..Io::default()
+            }),
+        });
         {
             let mut io = lock(&link.io);
+            if watch {
+                link.update_interest(&mut io)?;
+            }
             if !io.out.is_empty() {
                 link.flush(&mut io);
             }
@@ -233,7 +246,7 @@ impl Link {
         }
         if io.want_writable {
             io.want_writable = false;
-            self.update_interest(io);
+            let _ = self.update_interest(io);
         }
         if io.closing {
             self.shut(io);
@@ -246,7 +259,9 @@ impl Link {
             io::ErrorKind::WouldBlock => {
                 if !io.want_writable {
                     io.want_writable = true;
-                    self.update_interest(io);
+                    if let Err(e) = self.update_interest(io) {
+                        tracing::warn!("msgport: cannot watch a port's socket: {e}");
+                    }
                 }
                 true
             }
@@ -261,11 +276,20 @@ impl Link {
     }
 
     /// Tells the reactor what to watch for: readability unless pulling threads read the socket
-    /// themselves, writability while frames wait.
-    fn update_interest(&self, io: &Io) {
-        if let Some(fd) = &io.fd {
-            reactor().interest(self.token, fd.as_fd(), !io.pull_mode, io.want_writable);
+    /// themselves, writability while frames wait. Registers the socket on first need.
+    fn update_interest(&self, io: &mut Io) -> io::Result<()> {
+        let Some(fd) = io.fd.clone() else {
+            return Ok(());
+        };
+        let (read, write) = (!io.pull_mode, io.want_writable);
+        if io.registered {
+            reactor().interest(self.token, fd.as_fd(), read, write);
+        } else if read || write {
+            let me = self.me.upgrade().expect("a link in use is alive");
+            reactor().register(self.token, fd.as_fd(), &me, read, write)?;
+            io.registered = true;
         }
+        Ok(())
     }
 
     /// Hands reading back to the reactor (for `poll_recv` and callbacks, which nobody else
@@ -274,7 +298,9 @@ impl Link {
         let mut io = lock(&self.io);
         if io.pull_mode {
             io.pull_mode = false;
-            self.update_interest(&io);
+            if let Err(e) = self.update_interest(&mut io) {
+                tracing::warn!("msgport: cannot watch a port's socket: {e}");
+            }
         }
     }
 
@@ -290,7 +316,7 @@ impl Link {
             };
             if !io.pull_mode {
                 io.pull_mode = true;
-                self.update_interest(&io);
+                let _ = self.update_interest(&mut io);
             }
             fd
         };
@@ -454,7 +480,9 @@ impl Link {
     /// Stops using the socket: deregisters it and closes it.
     fn shut(&self, io: &mut Io) {
         if let Some(fd) = io.fd.take() {
-            reactor().deregister(self.token, fd.as_fd());
+            if std::mem::take(&mut io.registered) {
+                reactor().deregister(self.token, fd.as_fd());
+            }
         }
         io.out.clear();
     }
@@ -474,8 +502,11 @@ impl Link {
     /// of an incomplete frame and what was not yet written.
     pub(crate) fn export(&self) -> Exported {
         let mut io = lock(&self.io);
+        let registered = std::mem::take(&mut io.registered);
         let socket = io.fd.take().map(|fd| {
-            reactor().deregister(self.token, fd.as_fd());
+            if registered {
+                reactor().deregister(self.token, fd.as_fd());
+            }
             // No other thread polls a port that is being moved (it is owned, not borrowed);
             // should one still hold the descriptor, hand over a duplicate.
             Arc::try_unwrap(fd).or_else(|shared| rustix::io::fcntl_dupfd_cloexec(&*shared, 0))

@@ -101,6 +101,8 @@ impl Reactor {
         token: usize,
         fd: BorrowedFd<'_>,
         link: &Arc<Link>,
+        read: bool,
+        write: bool,
     ) -> std::io::Result<()> {
         self.links
             .lock()
@@ -110,7 +112,7 @@ impl Reactor {
             &self.epoll,
             fd,
             EventData::new_u64(token as u64),
-            flags(true, false),
+            flags(read, write),
         ) {
             self.links
                 .lock()
