@@ -50,7 +50,14 @@
 //! - ports: the state machine (`src/port/endpoint.rs` documents its lock order and diagram);
 //! - [`value`](Value): the data model and its serde bridge ([`to_value`], [`from_value`], [`value!`]);
 //! - [`codec`]: the CBOR wire encoding (RFC 8949) used when a message leaves the process,
-//!   specified in `docs/wire-format.md`.
+//!   specified in `docs/wire-format.md`;
+//! - transport: a port whose peer is in another process is backed by a socket pair per channel,
+//!   its descriptors passed in the messages that transfer it; a reactor thread reads every link
+//!   (`docs/architecture.md`). Nothing changes in the API: the same [`MessagePort`] either way,
+//!   plus [`MessagePort::set_low_latency`];
+//! - [`process`]: a process's first port to another ([`process::spawn`] /
+//!   [`process::bootstrap`], [`process::listen`] / [`process::connect`]), and
+//!   [`process::flush`] before exiting.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
