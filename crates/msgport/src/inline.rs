@@ -64,11 +64,12 @@ pub(crate) struct Inline {
     buffer: Buffer,
     vtable: &'static VTable,
     live: bool,
+    /// Not `Sync`: the stored value is only `Send`, and `to_value` reads it through `&self`.
+    _not_sync: PhantomData<std::cell::Cell<()>>,
 }
 
-// SAFETY: only `Send` values are stored (the bound of `Inline::new`), and `Inline` gives no
-// shared access to them across threads (`to_value` takes `&self` but `NativeData::to_value`
-// only reads, and `Inline` is not `Sync`).
+// SAFETY: only `Send` values are stored (the bound of `Inline::new`); `Inline` is not `Sync`
+// (the marker above), so `&Inline` never reaches another thread.
 unsafe impl Send for Inline {}
 
 impl Inline {
@@ -85,6 +86,7 @@ impl Inline {
             buffer,
             vtable: &VTableOf::<T>::VTABLE,
             live: true,
+            _not_sync: PhantomData,
         })
     }
 
