@@ -267,10 +267,45 @@ const PEERS: Peers = &[
     ("post_3_then_close", post_3_then_close),
 ];
 
+fn n_then_close_races_in_child(t: &dyn Topology) {
+    n_then_close_races(t, 10);
+}
+
+/// Every scenario, by name, for the topology whose ends are both in children.
+const SCENARIOS: Scenarios = &[
+    ("order_100k", order_100k),
+    ("n_then_close_races", n_then_close_races_in_child),
+    ("queued_requests_are_answered", queued_requests_are_answered),
+    ("reply_stream", reply_stream),
+    ("hundred_ports_in_one_message", hundred_ports_in_one_message),
+    (
+        "decode_error_then_good_message",
+        decode_error_then_good_message,
+    ),
+    (
+        "posting_to_a_gone_peer_is_silent",
+        posting_to_a_gone_peer_is_silent,
+    ),
+    ("callbacks_wait_for_start", callbacks_wait_for_start),
+];
+
 /// Not a test: the entry point of the child processes (returns at once in the test process).
 #[test]
 fn child_entry() {
-    run_child_role(PEERS);
+    run_child_role(PEERS, SCENARIOS);
+}
+
+/// The suite with both ends of every channel in child processes: the scenario runs in a child,
+/// its peer in that child's child.
+mod ends_in_two_children {
+    use super::*;
+
+    #[test]
+    fn every_scenario() {
+        for (name, _) in SCENARIOS {
+            watchdog(LIMIT, move || scenario_in_child(name));
+        }
+    }
 }
 
 macro_rules! suite {

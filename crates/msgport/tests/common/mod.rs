@@ -157,6 +157,20 @@ pub fn spawn_child(entry: &str, role: &str) -> (std::process::Child, MessagePort
 /// Named peer scripts, so that a child process can run one.
 pub type Peers = &'static [(&'static str, Peer)];
 
+/// Named scenarios, so that a child process can run a whole one.
+pub type Scenarios = &'static [(&'static str, fn(&dyn Topology))];
+
+/// Runs scenario `name` in a child of this process (its peer in a grandchild) and checks that it
+/// succeeded.
+pub fn scenario_in_child(name: &str) {
+    let (mut child, _boot) = spawn_child("child_entry", &format!("scenario:{name}"));
+    let status = child.wait().expect("wait for child");
+    assert!(
+        status.success(),
+        "scenario {name} failed in a child: {status}"
+    );
+}
+
 fn name_of(peers: Peers, peer: Peer) -> &'static str {
     peers
         .iter()
@@ -166,10 +180,25 @@ fn name_of(peers: Peers, peer: Peer) -> &'static str {
 }
 
 /// The child-side entry: runs the role named in the environment, if any, then exits.
-pub fn run_child_role(entry_peers: Peers) {
+pub fn run_child_role(entry_peers: Peers, scenarios: Scenarios) {
     let Ok(role) = std::env::var(ROLE) else {
         return;
     };
+    if let Some(name) = role.strip_prefix("scenario:") {
+        // A whole scenario in this child, its peer in a child of ours: the two ends of every
+        // channel live in two children of the test process's tree, none in the test process.
+        let scenario = scenarios
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("known scenario")
+            .1;
+        scenario(&InChild(entry_peers));
+        assert!(
+            msgport::process::flush(std::time::Duration::from_secs(30)),
+            "flush"
+        );
+        std::process::exit(0);
+    }
     let boot = msgport::process::bootstrap().expect("bootstrap");
     if role == "relay" {
         // Send every port that arrives straight back.
