@@ -205,15 +205,15 @@ impl MessagePort {
                 Ok(())
             }
             Peer::Remote(link) => {
-                let boxed: Box<dyn std::any::Any> = Box::new(data);
-                let value = match boxed.downcast::<Value>() {
-                    Ok(v) => *v,
-                    Err(other) => {
-                        let data = *other.downcast::<T>().expect("boxed a T");
-                        crate::value::to_value(&data)
-                            .map_err(|e| PostError::Serialize(e.to_string()))?
-                    }
-                };
+                // A `Value` is taken as is (no allocation to find out); anything else goes
+                // through serde.
+                let mut slot = Some(data);
+                let value =
+                    match (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Value>>() {
+                        Some(v) => v.take().expect("filled above"),
+                        None => crate::value::to_value(slot.as_ref().expect("filled above"))
+                            .map_err(|e| PostError::Serialize(e.to_string()))?,
+                    };
                 let frame = wire::encode_frame(value, ports)?;
                 link.send_frame(frame);
                 Ok(())

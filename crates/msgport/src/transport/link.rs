@@ -178,15 +178,16 @@ impl Link {
     fn flush(&self, io: &mut Io) {
         while !io.out.is_empty() {
             let Some(fd) = io.fd.as_ref() else { return };
-            let mut iov = Vec::with_capacity(MAX_IOV.min(io.out.len()));
+            // No allocation on this path: the common post is one chunk without descriptors.
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut nfds = 0;
             let mut chunks = 0;
             for chunk in io.out.iter() {
-                if iov.len() == MAX_IOV || nfds + chunk.fds.len() > sys::MAX_FDS_PER_SEND {
+                if chunks == MAX_IOV || nfds + chunk.fds.len() > sys::MAX_FDS_PER_SEND {
                     break;
                 }
                 nfds += chunk.fds.len();
-                iov.push(IoSlice::new(&chunk.bytes[chunk.pos..]));
+                iov[chunks] = IoSlice::new(&chunk.bytes[chunk.pos..]);
                 chunks += 1;
             }
             if chunks == 0 {
@@ -210,34 +211,37 @@ impl Link {
                 }
                 continue;
             }
-            let borrowed: Vec<BorrowedFd<'_>> = io
-                .out
-                .iter()
-                .take(chunks)
-                .flat_map(|c| c.fds.iter().map(|f| f.as_fd()))
-                .collect();
-            match sys::send(fd.as_fd(), &iov, &borrowed) {
+            let borrowed: Vec<BorrowedFd<'_>> = if nfds == 0 {
+                Vec::new()
+            } else {
+                io.out
+                    .iter()
+                    .take(chunks)
+                    .flat_map(|c| c.fds.iter().map(|f| f.as_fd()))
+                    .collect()
+            };
+            match sys::send(fd.as_fd(), &iov[..chunks], &borrowed) {
                 Ok(mut n) => {
                     drop(borrowed);
-                    drop(iov);
                     for chunk in io.out.iter_mut().take(chunks) {
                         chunk.fds.clear();
                     }
-                    while n > 0 {
-                        let chunk = io.out.front_mut().expect("sent bytes belong to chunks");
+                    while let Some(chunk) = io.out.front_mut() {
                         let left = chunk.bytes.len() - chunk.pos;
                         if n >= left {
                             n -= left;
                             io.out.pop_front();
+                            if n == 0 {
+                                break;
+                            }
                         } else {
                             chunk.pos += n;
-                            n = 0;
+                            break;
                         }
                     }
                 }
                 Err(e) => {
                     drop(borrowed);
-                    drop(iov);
                     if self.write_failed(io, e) {
                         return;
                     }

@@ -78,7 +78,9 @@ impl FrameWriter {
     /// Appends `bytes` as a part of its own.
     fn part(&mut self, bytes: Vec<u8>) {
         let cur = std::mem::take(&mut self.cur);
-        self.parts.push(cur);
+        if !cur.is_empty() {
+            self.parts.push(cur);
+        }
         self.parts.push(bytes);
     }
 
