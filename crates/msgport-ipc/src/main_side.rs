@@ -17,6 +17,9 @@ use serde::Serialize;
 use crate::envelope::Envelope;
 use crate::InvokeError;
 
+/// How long the listener waits after a failed `accept` before it tries again.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 type Listener = Arc<Mutex<dyn FnMut(&mut IpcMainEvent) + Send>>;
 type Handler = Arc<dyn Fn(&IpcMainEvent) -> Result<Value, String> + Send + Sync>;
 type ExitListener = Arc<dyn Fn(&ChildExit) + Send + Sync>;
@@ -160,7 +163,11 @@ impl IpcMain {
                 let (port, creds) = match listener.accept() {
                     Ok(accepted) => accepted,
                     Err(e) => {
+                        // Out of descriptors (or memory), accept fails at once for as long as
+                        // the condition lasts: wait instead of spinning, the connection stays
+                        // in the backlog.
                         tracing::warn!("msgport-ipc: accept failed: {e}");
+                        std::thread::sleep(ACCEPT_RETRY);
                         continue;
                     }
                 };

@@ -365,6 +365,9 @@ pub(crate) fn read_bytes(d: &mut Decoder<'_>) -> Result<Vec<u8>, CodecError> {
     }
 }
 
+/// The most elements a decoder reserves room for before it has decoded them.
+const PREALLOC: usize = 64;
+
 fn read_array(d: &mut Decoder<'_>, depth: usize) -> Result<Vec<Value>, CodecError> {
     match d.array()? {
         Some(len) => {
@@ -373,7 +376,9 @@ fn read_array(d: &mut Decoder<'_>, depth: usize) -> Result<Vec<Value>, CodecErro
             if len > remaining(d) {
                 return Err(CodecError::Malformed("array length past the end".into()));
             }
-            let mut items = Vec::with_capacity(len);
+            // Reserve no more than a page's worth up front: each element is one byte on the wire
+            // but a whole `Value` in memory, so a length is grown into, not trusted.
+            let mut items = Vec::with_capacity(len.min(PREALLOC));
             for _ in 0..len {
                 items.push(read_value(d, depth + 1)?);
             }
@@ -396,7 +401,7 @@ fn read_map(d: &mut Decoder<'_>, depth: usize) -> Result<Vec<(Value, Value)>, Co
             if len > remaining(d) / 2 {
                 return Err(CodecError::Malformed("map length past the end".into()));
             }
-            let mut entries = Vec::with_capacity(len);
+            let mut entries = Vec::with_capacity(len.min(PREALLOC / 2));
             for _ in 0..len {
                 let k = read_value(d, depth + 1)?;
                 entries.push((k, read_value(d, depth + 1)?));

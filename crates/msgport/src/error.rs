@@ -32,6 +32,17 @@ pub enum PostError {
         /// The limit.
         max: usize,
     },
+    /// The message carries more ports than one message may (ports in the transfer list, and
+    /// the ports queued inside those, at every depth): the limit is 4,096, so that a receiver
+    /// can bound what one message costs it in memory and descriptors. The ports of the message
+    /// are closed.
+    #[error("message carries {count} ports; at most {max} may travel in one message")]
+    TooManyPorts {
+        /// How many ports (or descriptors) the message carried when the limit was hit.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The data's `Serialize` implementation failed (checked when the message leaves the
     /// process; within one process the receiver sees it as a [`DecodeError`]).
     #[error("message data could not be serialized: {0}")]

@@ -65,13 +65,20 @@ pub(crate) enum Payload {
 /// ```
 pub struct MessageEvent {
     payload: Payload,
+    /// What this message counts for in its port's receive budget (messages from another
+    /// process only; 0 otherwise).
+    pub(crate) cost: usize,
     /// The ports transferred with this message, in transfer-list order; empty when none were.
     pub ports: Vec<MessagePort>,
 }
 
 impl MessageEvent {
     pub(crate) fn new(payload: Payload, ports: Vec<MessagePort>) -> Self {
-        MessageEvent { payload, ports }
+        MessageEvent {
+            payload,
+            cost: 0,
+            ports,
+        }
     }
 
     /// Decodes the data as `T`, leaving it in place (so it can be decoded again, as another

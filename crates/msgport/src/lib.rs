@@ -66,6 +66,7 @@ pub mod codec;
 mod error;
 mod event;
 mod inline;
+mod limits;
 mod port;
 pub mod process;
 mod sync;
@@ -77,15 +78,7 @@ pub use error::{DecodeError, PostError, RecvTimeoutError, TryRecvError, ValueErr
 pub use event::MessageEvent;
 pub use port::{MessageChannel, MessagePort, Recv};
 
-/// Sets the largest encoded message (in bytes) that may leave or enter this process; 256 MiB by
-/// default. A larger post fails with [`PostError::TooLarge`]; a larger incoming frame closes the
-/// port it arrived on.
-pub fn set_max_message_size(bytes: usize) {
-    transport::wire::MAX_FRAME.store(
-        bytes.min(u32::MAX as usize),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-}
+pub use limits::{limits, set_limits, set_max_message_size, Limits};
 pub use value::{from_value, to_value, BigInt, Binary, BinaryKind, ErrorValue, Value};
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.

@@ -20,30 +20,46 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{sys, MessagePort};
 
-/// The environment variable that names the inherited descriptor in a spawned child.
+/// The environment variable that names the inherited socket in a spawned child: its descriptor
+/// number and its inode, `"<fd>:<inode>"`, so that a grandchild that inherits the variable (but
+/// not the socket, which is close-on-exec once adopted) refuses the number instead of taking
+/// over whatever descriptor has it.
 pub const BOOTSTRAP_ENV: &str = "MSGPORT_BOOTSTRAP_FD";
 
 static BOOTSTRAPPED: AtomicBool = AtomicBool::new(false);
 
 /// Spawns `cmd` with a connection to this process: returns the child and this side's port. The
 /// child gets its port with [`bootstrap`]. When the child dies, the port observes close.
+///
+/// The same `Command` may be spawned again: each child inherits its own socket and nothing
+/// else of this process's.
 pub fn spawn(cmd: &mut Command) -> io::Result<(Child, MessagePort)> {
     let (here, there) = sys::socketpair()?;
-    sys::inherit(cmd, there.as_fd());
+    let port = MessagePort::from_socket(here)?;
+    let ino = sys::inode(there.as_fd())?;
+    let inherited = sys::inherit(cmd, there.as_fd());
     cmd.env(
         BOOTSTRAP_ENV,
-        std::os::fd::AsRawFd::as_raw_fd(&there).to_string(),
+        format!("{}:{ino}", std::os::fd::AsRawFd::as_raw_fd(&there)),
     );
-    let child = cmd.spawn()?;
+    let child = cmd.spawn();
+    drop(inherited);
     drop(there);
-    Ok((child, MessagePort::from_socket(here)?))
+    Ok((child?, port))
 }
 
 /// In a child started by [`spawn`]: the port connected to the parent. Callable once.
 ///
+/// Call it before this process starts programs of its own: until then the inherited socket is
+/// not close-on-exec (it had to survive this process's own `exec`), so a program started
+/// earlier would inherit a copy, and the parent would not see this process die while that copy
+/// lives. Once adopted, the socket is close-on-exec like every descriptor msgport makes.
+///
 /// # Errors
-/// `NotFound` when this process was not started by [`spawn`]; `AlreadyExists` on a second call;
-/// `InvalidInput` when the named descriptor is not a socket.
+/// `NotFound` when this process was not started by [`spawn`], or when the named descriptor is
+/// not the socket its parent named (a program started by a child of [`spawn`] inherits the
+/// variable but not the socket); `AlreadyExists` on a second call; `InvalidInput` when the
+/// variable is malformed.
 pub fn bootstrap() -> io::Result<MessagePort> {
     let raw = std::env::var(BOOTSTRAP_ENV).map_err(|_| {
         io::Error::new(
@@ -51,19 +67,22 @@ pub fn bootstrap() -> io::Result<MessagePort> {
             "not started by msgport::process::spawn",
         )
     })?;
-    let raw: i32 = raw.parse().map_err(|_| {
+    let malformed = || {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             "malformed bootstrap descriptor",
         )
-    })?;
+    };
+    let (raw, ino) = raw.split_once(':').ok_or_else(malformed)?;
+    let raw: i32 = raw.parse().map_err(|_| malformed())?;
+    let ino: u64 = ino.parse().map_err(|_| malformed())?;
     if BOOTSTRAPPED.swap(true, Ordering::SeqCst) {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "bootstrap() was already called",
         ));
     }
-    MessagePort::from_socket(sys::adopt_inherited(raw)?)
+    MessagePort::from_socket(sys::adopt_inherited(raw, ino)?)
 }
 
 /// Waits until every message this process posted to other processes has been written to the
@@ -78,10 +97,13 @@ pub fn flush(timeout: std::time::Duration) -> bool {
 }
 
 /// A rendezvous socket for processes that were not spawned by this one: each connection that
-/// [`Listener::accept`] takes is a port to the process that called [`connect`].
+/// [`Listener::accept`] takes is a port to the process that called [`connect`]. Dropping it
+/// removes its path.
 #[derive(Debug)]
 pub struct Listener {
     socket: std::os::unix::net::UnixListener,
+    path: std::path::PathBuf,
+    ino: u64,
 }
 
 /// The credentials of a connected process, read from the socket (`SO_PEERCRED`): the kernel
@@ -96,11 +118,34 @@ pub struct PeerCredentials {
     pub gid: u32,
 }
 
-/// Listens on a Unix socket path (which must not exist yet).
+/// Listens on a Unix socket path (which must not exist yet), connectable by this user only
+/// (mode `0600`; see [`listen_with_mode`]). Only processes that can open the path can
+/// connect; [`Listener::accept`] reports each one's kernel-vouched credentials.
 pub fn listen(path: impl AsRef<std::path::Path>) -> io::Result<Listener> {
+    listen_with_mode(path, 0o600)
+}
+
+/// [`listen`] with the socket file's permission bits (as `chmod` takes them, then masked by the
+/// process's umask): `0o660` lets the group connect too. The mode is set on the socket before
+/// it is bound, so there is no moment when the path is more open than asked.
+pub fn listen_with_mode(path: impl AsRef<std::path::Path>, mode: u32) -> io::Result<Listener> {
+    let path = path.as_ref().to_path_buf();
+    let socket = sys::listen_unix(&path, mode)?;
+    let ino = rustix::fs::stat(&path)?.st_ino;
     Ok(Listener {
-        socket: std::os::unix::net::UnixListener::bind(path)?,
+        socket: std::os::unix::net::UnixListener::from(socket),
+        path,
+        ino,
     })
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Remove the path only while it is still our socket (not one bound there since).
+        if rustix::fs::stat(&self.path).is_ok_and(|st| st.st_ino == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl Listener {

@@ -40,6 +40,36 @@ pub(crate) fn size_buffers(socket: BorrowedFd<'_>) {
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(socket, SOCKET_BUFFER);
 }
 
+/// A listening Unix stream socket at `path` whose file has permission bits `mode` (masked by
+/// the umask): the bits are set on the socket before `bind` creates the file (Linux takes the
+/// file's mode from the socket's inode), so the path is never more open than asked.
+pub(crate) fn listen_unix(path: &std::path::Path, mode: u32) -> io::Result<OwnedFd> {
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::fs::fchmod(&socket, rustix::fs::Mode::from_raw_mode(mode & 0o777))?;
+    rustix::net::bind(&socket, &rustix::net::SocketAddrUnix::new(path)?)?;
+    rustix::net::listen(&socket, 128)?;
+    Ok(socket)
+}
+
+/// Checks that `fd` is a Unix stream socket, the only kind a port can run over (a peer may send
+/// any descriptor in a port's place).
+pub(crate) fn check_stream_socket(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let kind = rustix::net::sockopt::socket_type(fd)?;
+    let domain = rustix::net::sockopt::socket_domain(fd)?;
+    if kind != SocketType::STREAM || domain != AddressFamily::UNIX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a port's descriptor is not a Unix stream socket",
+        ));
+    }
+    Ok(())
+}
+
 /// Makes `fd` non-blocking (descriptors received or inherited may not be).
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(fd)?;
@@ -129,55 +159,122 @@ pub(crate) fn is_cloexec(fd: impl AsFd) -> bool {
         .unwrap_or(false)
 }
 
-/// The pid, uid and gid of the process at the other end of a Unix socket (`SO_PEERCRED`).
+/// The pid, uid and gid of the process at the other end of a Unix socket (`SO_PEERCRED`). The
+/// pid is 0 when the peer is in a pid namespace this process cannot see (the kernel reports 0
+/// then; read as a plain integer, never as a non-zero type).
+#[allow(unsafe_code)]
 pub(crate) fn peer_credentials(
     socket: BorrowedFd<'_>,
 ) -> io::Result<crate::process::PeerCredentials> {
-    let cred = rustix::net::sockopt::socket_peercred(socket)?;
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a valid, writable `ucred` of `len` bytes, and `socket` is an open
+    // descriptor for the duration of the call; every bit pattern is a valid `ucred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("short SO_PEERCRED answer"));
+    }
     Ok(crate::process::PeerCredentials {
-        pid: cred.pid.as_raw_nonzero().get() as u32,
-        uid: cred.uid.as_raw(),
-        gid: cred.gid.as_raw(),
+        pid: u32::try_from(cred.pid).unwrap_or(0),
+        uid: cred.uid,
+        gid: cred.gid,
     })
 }
 
-/// Lets `fd` be inherited by the child `cmd` spawns, at the same number: the child's copy loses
-/// close-on-exec (after the fork, before the exec); the parent's copy keeps it.
-#[allow(unsafe_code)]
-pub(crate) fn inherit(cmd: &mut std::process::Command, fd: BorrowedFd<'_>) {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let raw = fd.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec and only calls fcntl, which is
-    // async-signal-safe; `raw` is open there because the parent keeps `fd` open until `spawn`
-    // returns (the caller holds it).
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = BorrowedFd::borrow_raw(raw);
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            Ok(())
-        });
+/// Keeps a descriptor inheritable by the next child of a `Command` until dropped (see
+/// [`inherit`]).
+pub(crate) struct Inherited {
+    raw: std::sync::Arc<std::sync::atomic::AtomicI32>,
+}
+
+impl Drop for Inherited {
+    fn drop(&mut self) {
+        // The hook stays on the `Command` (std cannot remove it); disarmed, it does nothing in
+        // the children of later spawns.
+        self.raw.store(-1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
-/// Takes ownership of an inherited descriptor number, checking that it is an open socket, and
-/// makes it close-on-exec and non-blocking.
+/// Lets `fd` be inherited by the child `cmd` spawns, at the same number: the child's copy loses
+/// close-on-exec (after the fork, before the exec); the parent's copy keeps it. Only children
+/// spawned while the returned guard lives inherit it: a `Command` spawned again later does not
+/// hand on whatever descriptor then has that number.
 #[allow(unsafe_code)]
-pub(crate) fn adopt_inherited(raw: std::os::fd::RawFd) -> io::Result<OwnedFd> {
+pub(crate) fn inherit(cmd: &mut std::process::Command, fd: BorrowedFd<'_>) -> Inherited {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    let raw = std::sync::Arc::new(AtomicI32::new(fd.as_raw_fd()));
+    let armed = raw.clone();
+    // SAFETY: the closure runs in the forked child before exec and only loads an atomic and
+    // calls fcntl, both async-signal-safe; a non-negative number is open there because the
+    // parent keeps `fd` open while the guard is armed (the caller holds both until `spawn`
+    // returns).
+    unsafe {
+        cmd.pre_exec(move || {
+            let raw = armed.load(Ordering::SeqCst);
+            if raw >= 0 {
+                let fd = BorrowedFd::borrow_raw(raw);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
+            Ok(())
+        });
+    }
+    Inherited { raw }
+}
+
+/// The inode of an open descriptor: with its number, it names an inherited socket so that a
+/// process can tell its own from a number it inherited from further up.
+pub(crate) fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(rustix::fs::fstat(fd)?.st_ino)
+}
+
+/// Takes ownership of an inherited descriptor number, checking that it is an open socket with
+/// inode `ino` (the one the parent named), and makes it close-on-exec and non-blocking.
+#[allow(unsafe_code)]
+pub(crate) fn adopt_inherited(raw: std::os::fd::RawFd, ino: u64) -> io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
-    // SAFETY: fcntl on an arbitrary number is safe (EBADF if not open); we only build an
-    // `OwnedFd` after checking it is open and a socket, and the environment variable that named
-    // it is read once per process (see `process::bootstrap`).
-    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-    rustix::io::fcntl_getfd(borrowed)?;
-    let stat = rustix::fs::fstat(borrowed)?;
-    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+    if raw < 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "inherited descriptor is not a socket",
+            "negative bootstrap descriptor",
         ));
     }
-    // SAFETY: checked open above; ownership is taken exactly once per process.
+    // SAFETY: `raw` is non-negative; fcntl and fstat on an arbitrary number are safe (EBADF if
+    // not open). We only build an `OwnedFd` after checking it is open, a socket, and the very
+    // socket the parent named (its inode), and the environment variable that named it is read
+    // once per process (see `process::bootstrap`).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    let not_ours = || {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "the bootstrap descriptor is not this process's (inherited from further up?)",
+        )
+    };
+    rustix::io::fcntl_getfd(borrowed).map_err(|_| not_ours())?;
+    let stat = rustix::fs::fstat(borrowed)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket
+        || stat.st_ino != ino
+    {
+        return Err(not_ours());
+    }
+    // SAFETY: checked open and ours above; ownership is taken exactly once per process.
     let owned = unsafe { OwnedFd::from_raw_fd(raw) };
     rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
     set_nonblocking(owned.as_fd())?;

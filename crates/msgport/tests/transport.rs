@@ -62,10 +62,8 @@ fn child_entry() {
 fn garbage() -> ! {
     use std::io::Write;
     use std::os::fd::FromRawFd;
-    let raw: i32 = std::env::var(process::BOOTSTRAP_ENV)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let named = std::env::var(process::BOOTSTRAP_ENV).unwrap();
+    let raw: i32 = named.split(':').next().unwrap().parse().unwrap();
     // SAFETY: the descriptor was inherited for this process and nothing else owns it.
     let mut socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(raw) };
     socket.set_nonblocking(false).unwrap();

@@ -25,6 +25,7 @@ use std::time::Instant;
 use crate::event::MessageEvent;
 use crate::sync::{lock, Arc, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
 use crate::transport::Link;
+use std::sync::Weak;
 
 /// A message callback, as registered with [`MessagePort::on_message`](crate::MessagePort::on_message).
 pub(crate) type MessageHandler = Box<dyn FnMut(MessageEvent) + Send>;
@@ -76,6 +77,13 @@ struct State {
     /// This end left the process (with or without `forward`): closing its old handle must not
     /// close the channel.
     exported: bool,
+    /// The link that reads this end's messages from another process, if any.
+    reader: Option<Weak<Link>>,
+    /// What the messages from another process in `queue` cost (see `Limits::receive_high_water`).
+    remote_cost: usize,
+    /// `remote_cost` went over the high-water mark: the reader stopped reading until the
+    /// application drains the queue.
+    paused: bool,
 }
 
 /// What an end carried when it was detached to leave the process.
@@ -150,6 +158,8 @@ impl Endpoint {
             return false;
         }
         st.closed = true;
+        st.remote_cost = 0;
+        st.paused = false;
         let queues = (std::mem::take(&mut *taken), std::mem::take(&mut st.queue));
         let handlers = (st.on_message.take(), st.on_close.take());
         let wakers = std::mem::take(&mut st.wakers);
@@ -181,6 +191,8 @@ impl Endpoint {
             closed: st.closed,
         };
         st.exported = true;
+        st.remote_cost = 0;
+        st.paused = false;
         if !st.closed && !st.peer_gone {
             st.forward = forward;
         }
@@ -201,13 +213,25 @@ impl Endpoint {
         Some(link)
     }
 
-    /// Queues a message without running callbacks (the caller holds a lock a callback could
-    /// need); it must call [`dispatch`](Self::dispatch) once that lock is released.
-    pub(crate) fn push_quietly(&self, message: MessageEvent) -> Result<(), MessageEvent> {
+    /// Queues a message read from another process, without running callbacks (the caller holds
+    /// a lock a callback could need); it must call [`dispatch`](Self::dispatch) once that lock
+    /// is released. `cost` counts toward the receive high-water mark: returns `Ok(true)` when
+    /// the reader must stop reading (it is resumed once the application drains the queue).
+    pub(crate) fn push_remote(
+        &self,
+        mut message: MessageEvent,
+        cost: usize,
+    ) -> Result<bool, MessageEvent> {
         let mut st = lock(&self.state);
         if st.closed || st.peer_gone || st.exported {
             return Err(message);
         }
+        message.cost = cost;
+        st.remote_cost += cost;
+        if st.remote_cost >= crate::limits::receive_high_water() {
+            st.paused = true;
+        }
+        let paused = st.paused;
         st.queue.push_back(message);
         if !self.pending.load(Ordering::Relaxed) {
             self.pending.store(true, Ordering::Release);
@@ -220,7 +244,30 @@ impl Endpoint {
             self.ready.notify_all();
         }
         wakers.into_iter().for_each(Waker::wake);
-        Ok(())
+        Ok(paused)
+    }
+
+    /// Names the link that reads this end's messages from another process.
+    pub(crate) fn set_reader(&self, reader: Weak<Link>) {
+        let mut st = lock(&self.state);
+        st.reader = Some(reader);
+        st.paused = false;
+    }
+
+    /// Whether the reader must not read now (the queue is over its high-water mark).
+    pub(crate) fn reading_paused(&self) -> bool {
+        lock(&self.state).paused
+    }
+
+    /// Takes `cost` off the queue's cost; returns the reader to resume if that brought a
+    /// paused queue down to half its mark. Call [`resume`] on it with the locks released.
+    fn drained(st: &mut State, cost: usize) -> Option<Weak<Link>> {
+        st.remote_cost = st.remote_cost.saturating_sub(cost);
+        if st.paused && st.remote_cost <= crate::limits::receive_high_water() / 2 {
+            st.paused = false;
+            return st.reader.clone();
+        }
+        None
     }
 
     /// An endpoint that is already closed: the peer of a port whose peer is gone for good.
@@ -307,7 +354,8 @@ impl Endpoint {
             return Pulled::Message(message);
         }
         let mut st = lock(&self.state);
-        match self.refill(&mut taken, &mut st) {
+        let mut resume = None;
+        match self.refill(&mut taken, &mut st, &mut resume) {
             Pulled::Empty => {
                 if let Some(w) = waker {
                     if !st.wakers.iter().any(|old| old.will_wake(w)) {
@@ -323,7 +371,12 @@ impl Endpoint {
                 run_close_handler(on_close);
                 Pulled::Closed
             }
-            message => message,
+            message => {
+                drop(st);
+                drop(taken);
+                resume_reader(resume);
+                message
+            }
         }
     }
 
@@ -336,7 +389,8 @@ impl Endpoint {
                 return Pulled::Message(message);
             }
             let mut st = lock(&self.state);
-            match self.refill(&mut taken, &mut st) {
+            let mut resume = None;
+            match self.refill(&mut taken, &mut st, &mut resume) {
                 Pulled::Empty => {}
                 Pulled::Closed => {
                     let on_close = Self::observe_close(&mut st);
@@ -345,7 +399,12 @@ impl Endpoint {
                     run_close_handler(on_close);
                     return Pulled::Closed;
                 }
-                message => return message,
+                message => {
+                    drop(st);
+                    drop(taken);
+                    resume_reader(resume);
+                    return message;
+                }
             }
             drop(taken);
             if spin < SPIN_STEPS {
@@ -378,7 +437,13 @@ impl Endpoint {
 
     /// With `taken` empty: starts the port and moves the whole shared queue into `taken`,
     /// returning its first message, or says why there is none.
-    fn refill(&self, taken: &mut VecDeque<MessageEvent>, st: &mut State) -> Pulled {
+    /// A paused reader to resume (after the locks are released) is left in `resume`.
+    fn refill(
+        &self,
+        taken: &mut VecDeque<MessageEvent>,
+        st: &mut State,
+        resume: &mut Option<Weak<Link>>,
+    ) -> Pulled {
         if st.closed {
             return Pulled::Closed;
         }
@@ -386,6 +451,10 @@ impl Endpoint {
         if !st.queue.is_empty() {
             std::mem::swap(taken, &mut st.queue);
             self.pending.store(false, Ordering::Relaxed);
+            if st.remote_cost > 0 {
+                let cost = st.remote_cost;
+                *resume = Self::drained(st, cost);
+            }
             return Pulled::Message(taken.pop_front().expect("swapped a non-empty queue"));
         }
         if st.peer_gone {
@@ -444,12 +513,24 @@ impl Endpoint {
                 return;
             }
             if st.on_message.is_some() {
-                if let Some(message) = taken.pop_front().or_else(|| st.queue.pop_front()) {
-                    let mut handler = st.on_message.take().expect("checked above");
+                let message = match taken.pop_front() {
+                    Some(message) => Some(message),
+                    None => st.queue.pop_front(),
+                };
+                if let Some(message) = message {
+                    let Some(mut handler) = st.on_message.take() else {
+                        return;
+                    };
+                    let resume = if message.cost > 0 {
+                        Self::drained(&mut st, message.cost)
+                    } else {
+                        None
+                    };
                     let epoch = st.epoch;
                     st.dispatching = true;
                     drop(st);
                     drop(taken);
+                    resume_reader(resume);
                     let result = catch_unwind(AssertUnwindSafe(|| handler(message)));
                     if result.is_err() {
                         tracing::error!(
@@ -501,6 +582,14 @@ impl Endpoint {
             }
             std::hint::spin_loop();
         }
+    }
+}
+
+/// Lets a paused reader read again (called with no endpoint lock held: the link's lock comes
+/// first in the lock order).
+fn resume_reader(reader: Option<Weak<Link>>) {
+    if let Some(link) = reader.and_then(|r| r.upgrade()) {
+        link.resume();
     }
 }
 

@@ -33,7 +33,7 @@ use endpoint::Pulled;
 
 use crate::sys;
 use crate::transport::wire::{self, Record};
-use crate::transport::Link;
+use crate::transport::{Backlog, Link};
 
 /// A connected pair of ports: a message posted on one arrives on the other.
 ///
@@ -267,24 +267,15 @@ impl MessagePort {
                     socket: exported.socket,
                     closed: detached.closed,
                     queued: detached.queued,
-                    prefix: exported.prefix,
-                    prefix_fds: exported.prefix_fds,
-                    unsent: exported.unsent,
-                    unsent_fds: exported.unsent_fds,
+                    prefix: exported.backlog.prefix,
+                    prefix_fds: exported.backlog.prefix_fds,
+                    unsent: exported.backlog.unsent,
                 })
             }
             (Peer::Local(peer), None) => {
                 let (here, there) = sys::socketpair()?;
                 // Nobody pulls from a proxy's link: the reactor reads it from the start.
-                let link = Link::new(
-                    here,
-                    peer.clone(),
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    true,
-                )?;
+                let link = Link::new(here, peer.clone(), Backlog::default(), true)?;
                 let detached = self.ep.detach(Some(link.clone()));
                 let connected = !detached.closed && !detached.peer_gone;
                 if !connected {
@@ -298,10 +289,9 @@ impl MessagePort {
                     prefix: Vec::new(),
                     prefix_fds: Vec::new(),
                     unsent: Vec::new(),
-                    unsent_fds: Vec::new(),
                 })
             }
-            (Peer::Remote(_), None) => unreachable!("a remote peer always has a link"),
+            (Peer::Remote(_), None) => Err(std::io::Error::other("a remote port without a link")),
         }
     }
 
@@ -312,15 +302,12 @@ impl MessagePort {
         let dead_peer = || Peer::Local(Arc::new(Endpoint::new_closed()));
         let peer = match record.socket {
             Some(socket) if !record.closed && !peer_gone => {
-                match Link::new(
-                    socket,
-                    ep.clone(),
-                    record.prefix,
-                    record.prefix_fds,
-                    record.unsent,
-                    record.unsent_fds,
-                    false,
-                ) {
+                let backlog = Backlog {
+                    prefix: record.prefix,
+                    prefix_fds: record.prefix_fds,
+                    unsent: record.unsent,
+                };
+                match Link::new(socket, ep.clone(), backlog, false) {
                     Ok(link) => Peer::Remote(link),
                     Err(e) => {
                         tracing::warn!("msgport: cannot take over an arriving port's socket: {e}");
@@ -338,15 +325,7 @@ impl MessagePort {
     /// connection, or one made by `connect`/`accept`).
     pub(crate) fn from_socket(socket: std::os::fd::OwnedFd) -> std::io::Result<MessagePort> {
         let ep = Arc::new(Endpoint::new());
-        let link = Link::new(
-            socket,
-            ep.clone(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            false,
-        )?;
+        let link = Link::new(socket, ep.clone(), Backlog::default(), false)?;
         Ok(MessagePort::new(ep, Peer::Remote(link)))
     }
 

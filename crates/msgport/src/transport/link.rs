@@ -6,16 +6,22 @@
 //! frames are decoded and pushed to the target endpoint, under the link's lock, so that a port
 //! leaving the process (`export`) sees every frame either delivered or still unread.
 //!
+//! What a peer sends is bounded before it costs anything (docs/architecture.md, "What a hostile
+//! peer can and cannot do"): the receive buffer grows with the bytes that arrived (never with the
+//! length a header announces), descriptors wait only for the frame being read, a reactor turn
+//! reads at most [`READ_BUDGET`] bytes of one link before serving the others, and a port whose
+//! queue is over the receive high-water mark is not read at all until the application drains it.
+//!
 //! Lock order: a link's `io` before any endpoint's locks; callbacks run after `io` is released.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::reactor::{reactor, wait_readable, SharedFd};
-use super::wire::{self, Frame, WireError, HEADER};
+use super::reactor::{self, reactor, wait_readable, SharedFd};
+use super::wire::{self, Frame, Segment, WireError, HEADER};
 use crate::event::MessageEvent;
 use crate::port::Endpoint;
 use crate::sys;
@@ -64,53 +70,87 @@ struct Chunk {
     fds: Vec<OwnedFd>,
 }
 
+/// What a socket carries from an earlier owner of a port to the next: the bytes (and
+/// descriptors) read of a frame not yet complete, and what was not yet written.
+#[derive(Default)]
+pub(crate) struct Backlog {
+    pub prefix: Vec<u8>,
+    pub prefix_fds: Vec<OwnedFd>,
+    pub unsent: Vec<Segment>,
+}
+
 /// What a link held when its port left the process.
 pub(crate) struct Exported {
     pub socket: Option<OwnedFd>,
-    pub prefix: Vec<u8>,
-    pub prefix_fds: Vec<OwnedFd>,
-    pub unsent: Vec<u8>,
-    pub unsent_fds: Vec<OwnedFd>,
+    pub backlog: Backlog,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Frames larger than this enlarge the socket's send buffer first.
 const LARGE_FRAME: usize = 256 * 1024;
-/// Receive buffers up to this size are kept between frames rather than freed.
-const KEEP_BUFFER: usize = 32 << 20;
+/// The most bytes one reactor turn reads from one link before it serves the others.
+pub(crate) const READ_BUDGET: usize = 1 << 20;
 const MAX_IOV: usize = 64;
+
+/// Receive buffers larger than [`READ_CHUNK`], kept for the next large frame of any link (at
+/// most [`POOL_BUFFERS`] of at most [`KEEP_BUFFER`] bytes): a link gives its large buffer back
+/// as soon as it holds no partial frame, so what a process keeps does not grow with its links.
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+const POOL_BUFFERS: usize = 2;
+const KEEP_BUFFER: usize = 32 << 20;
+
+fn pool_take() -> Vec<u8> {
+    POOL.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default()
+}
+
+fn pool_put(buf: Vec<u8>) {
+    if buf.len() <= KEEP_BUFFER {
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_BUFFERS {
+            pool.push(buf);
+        }
+    }
+}
 
 fn lock(m: &Mutex<Io>) -> MutexGuard<'_, Io> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Link {
-    /// Takes over `socket`, delivering what it reads to `target`. `prefix` (with its
-    /// descriptors) is what an earlier owner had read of a frame not yet complete; `unsent`
+    /// Takes over `socket` (which must be a Unix stream socket), delivering what it reads to
+    /// `target`. `backlog` is what an earlier owner had read of a frame not yet complete and
     /// what it had not yet written: both come first.
     /// With `watch`, the reactor reads it from the start (a proxy's link, which nobody pulls
     /// from); without, it is registered when a waiter needs it ([`arm`](Self::arm)).
     pub(crate) fn new(
         socket: OwnedFd,
         target: Arc<Endpoint>,
-        prefix: Vec<u8>,
-        prefix_fds: Vec<OwnedFd>,
-        unsent: Vec<u8>,
-        unsent_fds: Vec<OwnedFd>,
+        backlog: Backlog,
         watch: bool,
     ) -> io::Result<Arc<Link>> {
+        // A descriptor that is not a stream socket (a peer can send any) would never report
+        // readiness or an end: refuse it here, so the port arrives closed.
+        sys::check_stream_socket(socket.as_fd())?;
+        // The reactor starts with the process's first link (raising the descriptor limit), so
+        // that a process that cannot have one learns it here, as an error.
+        reactor()?;
         // Every send and receive passes MSG_DONTWAIT, so the socket's own O_NONBLOCK flag (which
         // a peer controls for descriptors it sends us) does not matter: no fcntl here.
-        let token = reactor().token();
+        let token = reactor::token();
+        let Backlog {
+            prefix,
+            prefix_fds,
+            unsent,
+        } = backlog;
         let filled = prefix.len();
-        let mut out = VecDeque::new();
-        if !unsent.is_empty() {
-            out.push_back(Chunk {
-                bytes: unsent,
+        let out = unsent
+            .into_iter()
+            .map(|s| Chunk {
+                bytes: s.bytes,
                 pos: 0,
-                fds: unsent_fds,
-            });
-        }
+                fds: s.fds,
+            })
+            .collect();
         let link = Arc::new_cyclic(|me| Link {
             me: me.clone(),
             token,
@@ -125,6 +165,7 @@ impl Link {
                 ..Io::default()
             }),
         });
+        link.target.set_reader(Arc::downgrade(&link));
         {
             let mut io = lock(&link.io);
             if watch {
@@ -161,12 +202,22 @@ impl Link {
                 sys::size_buffers(fd.as_fd());
             }
         }
-        let mut fds = Some(frame.fds);
-        for bytes in frame.parts {
+        // Descriptors go with the first parts, at most one `sendmsg` batch per byte, so that
+        // every batch travels with bytes of its own frame (the receiver counts on it).
+        let mut fds = frame.fds.into_iter();
+        let mut left = fds.len();
+        let parts = frame.parts.len();
+        for (i, bytes) in frame.parts.into_iter().enumerate() {
+            let n = if i + 1 == parts {
+                left
+            } else {
+                left.min(bytes.len().saturating_mul(sys::MAX_FDS_PER_SEND))
+            };
+            left -= n;
             io.out.push_back(Chunk {
                 bytes,
                 pos: 0,
-                fds: fds.take().unwrap_or_default(),
+                fds: fds.by_ref().take(n).collect(),
             });
         }
         if !io.want_writable {
@@ -175,73 +226,64 @@ impl Link {
     }
 
     /// Writes queued chunks until the socket refuses; then asks the reactor for writability.
+    ///
+    /// Descriptors are only ever sent with the first chunk of a `sendmsg`, so they travel with
+    /// bytes of their own frame: the chunks after the first are added only while they carry
+    /// none. A chunk with more descriptors than one `sendmsg` takes sends them a batch per byte.
     fn flush(&self, io: &mut Io) {
-        while !io.out.is_empty() {
+        while let Some(front) = io.out.front() {
             let Some(fd) = io.fd.as_ref() else { return };
-            // No allocation on this path: the common post is one chunk without descriptors.
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut nfds = 0;
-            let mut chunks = 0;
-            for chunk in io.out.iter() {
-                if chunks == MAX_IOV || nfds + chunk.fds.len() > sys::MAX_FDS_PER_SEND {
-                    break;
-                }
-                nfds += chunk.fds.len();
-                iov[chunks] = IoSlice::new(&chunk.bytes[chunk.pos..]);
-                chunks += 1;
-            }
-            if chunks == 0 {
-                // A single chunk with more descriptors than one sendmsg carries: send its
-                // first byte with the first batch of them.
-                let chunk = io.out.front_mut().expect("non-empty");
-                let batch: Vec<OwnedFd> = chunk.fds.drain(..sys::MAX_FDS_PER_SEND).collect();
-                let borrowed: Vec<BorrowedFd<'_>> = batch.iter().map(|f| f.as_fd()).collect();
-                match sys::send(
-                    fd.as_fd(),
-                    &[IoSlice::new(&chunk.bytes[chunk.pos..chunk.pos + 1])],
-                    &borrowed,
-                ) {
-                    Ok(n) => chunk.pos += n,
-                    Err(e) => {
-                        chunk.fds.splice(0..0, batch);
-                        if self.write_failed(io, e) {
-                            return;
-                        }
-                    }
-                }
-                continue;
-            }
-            let borrowed: Vec<BorrowedFd<'_>> = if nfds == 0 {
-                Vec::new()
-            } else {
-                io.out
+            let sent = if front.fds.len() > sys::MAX_FDS_PER_SEND {
+                let end = (front.pos + 1).min(front.bytes.len());
+                let batch: Vec<BorrowedFd<'_>> = front.fds[..sys::MAX_FDS_PER_SEND]
                     .iter()
-                    .take(chunks)
-                    .flat_map(|c| c.fds.iter().map(|f| f.as_fd()))
-                    .collect()
+                    .map(|f| f.as_fd())
+                    .collect();
+                sys::send(
+                    fd.as_fd(),
+                    &[IoSlice::new(&front.bytes[front.pos..end])],
+                    &batch,
+                )
+                .map(|n| (n, sys::MAX_FDS_PER_SEND))
+            } else {
+                // No allocation on this path when there are no descriptors (the common post).
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let mut chunks = 0;
+                for chunk in io.out.iter() {
+                    if chunks == MAX_IOV || (chunks > 0 && !chunk.fds.is_empty()) {
+                        break;
+                    }
+                    iov[chunks] = IoSlice::new(&chunk.bytes[chunk.pos..]);
+                    chunks += 1;
+                }
+                let fds: Vec<BorrowedFd<'_>> = front.fds.iter().map(|f| f.as_fd()).collect();
+                sys::send(fd.as_fd(), &iov[..chunks], &fds).map(|n| (n, fds.len()))
             };
-            match sys::send(fd.as_fd(), &iov[..chunks], &borrowed) {
-                Ok(mut n) => {
-                    drop(borrowed);
-                    for chunk in io.out.iter_mut().take(chunks) {
-                        chunk.fds.clear();
+            match sent {
+                Ok((mut n, nfds)) => {
+                    if let Some(front) = io.out.front_mut() {
+                        // The kernel holds its own references now.
+                        front.fds.drain(..nfds);
                     }
                     while let Some(chunk) = io.out.front_mut() {
                         let left = chunk.bytes.len() - chunk.pos;
-                        if n >= left {
-                            n -= left;
-                            io.out.pop_front();
-                            if n == 0 {
-                                break;
-                            }
-                        } else {
+                        if n < left {
                             chunk.pos += n;
+                            break;
+                        }
+                        n -= left;
+                        if !chunk.fds.is_empty() {
+                            // Cannot happen: a chunk never holds more descriptors than its
+                            // bytes can carry. Should it, the receiver closes the port.
+                            tracing::error!("msgport: descriptors left without bytes to carry them");
+                        }
+                        io.out.pop_front();
+                        if n == 0 {
                             break;
                         }
                     }
                 }
                 Err(e) => {
-                    drop(borrowed);
                     if self.write_failed(io, e) {
                         return;
                     }
@@ -287,24 +329,40 @@ impl Link {
         };
         let (read, write) = (!io.pull_mode, io.want_writable);
         if io.registered {
-            reactor().interest(self.token, fd.as_fd(), read, write);
+            reactor()?.interest(self.token, fd.as_fd(), read, write);
         } else if read || write {
-            let me = self.me.upgrade().expect("a link in use is alive");
-            reactor().register(self.token, fd.as_fd(), &me, read, write)?;
+            let Some(me) = self.me.upgrade() else {
+                return Ok(());
+            };
+            reactor()?.register(self.token, fd.as_fd(), &me, read, write)?;
             io.registered = true;
         }
         Ok(())
     }
 
     /// Hands reading back to the reactor (for `poll_recv` and callbacks, which nobody else
-    /// would feed).
+    /// would feed). If the reactor cannot take the socket, the port closes rather than waiting
+    /// for events that would never come.
     pub(crate) fn arm(&self) {
         let mut io = lock(&self.io);
         if io.pull_mode {
             io.pull_mode = false;
             if let Err(e) = self.update_interest(&mut io) {
-                tracing::warn!("msgport: cannot watch a port's socket: {e}");
+                tracing::warn!("msgport: closing a port the reactor cannot watch: {e}");
+                self.shut(&mut io);
+                drop(io);
+                self.target.peer_closed();
             }
+        }
+    }
+
+    /// The application drained the port below its low-water mark: read again. The reactor is
+    /// asked to look at the socket once more (re-arming an edge-triggered registration reports
+    /// data that is already there); a pulling thread reads by itself.
+    pub(crate) fn resume(&self) {
+        let mut io = lock(&self.io);
+        if !io.pull_mode && io.registered {
+            let _ = self.update_interest(&mut io);
         }
     }
 
@@ -358,32 +416,22 @@ impl Link {
         self.read(false);
     }
 
-    /// Reads everything available, delivers complete frames, and reports the end of the stream.
+    /// Reads what is available, delivers complete frames, and reports the end of the stream.
     /// The reactor leaves a socket alone while a thread reads it itself (`read_here`), so that a
     /// readiness event it picked up just before would not take the data from under that thread.
+    /// On the reactor, a turn stops after [`READ_BUDGET`] bytes (the link is re-armed, so the
+    /// reactor comes back to it after the others) or when the port is over its high-water mark
+    /// (the endpoint calls [`resume`](Self::resume) once drained).
     fn read(&self, here: bool) {
         let mut io = lock(&self.io);
-        if !here && io.pull_mode {
+        if !here && (io.pull_mode || self.target.reading_paused()) {
             return;
         }
         let mut ended = None;
         let mut rejected = Vec::new();
+        let mut budget = READ_BUDGET;
         loop {
-            let Some(fd) = io.fd.as_ref().map(|f| f.as_raw_fd()) else {
-                return;
-            };
-            let want = match io.filled.checked_sub(HEADER) {
-                Some(_) => {
-                    let len =
-                        u32::from_le_bytes(io.inbuf[..4].try_into().expect("4 bytes")) as usize;
-                    (HEADER + len).max(io.filled + 1)
-                }
-                None => io.filled + READ_CHUNK,
-            }
-            .min(io.filled + (64 << 20));
-            if io.inbuf.len() < want {
-                io.inbuf.resize(want, 0);
-            }
+            io.reserve_read();
             let Io {
                 inbuf,
                 filled,
@@ -394,7 +442,6 @@ impl Link {
             else {
                 return;
             };
-            debug_assert_eq!(sock.as_raw_fd(), fd);
             match sys::recv(sock.as_fd(), &mut inbuf[*filled..], infds) {
                 Ok(0) => {
                     ended = Some("end of stream");
@@ -402,7 +449,6 @@ impl Link {
                 }
                 Ok(n) => {
                     io.filled += n;
-                    let before = rejected.len();
                     match self.deliver(&mut io, &mut rejected) {
                         Err(e) => {
                             tracing::warn!("msgport: closing a port after a bad frame: {e}");
@@ -411,7 +457,16 @@ impl Link {
                         }
                         // A pulling thread polls level-triggered: it need not drain the socket
                         // (which costs one more recvmsg, answered EAGAIN) once it has a message.
-                        Ok(delivered) if here && delivered > rejected.len() - before => break,
+                        Ok(d) if here && d.delivered > 0 => break,
+                        Ok(d) if d.pause && !here => break,
+                        Ok(_) if !here => {
+                            budget = budget.saturating_sub(n);
+                            if budget == 0 {
+                                // Let the other links have a turn; the reactor comes back.
+                                let _ = self.update_interest(&mut io);
+                                break;
+                            }
+                        }
                         Ok(_) => {}
                     }
                 }
@@ -426,9 +481,7 @@ impl Link {
         }
         if ended.is_some() {
             self.shut(&mut io);
-            io.inbuf = Vec::new();
-            io.filled = 0;
-            io.infds.clear();
+            io.release_input();
         }
         drop(io);
         drop(rejected);
@@ -438,23 +491,14 @@ impl Link {
         self.target.dispatch();
     }
 
-    /// Decodes and delivers every complete frame in the buffer.
-    /// Returns how many frames it decoded.
-    fn deliver(&self, io: &mut Io, rejected: &mut Vec<MessageEvent>) -> Result<usize, WireError> {
+    /// Decodes and delivers every complete frame in the buffer, then checks that the
+    /// descriptors still waiting belong to the frame being read.
+    fn deliver(&self, io: &mut Io, rejected: &mut Vec<MessageEvent>) -> Result<Delivered, WireError> {
         let mut start = 0;
-        let mut frames = 0;
-        loop {
-            let avail = io.filled - start;
-            if avail < HEADER {
-                break;
-            }
-            let head = &io.inbuf[start..start + HEADER];
-            let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-            let nfds = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
-            if len > wire::max_frame() {
-                return Err(WireError::TooLarge(len));
-            }
-            if avail < HEADER + len {
+        let mut done = Delivered::default();
+        while let Some((len, nfds)) = wire::header(&io.inbuf[start..io.filled]) {
+            wire::check_header(len, nfds)?;
+            if io.filled - start < HEADER + len {
                 break;
             }
             if nfds > io.infds.len() {
@@ -462,43 +506,78 @@ impl Link {
             }
             let fds: VecDeque<OwnedFd> = io.infds.drain(..nfds).collect();
             let body = &io.inbuf[start + HEADER..start + HEADER + len];
-            let event = wire::decode_body(body, fds)?;
-            if let Err(dropped) = self.target.push_quietly(event) {
-                rejected.push(dropped);
+            let decoded = wire::decode_body(body, fds)?;
+            let cost = HEADER
+                + len
+                + decoded.records * wire::RECORD_COST
+                + nfds * wire::FD_COST;
+            match self.target.push_remote(decoded.event, cost) {
+                Ok(over) => {
+                    done.delivered += 1;
+                    done.pause |= over;
+                }
+                Err(dropped) => rejected.push(dropped),
             }
-            frames += 1;
             start += HEADER + len;
         }
         if start > 0 {
             io.inbuf.copy_within(start..io.filled, 0);
             io.filled -= start;
-            // Keep a large buffer for the next large frame, up to a point.
-            if io.inbuf.len() > KEEP_BUFFER && io.filled < READ_CHUNK {
-                io.inbuf.truncate(READ_CHUNK);
-                io.inbuf.shrink_to_fit();
-            }
         }
-        Ok(frames)
+        if io.infds.len() > wire::unclaimed_limit(&io.inbuf[..io.filled])? {
+            return Err(WireError::Descriptors);
+        }
+        if io.filled == 0 && io.inbuf.len() > READ_CHUNK {
+            pool_put(std::mem::take(&mut io.inbuf));
+        }
+        Ok(done)
     }
 
     /// Stops using the socket: deregisters it and closes it.
     fn shut(&self, io: &mut Io) {
         if let Some(fd) = io.fd.take() {
             if std::mem::take(&mut io.registered) {
-                reactor().deregister(self.token, fd.as_fd());
+                if let Some(r) = reactor::running() {
+                    r.deregister(self.token, fd.as_fd());
+                }
             }
         }
         io.out.clear();
+        io.closing = false;
+    }
+
+    /// A bug of ours panicked while serving this link (caught by the reactor): close the port
+    /// rather than leave it waiting for a thread that will not come back.
+    pub(crate) fn fail(&self) {
+        let mut io = lock(&self.io);
+        self.shut(&mut io);
+        io.release_input();
+        drop(io);
+        self.target.peer_closed();
     }
 
     /// Our port was closed or dropped: close the socket once what we wrote is flushed, so the
-    /// peer reads every message and then the end of the stream.
+    /// peer reads every message and then the end of the stream. A peer that reads nothing for
+    /// [`Limits::close_linger`](crate::Limits::close_linger) loses the rest.
     pub(crate) fn close(&self) {
         let mut io = lock(&self.io);
         if io.out.is_empty() {
             self.shut(&mut io);
-        } else {
+        } else if !io.closing {
             io.closing = true;
+            if let Some(r) = reactor::running() {
+                r.linger(self.me.clone(), crate::limits::close_linger());
+            }
+        }
+    }
+
+    /// The linger time of a closed port ran out: give up on what the peer did not read.
+    pub(crate) fn linger_expired(&self) {
+        let mut io = lock(&self.io);
+        if io.closing {
+            tracing::warn!("msgport: a closed port's peer read nothing for too long; unsent messages dropped");
+            self.shut(&mut io);
+            io.release_input();
         }
     }
 
@@ -509,7 +588,9 @@ impl Link {
         let registered = std::mem::take(&mut io.registered);
         let socket = io.fd.take().map(|fd| {
             if registered {
-                reactor().deregister(self.token, fd.as_fd());
+                if let Some(r) = reactor::running() {
+                    r.deregister(self.token, fd.as_fd());
+                }
             }
             // No other thread polls a port that is being moved (it is owned, not borrowed);
             // should one still hold the descriptor, hand over a duplicate.
@@ -523,22 +604,71 @@ impl Link {
             }
             None => None,
         };
-        let mut unsent = Vec::new();
-        let mut unsent_fds = Vec::new();
-        for chunk in io.out.drain(..) {
-            unsent.extend_from_slice(&chunk.bytes[chunk.pos..]);
-            unsent_fds.extend(chunk.fds);
-        }
+        let unsent = io
+            .out
+            .drain(..)
+            .map(|chunk| Segment {
+                bytes: chunk.bytes[chunk.pos..].to_vec(),
+                fds: chunk.fds,
+            })
+            .collect();
         let filled = io.filled;
         let mut prefix = std::mem::take(&mut io.inbuf);
         prefix.truncate(filled);
         io.filled = 0;
         Exported {
             socket,
-            prefix,
-            prefix_fds: io.infds.drain(..).collect(),
-            unsent,
-            unsent_fds,
+            backlog: Backlog {
+                prefix,
+                prefix_fds: io.infds.drain(..).collect(),
+                unsent,
+            },
         }
+    }
+}
+
+/// What one call of `deliver` did.
+#[derive(Default)]
+struct Delivered {
+    /// Messages queued at the endpoint.
+    delivered: usize,
+    /// The endpoint is over its high-water mark: stop reading.
+    pause: bool,
+}
+
+impl Io {
+    /// Makes room to read into. The buffer grows with what has arrived (at most doubling what
+    /// is held), never with what a header announces: a peer that announces a large frame and
+    /// sends nothing costs one read chunk.
+    fn reserve_read(&mut self) {
+        let want = match wire::header(&self.inbuf[..self.filled]) {
+            Some((len, _)) => (HEADER.saturating_add(len))
+                .min(self.filled.saturating_mul(2))
+                .max(self.filled + 1),
+            None => 0,
+        }
+        .max(READ_CHUNK);
+        if self.inbuf.len() >= want {
+            return;
+        }
+        if want > READ_CHUNK {
+            let mut big = pool_take();
+            if big.len() > self.inbuf.len() {
+                big[..self.filled].copy_from_slice(&self.inbuf[..self.filled]);
+                self.inbuf = big;
+            } else if !big.is_empty() {
+                pool_put(big);
+            }
+        }
+        if self.inbuf.len() < want {
+            self.inbuf.resize(want, 0);
+        }
+    }
+
+    /// Drops what was read: the socket is gone.
+    fn release_input(&mut self) {
+        self.inbuf = Vec::new();
+        self.filled = 0;
+        self.infds.clear();
     }
 }

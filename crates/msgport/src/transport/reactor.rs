@@ -2,11 +2,17 @@
 //! readiness to the link, which reads and delivers on this thread. A thread blocked in a pull on
 //! a socket-backed port reads that socket itself instead: the link then turns its read interest
 //! off here, so a message wakes one thread, not two.
+//!
+//! The thread never dies of a link: each event is served under `catch_unwind`, and a link whose
+//! service panicked is closed (its port observes close). Should the thread end anyway, every
+//! link it watched is closed and no new one can register (a typed error instead of a hang).
 
 use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 
@@ -14,30 +20,99 @@ use super::Link;
 
 pub(crate) struct Reactor {
     epoll: OwnedFd,
+    /// Wakes the thread when a new linger deadline is set.
+    wake: OwnedFd,
     links: Mutex<HashMap<usize, Arc<Link>>>,
-    next: AtomicUsize,
+    /// Closed links still writing what their peer has not read, with their deadlines.
+    lingering: Mutex<Vec<(Instant, Weak<Link>)>>,
+    /// The thread ended: nothing may register any more.
+    dead: AtomicBool,
 }
 
 static REACTOR: OnceLock<Reactor> = OnceLock::new();
+static START: Mutex<()> = Mutex::new(());
+static NEXT_TOKEN: AtomicUsize = AtomicUsize::new(1);
+/// The token of the wake-up descriptor.
+const WAKE: u64 = u64::MAX;
 
-/// The reactor, started on first use (which also raises the descriptor limit).
-pub(crate) fn reactor() -> &'static Reactor {
-    REACTOR.get_or_init(|| {
-        if let Err(e) = crate::sys::raise_fd_limit() {
-            tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
+/// A token naming a link in the reactor.
+pub(crate) fn token() -> usize {
+    NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The reactor if it was started (links that are registered know it was).
+pub(crate) fn running() -> Option<&'static Reactor> {
+    REACTOR.get()
+}
+
+/// The reactor, started on first use (which also raises the descriptor limit). Fails, rather
+/// than panics, when the system refuses a descriptor or a thread; a later call tries again.
+pub(crate) fn reactor() -> std::io::Result<&'static Reactor> {
+    if let Some(r) = REACTOR.get() {
+        return alive(r);
+    }
+    let _start = START.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = REACTOR.get() {
+        return alive(r);
+    }
+    if let Err(e) = crate::sys::raise_fd_limit() {
+        tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
+    }
+    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    let wake = rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+    )?;
+    epoll::add(
+        &epoll,
+        &wake,
+        EventData::new_u64(WAKE),
+        EventFlags::IN | EventFlags::ET,
+    )?;
+    std::thread::Builder::new()
+        .name("msgport-reactor".into())
+        .spawn(run)?;
+    let r = REACTOR.get_or_init(|| Reactor {
+        epoll,
+        wake,
+        links: Mutex::new(HashMap::new()),
+        lingering: Mutex::new(Vec::new()),
+        dead: AtomicBool::new(false),
+    });
+    Ok(r)
+}
+
+fn alive(r: &'static Reactor) -> std::io::Result<&'static Reactor> {
+    if r.dead.load(Ordering::Acquire) {
+        return Err(std::io::Error::other("the msgport reactor thread has ended"));
+    }
+    Ok(r)
+}
+
+/// Test hooks: make the reactor panic while serving the next event, inside the per-event guard
+/// (`SERVE`) or outside it, ending the thread (`THREAD`).
+pub(crate) static PANIC_SERVE: AtomicBool = AtomicBool::new(false);
+pub(crate) static PANIC_THREAD: AtomicBool = AtomicBool::new(false);
+
+/// Closes every watched link if the thread ends (only a bug can end it).
+struct OnExit(&'static Reactor);
+
+impl Drop for OnExit {
+    fn drop(&mut self) {
+        self.0.dead.store(true, Ordering::Release);
+        tracing::error!("msgport reactor thread ended; closing its ports");
+        let links: Vec<Arc<Link>> = self
+            .0
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, l)| l)
+            .collect();
+        for link in links {
+            let _ = catch_unwind(AssertUnwindSafe(|| link.fail()));
         }
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
-            .expect("epoll_create1 fails only when out of descriptors");
-        std::thread::Builder::new()
-            .name("msgport-reactor".into())
-            .spawn(run)
-            .expect("spawn the msgport reactor thread");
-        Reactor {
-            epoll,
-            links: Mutex::new(HashMap::new()),
-            next: AtomicUsize::new(1),
-        }
-    })
+    }
 }
 
 fn run() {
@@ -47,19 +122,40 @@ fn run() {
         }
         std::thread::yield_now();
     };
+    let _on_exit = OnExit(r);
     let mut events = Vec::with_capacity(1024);
     loop {
         events.clear();
-        match epoll::wait(&r.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+        let timeout = r.next_deadline().map(|at| {
+            let left = at.saturating_duration_since(Instant::now());
+            rustix::event::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        match epoll::wait(
+            &r.epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            timeout.as_ref(),
+        ) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => {
                 tracing::error!("msgport reactor: epoll_wait failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         }
+        if PANIC_THREAD.swap(false, Ordering::Relaxed) {
+            panic!("msgport reactor: injected panic (test hook)");
+        }
         for event in &events {
             let flags = event.flags;
+            if event.data.u64() == WAKE {
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(&r.wake, &mut buf);
+                continue;
+            }
             let token = event.data.u64() as usize;
             let link = r
                 .links
@@ -68,15 +164,25 @@ fn run() {
                 .get(&token)
                 .cloned();
             let Some(link) = link else { continue };
-            if flags.contains(EventFlags::OUT) {
-                link.on_writable();
-            }
-            if flags
-                .intersects(EventFlags::IN | EventFlags::HUP | EventFlags::RDHUP | EventFlags::ERR)
-            {
-                link.on_readable();
+            let served = catch_unwind(AssertUnwindSafe(|| {
+                if PANIC_SERVE.swap(false, Ordering::Relaxed) {
+                    panic!("msgport reactor: injected panic (test hook)");
+                }
+                if flags.contains(EventFlags::OUT) {
+                    link.on_writable();
+                }
+                if flags.intersects(
+                    EventFlags::IN | EventFlags::HUP | EventFlags::RDHUP | EventFlags::ERR,
+                ) {
+                    link.on_readable();
+                }
+            }));
+            if served.is_err() {
+                tracing::error!("msgport reactor: serving a port panicked; closing that port");
+                let _ = catch_unwind(AssertUnwindSafe(|| link.fail()));
             }
         }
+        r.expire();
     }
 }
 
@@ -92,10 +198,6 @@ fn flags(read: bool, write: bool) -> EventFlags {
 }
 
 impl Reactor {
-    pub(crate) fn token(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed)
-    }
-
     pub(crate) fn register(
         &self,
         token: usize,
@@ -104,6 +206,9 @@ impl Reactor {
         read: bool,
         write: bool,
     ) -> std::io::Result<()> {
+        if self.dead.load(Ordering::Acquire) {
+            return Err(std::io::Error::other("the msgport reactor thread has ended"));
+        }
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -123,7 +228,8 @@ impl Reactor {
         Ok(())
     }
 
-    /// Sets what the reactor watches a link's socket for.
+    /// Sets what the reactor watches a link's socket for. Re-arming reports readiness that is
+    /// already there (how a paused or budget-limited link gets its next turn).
     pub(crate) fn interest(&self, token: usize, fd: BorrowedFd<'_>, read: bool, write: bool) {
         if let Err(e) = epoll::modify(
             &self.epoll,
@@ -154,13 +260,54 @@ impl Reactor {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&token);
     }
+
+    /// Gives a closed link `linger` to finish writing; then it is shut.
+    pub(crate) fn linger(&self, link: Weak<Link>, linger: Duration) {
+        let at = Instant::now() + linger;
+        self.lingering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((at, link));
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.lingering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(at, _)| *at)
+            .min()
+    }
+
+    fn expire(&self) {
+        let now = Instant::now();
+        let expired: Vec<Weak<Link>> = {
+            let mut lingering = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
+            let mut expired = Vec::new();
+            lingering.retain(|(at, link)| {
+                if link.strong_count() == 0 {
+                    return false;
+                }
+                if *at <= now {
+                    expired.push(link.clone());
+                    return false;
+                }
+                true
+            });
+            expired
+        };
+        for link in expired.iter().filter_map(Weak::upgrade) {
+            let _ = catch_unwind(AssertUnwindSafe(|| link.linger_expired()));
+        }
+    }
 }
 
 /// Keeps a descriptor usable by a thread that polls it without the link's lock.
 pub(crate) type SharedFd = Arc<OwnedFd>;
 
 /// Waits until `fd` is readable (or hung up), for at most `timeout`.
-pub(crate) fn wait_readable(fd: &SharedFd, timeout: std::time::Duration) {
+pub(crate) fn wait_readable(fd: &SharedFd, timeout: Duration) {
     let ts = rustix::event::Timespec {
         tv_sec: timeout.as_secs() as i64,
         tv_nsec: i64::from(timeout.subsec_nanos()),

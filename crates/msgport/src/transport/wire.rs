@@ -3,14 +3,20 @@
 //! ```text
 //! frame  = length: u32 LE (of body) | descriptors: u32 LE | body
 //! body   = CBOR [data, [record, ...]]            data: the message's Value (docs/wire-format.md)
-//! record = CBOR [flags, [body, ...], prefix: bytes, prefix_fds: uint, unsent: bytes, unsent_fds: uint]
+//! record = CBOR [flags, [body, ...], prefix: bytes, prefix_fds: uint, [unsent: bytes, fds: uint, ...]]
 //! flags  = bit 0: has a socket, bit 1: its peer is gone, bit 2: closed locally
 //! ```
 //!
-//! A frame's descriptors are taken from the link's descriptor queue (they arrive attached to
-//! the frame's first bytes, or earlier ones). Within a frame they are consumed in decoding order:
-//! a record's socket, then the descriptors of its queued messages (recursively), then those of
-//! its read prefix, then those of its unsent bytes.
+//! A frame's descriptors are taken from the link's descriptor queue. They travel attached to
+//! bytes of their own frame (a `sendmsg` carrying them starts inside that frame), at most
+//! [`sys::MAX_FDS_PER_SEND`] per byte, so a receiver knows at every point how many descriptors
+//! may be waiting: those of the frame it is reading ([`unclaimed_limit`]). Within a frame they
+//! are consumed in decoding order: a record's socket, then the descriptors of its queued
+//! messages (recursively), then those of its read prefix, then those of each unsent segment.
+//!
+//! Every count read from a peer is bounded before it is used: at most [`MAX_PORTS`] records and
+//! descriptors per frame, records nested at most 32 deep, and no reservation past what the
+//! input can hold.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -22,20 +28,25 @@ use crate::codec::{self, ok, CodecError};
 use crate::error::PostError;
 use crate::event::{MessageEvent, Payload};
 use crate::port::MessagePort;
+use crate::sys;
 use crate::value::Value;
 
 /// Bytes before a frame's body.
 pub(crate) const HEADER: usize = 8;
 /// How deep records may nest (a port in flight carrying queued messages carrying ports...).
 const MAX_RECORD_DEPTH: usize = 32;
+/// The most port records (at every depth) and the most descriptors one frame may carry.
+pub(crate) const MAX_PORTS: usize = 4096;
+/// What a decoded port record costs in memory, beyond its bytes (measured: ~430 bytes).
+pub(crate) const RECORD_COST: usize = 512;
+/// What a received descriptor counts for in a port's receive budget: a port that queues many
+/// ports stops reading long before it holds a large share of the process's descriptors.
+pub(crate) const FD_COST: usize = 16 << 10;
 
-/// The largest frame body a link accepts, and a sender may write (256 MiB by default).
+/// The largest frame body a link accepts, and a sender may write.
 pub(crate) fn max_frame() -> usize {
-    MAX_FRAME.load(std::sync::atomic::Ordering::Relaxed)
+    crate::limits::max_message_size()
 }
-
-pub(crate) static MAX_FRAME: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(256 << 20);
 
 /// Why a frame was refused: the link that carried it is closed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +61,47 @@ pub(crate) enum WireError {
     TooDeep,
     #[error("port slot {0} outside the transfer list")]
     BadSlot(u32),
+    #[error("frame carries more than {MAX_PORTS} ports or descriptors")]
+    TooManyPorts,
+}
+
+/// A stretch of a link's output: bytes, and the descriptors that go with their first byte(s)
+/// (at most [`sys::MAX_FDS_PER_SEND`] per byte).
+pub(crate) struct Segment {
+    pub bytes: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Reads a frame header: (body length, descriptor count).
+pub(crate) fn header(bytes: &[u8]) -> Option<(usize, usize)> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let nfds = u32::from_le_bytes(bytes.get(4..HEADER)?.try_into().ok()?) as usize;
+    Some((len, nfds))
+}
+
+/// Checks a frame header against the limits.
+pub(crate) fn check_header(len: usize, nfds: usize) -> Result<(), WireError> {
+    if len > max_frame() {
+        return Err(WireError::TooLarge(len));
+    }
+    if nfds > MAX_PORTS {
+        return Err(WireError::TooManyPorts);
+    }
+    Ok(())
+}
+
+/// How many received descriptors may be waiting while `partial` (the start of a frame, not all
+/// of it) is what has been read of it: the count its header announces, or, before the header
+/// is complete, what the bytes read so far can carry. `Err` if `partial` is not the start of a
+/// valid frame.
+pub(crate) fn unclaimed_limit(partial: &[u8]) -> Result<usize, WireError> {
+    match header(partial) {
+        Some((len, nfds)) => {
+            check_header(len, nfds)?;
+            Ok(nfds)
+        }
+        None => Ok(partial.len() * sys::MAX_FDS_PER_SEND),
+    }
 }
 
 /// One encoded frame: its bytes in parts (the first starts with the header; large byte strings
@@ -68,6 +120,7 @@ struct FrameWriter {
     parts: Vec<Vec<u8>>,
     cur: Vec<u8>,
     fds: Vec<OwnedFd>,
+    records: usize,
 }
 
 impl FrameWriter {
@@ -128,6 +181,13 @@ impl FrameWriter {
         let _ = ok(self.enc().array(2));
         self.value(data);
         let _ = ok(self.enc().array(ports.len() as u64));
+        self.records += ports.len();
+        if self.records > MAX_PORTS {
+            return Err(PostError::TooManyPorts {
+                count: self.records,
+                max: MAX_PORTS,
+            });
+        }
         let mut ports = ports.into_iter();
         for port in ports.by_ref() {
             let record = port
@@ -142,7 +202,7 @@ impl FrameWriter {
         let flags = u8::from(record.socket.is_some())
             | u8::from(record.peer_gone) << 1
             | u8::from(record.closed) << 2;
-        let _ = ok(self.enc().array(6));
+        let _ = ok(self.enc().array(5));
         let _ = ok(self.enc().u8(flags));
         self.fds.extend(record.socket);
         let _ = ok(self.enc().array(record.queued.len() as u64));
@@ -157,9 +217,18 @@ impl FrameWriter {
         let _ = ok(self.enc().bytes(&record.prefix));
         let _ = ok(self.enc().u64(record.prefix_fds.len() as u64));
         self.fds.extend(record.prefix_fds);
-        let _ = ok(self.enc().bytes(&record.unsent));
-        let _ = ok(self.enc().u64(record.unsent_fds.len() as u64));
-        self.fds.extend(record.unsent_fds);
+        let _ = ok(self.enc().array(2 * record.unsent.len() as u64));
+        for segment in record.unsent {
+            let _ = ok(self.enc().bytes(&segment.bytes));
+            let _ = ok(self.enc().u64(segment.fds.len() as u64));
+            self.fds.extend(segment.fds);
+        }
+        if self.fds.len() > MAX_PORTS {
+            return Err(PostError::TooManyPorts {
+                count: self.fds.len(),
+                max: MAX_PORTS,
+            });
+        }
         Ok(())
     }
 }
@@ -172,8 +241,8 @@ pub(crate) struct Record {
     pub queued: Vec<MessageEvent>,
     pub prefix: Vec<u8>,
     pub prefix_fds: Vec<OwnedFd>,
-    pub unsent: Vec<u8>,
-    pub unsent_fds: Vec<OwnedFd>,
+    /// Bytes not yet written, each segment with the descriptors of its first bytes.
+    pub unsent: Vec<Segment>,
 }
 
 /// Encodes a message into one frame, exporting its ports (which leave this process even when
@@ -183,12 +252,14 @@ pub(crate) fn encode_frame(data: Value, ports: Vec<MessagePort>) -> Result<Frame
         parts: Vec::new(),
         cur: vec![0u8; HEADER],
         fds: Vec::new(),
+        records: 0,
     };
     w.body(data, ports)?;
     let FrameWriter {
         mut parts,
         cur,
         fds,
+        ..
     } = w;
     if !cur.is_empty() {
         parts.push(cur);
@@ -206,119 +277,160 @@ pub(crate) fn encode_frame(data: Value, ports: Vec<MessagePort>) -> Result<Frame
     Ok(Frame { parts, fds })
 }
 
-/// Decodes a frame body with exactly the descriptors `fds`, importing its ports.
-pub(crate) fn decode_body(
-    body: &[u8],
-    mut fds: VecDeque<OwnedFd>,
-) -> Result<MessageEvent, WireError> {
-    let mut d = Decoder::new(body);
-    let event = read_body(&mut d, &mut fds, 0)?;
-    if d.position() != body.len() {
-        return Err(CodecError::TrailingBytes(body.len() - d.position()).into());
-    }
-    if !fds.is_empty() {
-        return Err(WireError::Descriptors);
-    }
-    Ok(event)
+/// A decoded frame body: the message, and what it costs in memory beyond its bytes.
+pub(crate) struct Decoded {
+    pub event: MessageEvent,
+    pub records: usize,
 }
 
-fn read_body(
-    d: &mut Decoder<'_>,
-    fds: &mut VecDeque<OwnedFd>,
-    depth: usize,
-) -> Result<MessageEvent, WireError> {
-    if depth > MAX_RECORD_DEPTH {
-        return Err(WireError::TooDeep);
+/// Decodes a frame body with exactly the descriptors `fds`, importing its ports.
+pub(crate) fn decode_body(body: &[u8], fds: VecDeque<OwnedFd>) -> Result<Decoded, WireError> {
+    let mut r = Reader {
+        d: Decoder::new(body),
+        fds,
+        records: 0,
+    };
+    let event = r.body(0)?;
+    if r.d.position() != body.len() {
+        return Err(CodecError::TrailingBytes(body.len() - r.d.position()).into());
     }
-    if d.array().map_err(CodecError::from)? != Some(2) {
-        return Err(CodecError::Invalid("a message body is [data, ports]").into());
+    if !r.fds.is_empty() {
+        return Err(WireError::Descriptors);
     }
-    let data = codec::read_value(d, 0)?;
-    let n = d
-        .array()
-        .map_err(CodecError::from)?
-        .ok_or(CodecError::Invalid("ports must be a definite array"))?;
-    if n > d.input().len() as u64 {
-        return Err(CodecError::Invalid("more ports than bytes").into());
-    }
-    let mut ports = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        ports.push(read_record(d, fds, depth)?);
-    }
-    if let Some(slot) = data.max_port_slot() {
-        if slot as usize >= ports.len() {
-            return Err(WireError::BadSlot(slot));
+    Ok(Decoded {
+        event,
+        records: r.records,
+    })
+}
+
+/// A frame body being decoded, with the descriptors it has not yet consumed.
+struct Reader<'a> {
+    d: Decoder<'a>,
+    fds: VecDeque<OwnedFd>,
+    /// Records decoded so far, at every depth.
+    records: usize,
+}
+
+impl Reader<'_> {
+    /// Reads a definite array header whose elements each take at least `min_bytes`.
+    fn array(&mut self, what: &'static str, min_bytes: usize) -> Result<usize, WireError> {
+        let n = self
+            .d
+            .array()
+            .map_err(CodecError::from)?
+            .ok_or(CodecError::Invalid(what))?;
+        let left = self.d.input().len() - self.d.position();
+        match usize::try_from(n) {
+            Ok(n) if n.saturating_mul(min_bytes) <= left => Ok(n),
+            _ => Err(CodecError::Invalid(what).into()),
         }
     }
-    Ok(MessageEvent::new(Payload::Value(data), ports))
-}
 
-fn take_fds(fds: &mut VecDeque<OwnedFd>, n: u64) -> Result<Vec<OwnedFd>, WireError> {
-    let n = usize::try_from(n).map_err(|_| WireError::Descriptors)?;
-    if n > fds.len() {
-        return Err(WireError::Descriptors);
+    fn body(&mut self, depth: usize) -> Result<MessageEvent, WireError> {
+        if depth > MAX_RECORD_DEPTH {
+            return Err(WireError::TooDeep);
+        }
+        if self.d.array().map_err(CodecError::from)? != Some(2) {
+            return Err(CodecError::Invalid("a message body is [data, ports]").into());
+        }
+        let data = codec::read_value(&mut self.d, 0)?;
+        // A record takes at least 6 bytes.
+        let n = self.array("ports must be a definite array within the frame", 6)?;
+        self.records += n;
+        if self.records > MAX_PORTS {
+            return Err(WireError::TooManyPorts);
+        }
+        let mut ports = Vec::with_capacity(n);
+        for _ in 0..n {
+            ports.push(self.record(depth)?);
+        }
+        if let Some(slot) = data.max_port_slot() {
+            if slot as usize >= ports.len() {
+                return Err(WireError::BadSlot(slot));
+            }
+        }
+        Ok(MessageEvent::new(Payload::Value(data), ports))
     }
-    Ok(fds.drain(..n).collect())
-}
 
-fn read_record(
-    d: &mut Decoder<'_>,
-    fds: &mut VecDeque<OwnedFd>,
-    depth: usize,
-) -> Result<MessagePort, WireError> {
-    if d.array().map_err(CodecError::from)? != Some(6) {
-        return Err(CodecError::Invalid("a port record has six fields").into());
+    fn take_fds(&mut self, n: u64, carried_by: usize) -> Result<Vec<OwnedFd>, WireError> {
+        let n = usize::try_from(n).map_err(|_| WireError::Descriptors)?;
+        if n > self.fds.len() || n > carried_by {
+            return Err(WireError::Descriptors);
+        }
+        Ok(self.fds.drain(..n).collect())
     }
-    let flags = d.u8().map_err(CodecError::from)?;
-    if flags > 7 {
-        return Err(CodecError::Invalid("unknown port record flags").into());
+
+    fn bytes(&mut self, what: &'static str) -> Result<Vec<u8>, WireError> {
+        if self.d.datatype().map_err(CodecError::from)? != Type::Bytes {
+            return Err(CodecError::Invalid(what).into());
+        }
+        Ok(self.d.bytes().map_err(CodecError::from)?.to_vec())
     }
-    let socket = if flags & 1 != 0 {
-        Some(fds.pop_front().ok_or(WireError::Descriptors)?)
-    } else {
-        None
-    };
-    let n = d
-        .array()
-        .map_err(CodecError::from)?
-        .ok_or(CodecError::Invalid("queued must be a definite array"))?;
-    if n > d.input().len() as u64 {
-        return Err(CodecError::Invalid("more queued messages than bytes").into());
+
+    fn record(&mut self, depth: usize) -> Result<MessagePort, WireError> {
+        if self.d.array().map_err(CodecError::from)? != Some(5) {
+            return Err(CodecError::Invalid("a port record has five fields").into());
+        }
+        let flags = self.d.u8().map_err(CodecError::from)?;
+        if flags > 7 {
+            return Err(CodecError::Invalid("unknown port record flags").into());
+        }
+        let socket = if flags & 1 != 0 {
+            Some(self.fds.pop_front().ok_or(WireError::Descriptors)?)
+        } else {
+            None
+        };
+        // A queued body takes at least 3 bytes.
+        let n = self.array("queued must be a definite array within the frame", 3)?;
+        let mut queued = Vec::with_capacity(n);
+        for _ in 0..n {
+            queued.push(self.body(depth + 1)?);
+        }
+        let prefix = self.bytes("a read prefix is a byte string")?;
+        let limit = if prefix.is_empty() {
+            0
+        } else {
+            // A prefix is the start of one frame, not all of it.
+            if matches!(header(&prefix), Some((len, _)) if prefix.len() >= HEADER + len) {
+                return Err(CodecError::Invalid("a read prefix holds a whole frame").into());
+            }
+            unclaimed_limit(&prefix)?
+        };
+        let n = self.d.u64().map_err(CodecError::from)?;
+        let prefix_fds = self.take_fds(n, limit)?;
+        // A segment takes at least 2 bytes (an empty byte string and a count).
+        let n = self.array("unsent must be a definite array within the frame", 1)?;
+        if n % 2 != 0 {
+            return Err(CodecError::Invalid("unsent segments come in pairs").into());
+        }
+        let mut unsent = Vec::with_capacity(n / 2);
+        for _ in 0..n / 2 {
+            let bytes = self.bytes("unsent bytes are a byte string")?;
+            let carried_by = bytes.len() * sys::MAX_FDS_PER_SEND;
+            let n = self.d.u64().map_err(CodecError::from)?;
+            let fds = self.take_fds(n, carried_by)?;
+            if !bytes.is_empty() {
+                unsent.push(Segment { bytes, fds });
+            }
+        }
+        Ok(MessagePort::import(Record {
+            socket,
+            peer_gone: flags & 2 != 0,
+            closed: flags & 4 != 0,
+            queued,
+            prefix,
+            prefix_fds,
+            unsent,
+        }))
     }
-    let mut queued = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        queued.push(read_body(d, fds, depth + 1)?);
-    }
-    if d.datatype().map_err(CodecError::from)? != Type::Bytes {
-        return Err(CodecError::Invalid("a read prefix is a byte string").into());
-    }
-    let prefix = d.bytes().map_err(CodecError::from)?.to_vec();
-    let prefix_fds = take_fds(fds, d.u64().map_err(CodecError::from)?)?;
-    if d.datatype().map_err(CodecError::from)? != Type::Bytes {
-        return Err(CodecError::Invalid("unsent bytes are a byte string").into());
-    }
-    let unsent = d.bytes().map_err(CodecError::from)?.to_vec();
-    let unsent_fds = take_fds(fds, d.u64().map_err(CodecError::from)?)?;
-    Ok(MessagePort::import(Record {
-        socket,
-        peer_gone: flags & 2 != 0,
-        closed: flags & 4 != 0,
-        queued,
-        prefix,
-        prefix_fds,
-        unsent,
-        unsent_fds,
-    }))
 }
 
 /// Splits `bytes` into frames as a link does and decodes each body (with no descriptors): the
 /// fuzz target's entry. Returns how many frames decoded before the first error or the end.
 pub(crate) fn decode_stream(mut bytes: &[u8]) -> usize {
     let mut frames = 0;
-    while bytes.len() >= HEADER {
-        let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-        let nfds = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
-        if len > max_frame() || nfds > 0 || bytes.len() < HEADER + len {
+    while let Some((len, nfds)) = header(bytes) {
+        if check_header(len, nfds).is_err() || nfds > 0 || bytes.len() < HEADER + len {
             break;
         }
         if decode_body(&bytes[HEADER..HEADER + len], VecDeque::new()).is_err() {
