@@ -397,3 +397,74 @@ fn fifty_children_at_once_are_all_served_and_a_worker_channel_bypasses_main() {
     }
     worker.kill().unwrap();
 }
+
+/// Row 11 of the hardening issue: when `accept` fails (here: the descriptor table is full) the
+/// listener thread used to retry at once, spinning a CPU for as long as the condition lasted;
+/// now it waits between attempts, and serves the connection once descriptors are free.
+#[test]
+fn a_failing_accept_does_not_spin() {
+    const NAME: &str = "a_failing_accept_does_not_spin";
+    if std::env::var("MSGPORT_IPC_ISOLATED").as_deref() != Ok(NAME) {
+        // Alone in a fresh process: it fills the descriptor table and measures CPU time.
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("MSGPORT_IPC_ISOLATED", NAME)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{status}");
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("msgport-ipc-spin-{}.sock", std::process::id()));
+    let main = IpcMain::new();
+    let (tx, rx) = mpsc::channel();
+    main.listen(&path, move |_| {
+        let _ = tx.send(());
+        true
+    })
+    .unwrap();
+    // A first client, admitted while descriptors are plenty (this also starts the reactor).
+    let _first = IpcChild::connect_to(&path).unwrap();
+    rx.recv_timeout(LIMIT)
+        .expect("the first client is admitted");
+    std::thread::sleep(Duration::from_millis(100));
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let limit = rustix::process::Rlimit {
+        current: Some(open + 32),
+        maximum: Some(open + 32),
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).unwrap();
+    // Opened now: reading it later needs no descriptor.
+    let stat = std::fs::File::open("/proc/self/stat").unwrap();
+    let mut held = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        held.push(f);
+    }
+    // The connecting side takes the last descriptor: the listener's accept has none.
+    held.pop();
+    let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let cpu = || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 4096];
+        let n = stat.read_at(&mut buf, 0).unwrap();
+        let stat = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let fields: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        Duration::from_millis((fields[0] + fields[1]) * 10)
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu() - before;
+    assert!(
+        spent < Duration::from_millis(300),
+        "{spent:?} of CPU in 1 s"
+    );
+    drop(held);
+    rx.recv_timeout(LIMIT)
+        .expect("admitted once descriptors are free");
+    std::process::exit(0);
+}

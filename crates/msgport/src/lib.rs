@@ -90,6 +90,20 @@ pub mod __fuzz {
     }
 }
 
+/// Test hooks for the hostile-peer suite; not part of the API.
+#[doc(hidden)]
+pub mod __testing {
+    /// The reactor panics while serving its next event (inside its per-event guard).
+    pub fn panic_reactor_while_serving() {
+        crate::transport::PANIC_SERVE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The reactor thread panics after its next wake-up (outside the per-event guard).
+    pub fn panic_reactor_thread() {
+        crate::transport::PANIC_THREAD.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The README's example, compiled and run as a doc test.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

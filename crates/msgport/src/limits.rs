@@ -18,7 +18,6 @@ use std::time::Duration;
 /// # msgport::set_limits(msgport::Limits::default());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Limits {
     /// The largest encoded message (bytes) that may leave or enter this process: 256 MiB by
     /// default. A larger post fails with [`PostError::TooLarge`](crate::PostError::TooLarge); a

@@ -100,7 +100,10 @@ const POOL_BUFFERS: usize = 2;
 const KEEP_BUFFER: usize = 32 << 20;
 
 fn pool_take() -> Vec<u8> {
-    POOL.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default()
+    POOL.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop()
+        .unwrap_or_default()
 }
 
 fn pool_put(buf: Vec<u8>) {
@@ -275,7 +278,9 @@ impl Link {
                         if !chunk.fds.is_empty() {
                             // Cannot happen: a chunk never holds more descriptors than its
                             // bytes can carry. Should it, the receiver closes the port.
-                            tracing::error!("msgport: descriptors left without bytes to carry them");
+                            tracing::error!(
+                                "msgport: descriptors left without bytes to carry them"
+                            );
                         }
                         io.out.pop_front();
                         if n == 0 {
@@ -493,7 +498,11 @@ impl Link {
 
     /// Decodes and delivers every complete frame in the buffer, then checks that the
     /// descriptors still waiting belong to the frame being read.
-    fn deliver(&self, io: &mut Io, rejected: &mut Vec<MessageEvent>) -> Result<Delivered, WireError> {
+    fn deliver(
+        &self,
+        io: &mut Io,
+        rejected: &mut Vec<MessageEvent>,
+    ) -> Result<Delivered, WireError> {
         let mut start = 0;
         let mut done = Delivered::default();
         while let Some((len, nfds)) = wire::header(&io.inbuf[start..io.filled]) {
@@ -507,10 +516,7 @@ impl Link {
             let fds: VecDeque<OwnedFd> = io.infds.drain(..nfds).collect();
             let body = &io.inbuf[start + HEADER..start + HEADER + len];
             let decoded = wire::decode_body(body, fds)?;
-            let cost = HEADER
-                + len
-                + decoded.records * wire::RECORD_COST
-                + nfds * wire::FD_COST;
+            let cost = HEADER + len + decoded.records * wire::RECORD_COST + nfds * wire::FD_COST;
             match self.target.push_remote(decoded.event, cost) {
                 Ok(over) => {
                     done.delivered += 1;
@@ -575,7 +581,9 @@ impl Link {
     pub(crate) fn linger_expired(&self) {
         let mut io = lock(&self.io);
         if io.closing {
-            tracing::warn!("msgport: a closed port's peer read nothing for too long; unsent messages dropped");
+            tracing::warn!(
+                "msgport: a closed port's peer read nothing for too long; unsent messages dropped"
+            );
             self.shut(&mut io);
             io.release_input();
         }

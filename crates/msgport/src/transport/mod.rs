@@ -20,6 +20,7 @@ mod reactor;
 pub(crate) mod wire;
 
 pub(crate) use link::{Backlog, Link};
+pub(crate) use reactor::{PANIC_SERVE, PANIC_THREAD};
 
 /// Waits until every message posted to another process has been handed to the kernel, or
 /// `timeout` passes; returns whether everything was written.

@@ -84,7 +84,9 @@ pub(crate) fn reactor() -> std::io::Result<&'static Reactor> {
 
 fn alive(r: &'static Reactor) -> std::io::Result<&'static Reactor> {
     if r.dead.load(Ordering::Acquire) {
-        return Err(std::io::Error::other("the msgport reactor thread has ended"));
+        return Err(std::io::Error::other(
+            "the msgport reactor thread has ended",
+        ));
     }
     Ok(r)
 }
@@ -207,7 +209,9 @@ impl Reactor {
         write: bool,
     ) -> std::io::Result<()> {
         if self.dead.load(Ordering::Acquire) {
-            return Err(std::io::Error::other("the msgport reactor thread has ended"));
+            return Err(std::io::Error::other(
+                "the msgport reactor thread has ended",
+            ));
         }
         self.links
             .lock()

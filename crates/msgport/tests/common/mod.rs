@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc;
