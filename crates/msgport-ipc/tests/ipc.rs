@@ -137,10 +137,9 @@ fn child_entry() {
 fn garbage() {
     use std::io::Write;
     use std::os::fd::FromRawFd;
-    let raw: i32 = std::env::var(msgport::process::BOOTSTRAP_ENV)
-        .unwrap()
-        .parse()
-        .unwrap();
+    // "<fd>:<inode>"
+    let named = std::env::var(msgport::process::BOOTSTRAP_ENV).unwrap();
+    let raw: i32 = named.split(':').next().unwrap().parse().unwrap();
     // SAFETY: the descriptor was inherited for this process and nothing else owns it.
     let mut socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(raw) };
     socket.set_nonblocking(false).unwrap();

@@ -34,8 +34,9 @@ pub enum PostError {
     },
     /// The message carries more ports than one message may (ports in the transfer list, and
     /// the ports queued inside those, at every depth): the limit is 4,096, so that a receiver
-    /// can bound what one message costs it in memory and descriptors. The ports of the message
-    /// are closed.
+    /// can bound what one message costs it in memory and descriptors. Checked when the message
+    /// leaves the process (within one process any number of ports may travel). The ports of the
+    /// message are closed.
     #[error("message carries {count} ports; at most {max} may travel in one message")]
     TooManyPorts {
         /// How many ports (or descriptors) the message carried when the limit was hit.

@@ -88,6 +88,12 @@ pub mod __fuzz {
     pub fn decode_frames(bytes: &[u8]) -> usize {
         crate::transport::wire::decode_stream(bytes)
     }
+
+    /// Writes `input` into a port's socket in pieces with descriptors attached, as a peer
+    /// would, and drains the port (see `transport/fuzz.rs` for the format).
+    pub fn link_reads(input: &[u8]) -> usize {
+        crate::transport::fuzz::link_reads(input)
+    }
 }
 
 /// Test hooks for the hostile-peer suite; not part of the API.

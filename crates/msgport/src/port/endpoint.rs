@@ -44,6 +44,9 @@ pub(crate) struct Endpoint {
     /// when a puller takes the queue. A waiting puller watches it before it takes the lock, so
     /// it takes the lock once per batch rather than contending for it message by message.
     pending: AtomicBool,
+    /// A copy of `state.paused`, for the reader to check without the lock (a stale answer only
+    /// costs one more bounded read, or a wake-up that finds the copy updated).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -110,6 +113,7 @@ impl Endpoint {
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
             pending: AtomicBool::new(false),
+            paused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -159,7 +163,7 @@ impl Endpoint {
         }
         st.closed = true;
         st.remote_cost = 0;
-        st.paused = false;
+        self.set_paused(&mut st, false);
         let queues = (std::mem::take(&mut *taken), std::mem::take(&mut st.queue));
         let handlers = (st.on_message.take(), st.on_close.take());
         let wakers = std::mem::take(&mut st.wakers);
@@ -192,7 +196,7 @@ impl Endpoint {
         };
         st.exported = true;
         st.remote_cost = 0;
-        st.paused = false;
+        self.set_paused(&mut st, false);
         if !st.closed && !st.peer_gone {
             st.forward = forward;
         }
@@ -228,8 +232,10 @@ impl Endpoint {
         }
         message.cost = cost;
         st.remote_cost += cost;
-        if st.remote_cost >= crate::limits::receive_high_water() {
+        if !st.paused && st.remote_cost >= crate::limits::receive_high_water() {
             st.paused = true;
+            self.paused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let paused = st.paused;
         st.queue.push_back(message);
@@ -251,20 +257,28 @@ impl Endpoint {
     pub(crate) fn set_reader(&self, reader: Weak<Link>) {
         let mut st = lock(&self.state);
         st.reader = Some(reader);
-        st.paused = false;
+        self.set_paused(&mut st, false);
     }
 
     /// Whether the reader must not read now (the queue is over its high-water mark).
     pub(crate) fn reading_paused(&self) -> bool {
-        lock(&self.state).paused
+        self.paused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_paused(&self, st: &mut State, paused: bool) {
+        if st.paused != paused {
+            st.paused = paused;
+            self.paused
+                .store(paused, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Takes `cost` off the queue's cost; returns the reader to resume if that brought a
     /// paused queue down to half its mark. Call [`resume`] on it with the locks released.
-    fn drained(st: &mut State, cost: usize) -> Option<Weak<Link>> {
+    fn drained(&self, st: &mut State, cost: usize) -> Option<Weak<Link>> {
         st.remote_cost = st.remote_cost.saturating_sub(cost);
         if st.paused && st.remote_cost <= crate::limits::receive_high_water() / 2 {
-            st.paused = false;
+            self.set_paused(st, false);
             return st.reader.clone();
         }
         None
@@ -453,7 +467,7 @@ impl Endpoint {
             self.pending.store(false, Ordering::Relaxed);
             if st.remote_cost > 0 {
                 let cost = st.remote_cost;
-                *resume = Self::drained(st, cost);
+                *resume = self.drained(st, cost);
             }
             return Pulled::Message(taken.pop_front().expect("swapped a non-empty queue"));
         }
@@ -522,7 +536,7 @@ impl Endpoint {
                         return;
                     };
                     let resume = if message.cost > 0 {
-                        Self::drained(&mut st, message.cost)
+                        self.drained(&mut st, message.cost)
                     } else {
                         None
                     };

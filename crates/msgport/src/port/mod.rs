@@ -302,12 +302,15 @@ impl MessagePort {
         let dead_peer = || Peer::Local(Arc::new(Endpoint::new_closed()));
         let peer = match record.socket {
             Some(socket) if !record.closed && !peer_gone => {
+                // A descriptor that is not a Unix stream socket (a peer can send any) would never
+                // report readiness or an end: such a port arrives closed.
+                let checked = crate::sys::check_stream_socket(std::os::fd::AsFd::as_fd(&socket));
                 let backlog = Backlog {
                     prefix: record.prefix,
                     prefix_fds: record.prefix_fds,
                     unsent: record.unsent,
                 };
-                match Link::new(socket, ep.clone(), backlog, false) {
+                match checked.and_then(|()| Link::new(socket, ep.clone(), backlog, false)) {
                     Ok(link) => Peer::Remote(link),
                     Err(e) => {
                         tracing::warn!("msgport: cannot take over an arriving port's socket: {e}");

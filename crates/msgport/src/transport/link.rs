@@ -131,9 +131,6 @@ impl Link {
         backlog: Backlog,
         watch: bool,
     ) -> io::Result<Arc<Link>> {
-        // A descriptor that is not a stream socket (a peer can send any) would never report
-        // readiness or an end: refuse it here, so the port arrives closed.
-        sys::check_stream_socket(socket.as_fd())?;
         // The reactor starts with the process's first link (raising the descriptor limit), so
         // that a process that cannot have one learns it here, as an error.
         reactor()?;
@@ -263,6 +260,12 @@ impl Link {
                 sys::send(fd.as_fd(), &iov[..chunks], &fds).map(|n| (n, fds.len()))
             };
             match sent {
+                // A stream socket takes at least a byte or refuses: treat nothing as a refusal.
+                Ok((0, _)) => {
+                    if self.write_failed(io, io::ErrorKind::WouldBlock.into()) {
+                        return;
+                    }
+                }
                 Ok((mut n, nfds)) => {
                     if let Some(front) = io.out.front_mut() {
                         // The kernel holds its own references now.

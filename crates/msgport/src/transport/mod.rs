@@ -15,6 +15,8 @@
 //! descriptor. When a port whose peer is in this process leaves, its endpoint becomes a proxy:
 //! what the peer posts to it from then on is written to a new socket whose other end travels.
 
+#[doc(hidden)]
+pub(crate) mod fuzz;
 mod link;
 mod reactor;
 pub(crate) mod wire;

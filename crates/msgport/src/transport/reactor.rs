@@ -148,7 +148,7 @@ fn run() {
                 continue;
             }
         }
-        if PANIC_THREAD.swap(false, Ordering::Relaxed) {
+        if PANIC_THREAD.load(Ordering::Relaxed) && PANIC_THREAD.swap(false, Ordering::Relaxed) {
             panic!("msgport reactor: injected panic (test hook)");
         }
         for event in &events {
@@ -167,7 +167,8 @@ fn run() {
                 .cloned();
             let Some(link) = link else { continue };
             let served = catch_unwind(AssertUnwindSafe(|| {
-                if PANIC_SERVE.swap(false, Ordering::Relaxed) {
+                if PANIC_SERVE.load(Ordering::Relaxed) && PANIC_SERVE.swap(false, Ordering::Relaxed)
+                {
                     panic!("msgport reactor: injected panic (test hook)");
                 }
                 if flags.contains(EventFlags::OUT) {
