@@ -105,9 +105,11 @@ mod tests {
         let frame = [3, 0, 0, 0, 0, 0, 0, 0, 0x82, 0xf6, 0x80];
         let input = [piece(&frame[..5], 0), piece(&frame[5..], 0)].concat();
         assert_eq!(play(&input, &mut || ()), 1);
-        // A frame announcing no descriptors, sent with 100 of them: closed.
-        let input = [piece(&frame, 100)].concat();
-        assert_eq!(play(&input, &mut || ()), 0);
+        // A frame announcing no descriptors, sent with 100 of them: the frame is whole in that
+        // read and may be delivered (the stray descriptors could belong to a later frame of the
+        // same read), then the port closes instead of reading the second copy.
+        let input = [piece(&frame, 100), piece(&frame, 0)].concat();
+        assert_eq!(play(&input, &mut || ()), 1);
         // A socket record with a real socket.
         let body = [0x82, 0xf6, 0x81, 0x85, 0x01, 0x80, 0x40, 0x00, 0x80];
         let mut frame = (body.len() as u32).to_le_bytes().to_vec();
