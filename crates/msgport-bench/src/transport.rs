@@ -171,15 +171,8 @@ pub fn child(role: &str, cpu: usize, name: Option<String>) {
     process::flush(Duration::from_secs(10));
 }
 
-#[allow(unsafe_code)]
 fn raw_inherited() -> UnixStream {
-    use std::os::fd::FromRawFd;
-    let raw: i32 = std::env::var(process::BOOTSTRAP_ENV)
-        .unwrap()
-        .parse()
-        .unwrap();
-    // SAFETY: the descriptor was inherited for this process and nothing else owns it.
-    let s = unsafe { UnixStream::from_raw_fd(raw) };
+    let s = UnixStream::from(process::bootstrap_socket().unwrap());
     s.set_nonblocking(false).unwrap();
     s
 }
@@ -207,11 +200,9 @@ impl Drop for MsgportChild {
 struct RawChild(Child, UnixStream);
 impl RawChild {
     fn spawn(role: &str, cpu: usize) -> Self {
-        let (here, there) = UnixStream::pair().unwrap();
-        let mut cmd = child_cmd(role, cpu, None);
-        inherit(&mut cmd, &there);
-        let child = cmd.spawn().unwrap();
-        drop(there);
+        let (child, here) = process::spawn_socket(&mut child_cmd(role, cpu, None)).unwrap();
+        let here = UnixStream::from(here);
+        here.set_nonblocking(false).unwrap();
         RawChild(child, here)
     }
 }
@@ -219,21 +210,6 @@ impl Drop for RawChild {
     fn drop(&mut self) {
         let _ = self.1.shutdown(std::net::Shutdown::Both);
         let _ = self.0.wait();
-    }
-}
-
-#[allow(unsafe_code)]
-fn inherit(cmd: &mut Command, fd: &UnixStream) {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    use std::os::unix::process::CommandExt;
-    let raw = fd.as_raw_fd();
-    cmd.env(process::BOOTSTRAP_ENV, raw.to_string());
-    // SAFETY: only fcntl between fork and exec; `fd` stays open until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(raw), rustix::io::FdFlags::empty())?;
-            Ok(())
-        });
     }
 }
 

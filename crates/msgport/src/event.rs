@@ -4,37 +4,12 @@ use std::any::{Any, TypeId};
 use std::fmt;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::error::DecodeError;
 use crate::inline::Inline;
+use crate::native::NativeData;
 use crate::port::MessagePort;
 use crate::value::{self, Value};
-
-/// Data posted within one process: the sender's own value, moved as is. It is converted (through
-/// serde) only if the receiver asks for another type, and encoded only if it leaves the process.
-pub(crate) trait NativeData: Send {
-    fn as_any(&self) -> &dyn Any;
-    fn into_any(self: Box<Self>) -> Box<dyn Any>;
-    fn to_value(&self) -> Result<Value, DecodeError>;
-}
-
-impl<T: Serialize + Send + 'static> NativeData for T {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
-    }
-
-    fn to_value(&self) -> Result<Value, DecodeError> {
-        if let Some(v) = (self as &dyn Any).downcast_ref::<Value>() {
-            return Ok(v.clone());
-        }
-        value::to_value(self).map_err(|e| DecodeError::Serialize(e.to_string()))
-    }
-}
 
 /// The data of a message: a moved Rust value, a value decoded from another process, or nothing
 /// once taken.

@@ -20,7 +20,7 @@ use std::marker::PhantomData;
 use std::mem::{align_of, size_of, MaybeUninit};
 
 use crate::error::DecodeError;
-use crate::event::NativeData;
+use crate::native::NativeData;
 use crate::value::Value;
 
 /// The largest value stored in place, in bytes.

@@ -67,6 +67,7 @@ mod error;
 mod event;
 mod inline;
 mod limits;
+mod native;
 mod port;
 pub mod process;
 mod sync;

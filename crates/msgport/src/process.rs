@@ -36,6 +36,19 @@ static BOOTSTRAPPED: AtomicBool = AtomicBool::new(false);
 pub fn spawn(cmd: &mut Command) -> io::Result<(Child, MessagePort)> {
     let (here, there) = sys::socketpair()?;
     let port = MessagePort::from_socket(here)?;
+    Ok((start(cmd, there)?, port))
+}
+
+/// [`spawn`] for a program that speaks its own protocol: this side gets the bare socket
+/// (non-blocking, close-on-exec), the child gets its end with [`bootstrap_socket`]. No msgport
+/// frames are written on it.
+pub fn spawn_socket(cmd: &mut Command) -> io::Result<(Child, std::os::fd::OwnedFd)> {
+    let (here, there) = sys::socketpair()?;
+    Ok((start(cmd, there)?, here))
+}
+
+/// Starts `cmd` with `there` inherited and named in the environment.
+fn start(cmd: &mut Command, there: std::os::fd::OwnedFd) -> io::Result<Child> {
     let ino = sys::inode(there.as_fd())?;
     let inherited = sys::inherit(cmd, there.as_fd());
     cmd.env(
@@ -45,7 +58,7 @@ pub fn spawn(cmd: &mut Command) -> io::Result<(Child, MessagePort)> {
     let child = cmd.spawn();
     drop(inherited);
     drop(there);
-    Ok((child?, port))
+    child
 }
 
 /// In a child started by [`spawn`]: the port connected to the parent. Callable once.
@@ -61,6 +74,13 @@ pub fn spawn(cmd: &mut Command) -> io::Result<(Child, MessagePort)> {
 /// variable but not the socket); `AlreadyExists` on a second call; `InvalidInput` when the
 /// variable is malformed.
 pub fn bootstrap() -> io::Result<MessagePort> {
+    MessagePort::from_socket(bootstrap_socket()?)
+}
+
+/// In a child started by [`spawn_socket`] (or [`spawn`]): the bare socket to the parent
+/// (non-blocking, close-on-exec), for a program that speaks its own protocol on it. Callable
+/// once, and exclusive with [`bootstrap`]; the same errors.
+pub fn bootstrap_socket() -> io::Result<std::os::fd::OwnedFd> {
     let raw = std::env::var(BOOTSTRAP_ENV).map_err(|_| {
         io::Error::new(
             io::ErrorKind::NotFound,
@@ -82,7 +102,7 @@ pub fn bootstrap() -> io::Result<MessagePort> {
             "bootstrap() was already called",
         ));
     }
-    MessagePort::from_socket(sys::adopt_inherited(raw, ino)?)
+    sys::adopt_inherited(raw, ino)
 }
 
 /// Waits until every message this process posted to other processes has been written to the
@@ -101,22 +121,12 @@ pub fn flush(timeout: std::time::Duration) -> bool {
 /// removes its path.
 #[derive(Debug)]
 pub struct Listener {
-    socket: std::os::unix::net::UnixListener,
+    socket: std::os::fd::OwnedFd,
     path: std::path::PathBuf,
     ino: u64,
 }
 
-/// The credentials of a connected process, read from the socket (`SO_PEERCRED`): the kernel
-/// vouches for them, the process cannot choose them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerCredentials {
-    /// Process id.
-    pub pid: u32,
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
-}
+pub use crate::sys::PeerCredentials;
 
 /// Listens on a Unix socket path (which must not exist yet), connectable by this user only
 /// (mode `0600`; see [`listen_with_mode`]). Only processes that can open the path can
@@ -131,18 +141,14 @@ pub fn listen(path: impl AsRef<std::path::Path>) -> io::Result<Listener> {
 pub fn listen_with_mode(path: impl AsRef<std::path::Path>, mode: u32) -> io::Result<Listener> {
     let path = path.as_ref().to_path_buf();
     let socket = sys::listen_unix(&path, mode)?;
-    let ino = rustix::fs::stat(&path)?.st_ino;
-    Ok(Listener {
-        socket: std::os::unix::net::UnixListener::from(socket),
-        path,
-        ino,
-    })
+    let ino = sys::path_inode(&path)?;
+    Ok(Listener { socket, path, ino })
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
         // Remove the path only while it is still our socket (not one bound there since).
-        if rustix::fs::stat(&self.path).is_ok_and(|st| st.st_ino == self.ino) {
+        if sys::path_inode(&self.path).is_ok_and(|ino| ino == self.ino) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -151,17 +157,13 @@ impl Drop for Listener {
 impl Listener {
     /// Waits for the next process to [`connect`]; returns its port and its credentials.
     pub fn accept(&self) -> io::Result<(MessagePort, PeerCredentials)> {
-        let (stream, _) = self.socket.accept()?;
+        let stream = sys::accept(self.socket.as_fd())?;
         let creds = sys::peer_credentials(stream.as_fd())?;
-        Ok((
-            MessagePort::from_socket(std::os::fd::OwnedFd::from(stream))?,
-            creds,
-        ))
+        Ok((MessagePort::from_socket(stream)?, creds))
     }
 }
 
 /// Connects to a process that [`listen`]s on `path`; returns the port to it.
 pub fn connect(path: impl AsRef<std::path::Path>) -> io::Result<MessagePort> {
-    let stream = std::os::unix::net::UnixStream::connect(path)?;
-    MessagePort::from_socket(std::os::fd::OwnedFd::from(stream))
+    MessagePort::from_socket(sys::connect_unix(path.as_ref())?)
 }

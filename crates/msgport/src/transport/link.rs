@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::reactor::{self, reactor, wait_readable, SharedFd};
+use super::reactor::{self, reactor, SharedFd};
 use super::wire::{self, Frame, Segment, WireError, HEADER};
 use crate::event::MessageEvent;
 use crate::port::Endpoint;
@@ -393,7 +393,7 @@ impl Link {
         // The reactor may have delivered just before it stopped watching: then there is no
         // need to wait.
         if !self.target.has_pending() {
-            wait_readable(&fd, timeout);
+            sys::poll::wait_readable(fd.as_fd(), timeout);
         }
         drop(fd);
         self.read(true);
@@ -508,11 +508,7 @@ impl Link {
     ) -> Result<Delivered, WireError> {
         let mut start = 0;
         let mut done = Delivered::default();
-        while let Some((len, nfds)) = wire::header(&io.inbuf[start..io.filled]) {
-            wire::check_header(len, nfds)?;
-            if io.filled - start < HEADER + len {
-                break;
-            }
+        while let Some((len, nfds)) = wire::next_frame(&io.inbuf[start..io.filled])? {
             if nfds > io.infds.len() {
                 return Err(WireError::Descriptors);
             }
@@ -605,7 +601,7 @@ impl Link {
             }
             // No other thread polls a port that is being moved (it is owned, not borrowed);
             // should one still hold the descriptor, hand over a duplicate.
-            Arc::try_unwrap(fd).or_else(|shared| rustix::io::fcntl_dupfd_cloexec(&*shared, 0))
+            Arc::try_unwrap(fd).or_else(|shared| sys::dup(shared.as_fd()))
         });
         let socket = match socket {
             Some(Ok(fd)) => Some(fd),

@@ -8,20 +8,19 @@
 //! link it watched is closed and no new one can register (a typed error instead of a hang).
 
 use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rustix::event::epoll::{self, EventData, EventFlags};
-
 use super::Link;
+use crate::sys::poll::{Epoll, Events, Interest, Waker};
 
 pub(crate) struct Reactor {
-    epoll: OwnedFd,
+    epoll: Epoll,
     /// Wakes the thread when a new linger deadline is set.
-    wake: OwnedFd,
+    wake: Waker,
     links: Mutex<HashMap<usize, Arc<Link>>>,
     /// Closed links still writing what their peer has not read, with their deadlines.
     lingering: Mutex<Vec<(Instant, Weak<Link>)>>,
@@ -58,16 +57,15 @@ pub(crate) fn reactor() -> std::io::Result<&'static Reactor> {
     if let Err(e) = crate::sys::raise_fd_limit() {
         tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
     }
-    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-    let wake = rustix::event::eventfd(
-        0,
-        rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-    )?;
-    epoll::add(
-        &epoll,
-        &wake,
-        EventData::new_u64(WAKE),
-        EventFlags::IN | EventFlags::ET,
+    let epoll = Epoll::new()?;
+    let wake = Waker::new()?;
+    epoll.add(
+        wake.fd(),
+        WAKE,
+        Interest {
+            read: true,
+            write: false,
+        },
     )?;
     std::thread::Builder::new()
         .name("msgport-reactor".into())
@@ -125,79 +123,55 @@ fn run() {
         std::thread::yield_now();
     };
     let _on_exit = OnExit(r);
-    let mut events = Vec::with_capacity(1024);
+    let mut events = Events::with_capacity(1024);
     loop {
-        events.clear();
-        let timeout = r.next_deadline().map(|at| {
-            let left = at.saturating_duration_since(Instant::now());
-            rustix::event::Timespec {
-                tv_sec: left.as_secs() as i64,
-                tv_nsec: i64::from(left.subsec_nanos()),
-            }
-        });
-        match epoll::wait(
-            &r.epoll,
-            rustix::buffer::spare_capacity(&mut events),
-            timeout.as_ref(),
-        ) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => {
-                tracing::error!("msgport reactor: epoll_wait failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
+        let timeout = r
+            .next_deadline()
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        if let Err(e) = r
+            .epoll
+            .wait(&mut events, timeout, &mut |ready| r.serve(ready))
+        {
+            tracing::error!("msgport reactor: epoll_wait failed: {e}");
+            std::thread::sleep(Duration::from_millis(10));
         }
         if PANIC_THREAD.load(Ordering::Relaxed) && PANIC_THREAD.swap(false, Ordering::Relaxed) {
             panic!("msgport reactor: injected panic (test hook)");
-        }
-        for event in &events {
-            let flags = event.flags;
-            if event.data.u64() == WAKE {
-                let mut buf = [0u8; 8];
-                let _ = rustix::io::read(&r.wake, &mut buf);
-                continue;
-            }
-            let token = event.data.u64() as usize;
-            let link = r
-                .links
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&token)
-                .cloned();
-            let Some(link) = link else { continue };
-            let served = catch_unwind(AssertUnwindSafe(|| {
-                if PANIC_SERVE.load(Ordering::Relaxed) && PANIC_SERVE.swap(false, Ordering::Relaxed)
-                {
-                    panic!("msgport reactor: injected panic (test hook)");
-                }
-                if flags.contains(EventFlags::OUT) {
-                    link.on_writable();
-                }
-                if flags.intersects(
-                    EventFlags::IN | EventFlags::HUP | EventFlags::RDHUP | EventFlags::ERR,
-                ) {
-                    link.on_readable();
-                }
-            }));
-            if served.is_err() {
-                tracing::error!("msgport reactor: serving a port panicked; closing that port");
-                let _ = catch_unwind(AssertUnwindSafe(|| link.fail()));
-            }
         }
         r.expire();
     }
 }
 
-fn flags(read: bool, write: bool) -> EventFlags {
-    let mut f = EventFlags::ET | EventFlags::RDHUP;
-    if read {
-        f |= EventFlags::IN;
+impl Reactor {
+    /// Hands one readiness report to its link, containing any panic to that link.
+    fn serve(&self, ready: crate::sys::poll::Ready) {
+        if ready.token == WAKE {
+            self.wake.reset();
+            return;
+        }
+        let link = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(ready.token as usize))
+            .cloned();
+        let Some(link) = link else { return };
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            if PANIC_SERVE.load(Ordering::Relaxed) && PANIC_SERVE.swap(false, Ordering::Relaxed) {
+                panic!("msgport reactor: injected panic (test hook)");
+            }
+            if ready.writable {
+                link.on_writable();
+            }
+            if ready.readable {
+                link.on_readable();
+            }
+        }));
+        if served.is_err() {
+            tracing::error!("msgport reactor: serving a port panicked; closing that port");
+            let _ = catch_unwind(AssertUnwindSafe(|| link.fail()));
+        }
     }
-    if write {
-        f |= EventFlags::OUT;
-    }
-    f
 }
 
 impl Reactor {
@@ -218,17 +192,12 @@ impl Reactor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(token, link.clone());
-        if let Err(e) = epoll::add(
-            &self.epoll,
-            fd,
-            EventData::new_u64(token as u64),
-            flags(read, write),
-        ) {
+        if let Err(e) = self.epoll.add(fd, token as u64, Interest { read, write }) {
             self.links
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&token);
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }
@@ -236,12 +205,10 @@ impl Reactor {
     /// Sets what the reactor watches a link's socket for. Re-arming reports readiness that is
     /// already there (how a paused or budget-limited link gets its next turn).
     pub(crate) fn interest(&self, token: usize, fd: BorrowedFd<'_>, read: bool, write: bool) {
-        if let Err(e) = epoll::modify(
-            &self.epoll,
-            fd,
-            EventData::new_u64(token as u64),
-            flags(read, write),
-        ) {
+        if let Err(e) = self
+            .epoll
+            .modify(fd, token as u64, Interest { read, write })
+        {
             tracing::warn!("msgport reactor: epoll_ctl MOD failed: {e}");
         }
     }
@@ -259,7 +226,7 @@ impl Reactor {
     }
 
     pub(crate) fn deregister(&self, token: usize, fd: BorrowedFd<'_>) {
-        let _ = epoll::delete(&self.epoll, fd);
+        self.epoll.delete(fd);
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -273,7 +240,7 @@ impl Reactor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((at, link));
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        self.wake.wake();
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -309,17 +276,4 @@ impl Reactor {
 }
 
 /// Keeps a descriptor usable by a thread that polls it without the link's lock.
-pub(crate) type SharedFd = Arc<OwnedFd>;
-
-/// Waits until `fd` is readable (or hung up), for at most `timeout`.
-pub(crate) fn wait_readable(fd: &SharedFd, timeout: Duration) {
-    let ts = rustix::event::Timespec {
-        tv_sec: timeout.as_secs() as i64,
-        tv_nsec: i64::from(timeout.subsec_nanos()),
-    };
-    let mut fds = [rustix::event::PollFd::new(
-        &**fd,
-        rustix::event::PollFlags::IN,
-    )];
-    let _ = rustix::event::poll(&mut fds, Some(&ts));
-}
+pub(crate) type SharedFd = Arc<std::os::fd::OwnedFd>;

@@ -90,6 +90,17 @@ pub(crate) fn check_header(len: usize, nfds: usize) -> Result<(), WireError> {
     Ok(())
 }
 
+/// The framing routine, for the link and the fuzzer alike: the next frame at the start of
+/// `buf`, if all of it is there, as (body length, descriptor count). A header that breaks a
+/// limit is an error as soon as it is complete, before its body arrives.
+pub(crate) fn next_frame(buf: &[u8]) -> Result<Option<(usize, usize)>, WireError> {
+    let Some((len, nfds)) = header(buf) else {
+        return Ok(None);
+    };
+    check_header(len, nfds)?;
+    Ok((buf.len() - HEADER >= len).then_some((len, nfds)))
+}
+
 /// How many received descriptors may be waiting while `partial` (the start of a frame, not all
 /// of it) is what has been read of it: the count its header announces, or, before the header
 /// is complete, what the bytes read so far can carry. `Err` if `partial` is not the start of a
@@ -429,8 +440,8 @@ impl Reader<'_> {
 /// fuzz target's entry. Returns how many frames decoded before the first error or the end.
 pub(crate) fn decode_stream(mut bytes: &[u8]) -> usize {
     let mut frames = 0;
-    while let Some((len, nfds)) = header(bytes) {
-        if check_header(len, nfds).is_err() || nfds > 0 || bytes.len() < HEADER + len {
+    while let Ok(Some((len, nfds))) = next_frame(bytes) {
+        if nfds > 0 {
             break;
         }
         if decode_body(&bytes[HEADER..HEADER + len], VecDeque::new()).is_err() {

@@ -1,14 +1,21 @@
-//! Every call into the operating system, behind safe functions (through `rustix`): socket pairs,
-//! sending and receiving bytes with descriptors attached (`SCM_RIGHTS`), descriptor limits.
+//! Every call into the operating system, behind safe functions (through `rustix`, and `libc`
+//! where rustix's types cannot hold what the kernel reports): socket pairs, sending and
+//! receiving bytes with descriptors attached (`SCM_RIGHTS`), listening, accepting and
+//! connecting, peer credentials, descriptor limits, inheriting a descriptor across `exec`, and
+//! (in [`poll`]) the reactor's epoll set, its wake-up eventfd and a thread's `poll`.
 //!
 //! Contract: every descriptor this module creates or receives is close-on-exec (a copy leaked
-//! into a child would hide the death of a port's peer), and sockets are non-blocking. Only
-//! `OwnedFd` / `BorrowedFd` leave this module. Proven by the unit tests below.
+//! into a child would hide the death of a port's peer), and only `OwnedFd` / `BorrowedFd` leave
+//! it. The `unsafe` code of the crate lives here (inheriting and adopting the bootstrap socket,
+//! reading `SO_PEERCRED`), besides the in-place message storage of `inline.rs`. Proven by the
+//! unit tests below and by `tests/hostile.rs` (inheritance, adoption, credentials).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+pub(crate) mod poll;
 
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -53,6 +60,33 @@ pub(crate) fn listen_unix(path: &std::path::Path, mode: u32) -> io::Result<Owned
     rustix::fs::fchmod(&socket, rustix::fs::Mode::from_raw_mode(mode & 0o777))?;
     rustix::net::bind(&socket, &rustix::net::SocketAddrUnix::new(path)?)?;
     rustix::net::listen(&socket, 128)?;
+    Ok(socket)
+}
+
+/// A close-on-exec duplicate of `fd`.
+pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+}
+
+/// The inode of the file at `path` (to recognise a socket file as still ours).
+pub(crate) fn path_inode(path: &std::path::Path) -> io::Result<u64> {
+    Ok(rustix::fs::stat(path)?.st_ino)
+}
+
+/// Accepts a connection on a listening socket (close-on-exec).
+pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::net::accept_with(listener, SocketFlags::CLOEXEC)?)
+}
+
+/// Connects a close-on-exec Unix stream socket to `path`.
+pub(crate) fn connect_unix(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&socket, &rustix::net::SocketAddrUnix::new(path)?)?;
     Ok(socket)
 }
 
@@ -159,13 +193,23 @@ pub(crate) fn is_cloexec(fd: impl AsFd) -> bool {
         .unwrap_or(false)
 }
 
+/// The credentials of a connected process, read from the socket (`SO_PEERCRED`): the kernel
+/// vouches for them, the process cannot choose them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Process id; 0 when the process is in a pid namespace this one cannot see.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
 /// The pid, uid and gid of the process at the other end of a Unix socket (`SO_PEERCRED`). The
 /// pid is 0 when the peer is in a pid namespace this process cannot see (the kernel reports 0
 /// then; read as a plain integer, never as a non-zero type).
 #[allow(unsafe_code)]
-pub(crate) fn peer_credentials(
-    socket: BorrowedFd<'_>,
-) -> io::Result<crate::process::PeerCredentials> {
+pub(crate) fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<PeerCredentials> {
     use std::os::fd::AsRawFd;
     let mut cred = libc::ucred {
         pid: 0,
@@ -190,7 +234,7 @@ pub(crate) fn peer_credentials(
     if len as usize != std::mem::size_of::<libc::ucred>() {
         return Err(io::Error::other("short SO_PEERCRED answer"));
     }
-    Ok(crate::process::PeerCredentials {
+    Ok(PeerCredentials {
         pid: u32::try_from(cred.pid).unwrap_or(0),
         uid: cred.uid,
         gid: cred.gid,
