@@ -35,7 +35,7 @@ static BOOTSTRAPPED: AtomicBool = AtomicBool::new(false);
 /// else of this process's.
 pub fn spawn(cmd: &mut Command) -> io::Result<(Child, MessagePort)> {
     let (here, there) = sys::socketpair()?;
-    let port = MessagePort::from_socket(here)?;
+    let port = crate::transport::handoff::from_socket(here)?;
     Ok((start(cmd, there)?, port))
 }
 
@@ -74,7 +74,7 @@ fn start(cmd: &mut Command, there: std::os::fd::OwnedFd) -> io::Result<Child> {
 /// variable but not the socket); `AlreadyExists` on a second call; `InvalidInput` when the
 /// variable is malformed.
 pub fn bootstrap() -> io::Result<MessagePort> {
-    MessagePort::from_socket(bootstrap_socket()?)
+    crate::transport::handoff::from_socket(bootstrap_socket()?)
 }
 
 /// In a child started by [`spawn_socket`] (or [`spawn`]): the bare socket to the parent
@@ -159,11 +159,11 @@ impl Listener {
     pub fn accept(&self) -> io::Result<(MessagePort, PeerCredentials)> {
         let stream = sys::accept(self.socket.as_fd())?;
         let creds = sys::peer_credentials(stream.as_fd())?;
-        Ok((MessagePort::from_socket(stream)?, creds))
+        Ok((crate::transport::handoff::from_socket(stream)?, creds))
     }
 }
 
 /// Connects to a process that [`listen`]s on `path`; returns the port to it.
 pub fn connect(path: impl AsRef<std::path::Path>) -> io::Result<MessagePort> {
-    MessagePort::from_socket(sys::connect_unix(path.as_ref())?)
+    crate::transport::handoff::from_socket(sys::connect_unix(path.as_ref())?)
 }

@@ -22,9 +22,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::task::Waker;
 use std::time::Instant;
 
+use super::outbound::Outbound;
 use crate::event::MessageEvent;
 use crate::sync::{lock, Arc, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
-use crate::transport::Link;
 use std::sync::Weak;
 
 /// A message callback, as registered with [`MessagePort::on_message`](crate::MessagePort::on_message).
@@ -76,12 +76,12 @@ struct State {
     epoch: u64,
     /// This end left the process: its handle is gone, and what the peer posts here is written
     /// to this link (the port's new home reads it from the other end).
-    forward: Option<Arc<Link>>,
+    forward: Option<Arc<dyn Outbound>>,
     /// This end left the process (with or without `forward`): closing its old handle must not
     /// close the channel.
     exported: bool,
     /// The link that reads this end's messages from another process, if any.
-    reader: Option<Weak<Link>>,
+    reader: Option<Weak<dyn Outbound>>,
     /// What the messages from another process in `queue` cost (see `Limits::receive_high_water`).
     remote_cost: usize,
     /// `remote_cost` went over the high-water mark: the reader stopped reading until the
@@ -124,7 +124,7 @@ impl Endpoint {
         if let Some(link) = &st.forward {
             let link = link.clone();
             drop(st);
-            link.send_message(message);
+            link.forward(message);
             return Ok(());
         }
         if st.closed || st.peer_gone {
@@ -183,7 +183,7 @@ impl Endpoint {
 
     /// Detaches this end so it can leave the process: takes what is queued here and marks it
     /// exported. With `forward`, whatever the peer posts from now on is written to that link.
-    pub(crate) fn detach(&self, forward: Option<Arc<Link>>) -> Detached {
+    pub(crate) fn detach(&self, forward: Option<Arc<dyn Outbound>>) -> Detached {
         let mut taken = lock(&self.taken);
         let mut st = lock(&self.state);
         let mut queued: Vec<MessageEvent> = taken.drain(..).collect();
@@ -210,35 +210,38 @@ impl Endpoint {
     /// If this end is a proxy (it left the process, its peer did not), retires it and returns its
     /// link: the peer is leaving too, and takes the link over, so the two new homes talk
     /// directly and this process is no longer on the path.
-    pub(crate) fn take_forward(&self) -> Option<Arc<Link>> {
+    pub(crate) fn take_forward(&self) -> Option<Arc<dyn Outbound>> {
         let mut st = lock(&self.state);
         let link = st.forward.take()?;
         st.closed = true;
         Some(link)
     }
 
-    /// Queues a message read from another process, without running callbacks (the caller holds
-    /// a lock a callback could need); it must call [`dispatch`](Self::dispatch) once that lock
-    /// is released. `cost` counts toward the receive high-water mark: returns `Ok(true)` when
-    /// the reader must stop reading (it is resumed once the application drains the queue).
+    /// Queues messages read from another process, in order, under one lock, without running
+    /// callbacks (the caller may hold a lock a callback could need); it must call
+    /// [`dispatch`](Self::dispatch) once that lock is released. Each message's cost counts
+    /// toward the receive high-water mark: returns true when the reader must stop reading (it
+    /// is resumed once the application drains the queue). Messages this end cannot take (it is
+    /// closed, or its peer is gone) are moved to `rejected`, for the caller to drop outside.
     pub(crate) fn push_remote(
         &self,
-        mut message: MessageEvent,
-        cost: usize,
-    ) -> Result<bool, MessageEvent> {
+        batch: &mut Vec<(MessageEvent, usize)>,
+        rejected: &mut Vec<MessageEvent>,
+    ) -> bool {
         let mut st = lock(&self.state);
         if st.closed || st.peer_gone || st.exported {
-            return Err(message);
+            rejected.extend(batch.drain(..).map(|(m, _)| m));
+            return false;
         }
-        message.cost = cost;
-        st.remote_cost += cost;
+        for (mut message, cost) in batch.drain(..) {
+            message.cost = cost;
+            st.remote_cost += cost;
+            st.queue.push_back(message);
+        }
         if !st.paused && st.remote_cost >= crate::limits::receive_high_water() {
-            st.paused = true;
-            self.paused
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.set_paused(&mut st, true);
         }
         let paused = st.paused;
-        st.queue.push_back(message);
         if !self.pending.load(Ordering::Relaxed) {
             self.pending.store(true, Ordering::Release);
         }
@@ -250,11 +253,11 @@ impl Endpoint {
             self.ready.notify_all();
         }
         wakers.into_iter().for_each(Waker::wake);
-        Ok(paused)
+        paused
     }
 
     /// Names the link that reads this end's messages from another process.
-    pub(crate) fn set_reader(&self, reader: Weak<Link>) {
+    pub(crate) fn set_reader(&self, reader: Weak<dyn Outbound>) {
         let mut st = lock(&self.state);
         st.reader = Some(reader);
         self.set_paused(&mut st, false);
@@ -275,7 +278,7 @@ impl Endpoint {
 
     /// Takes `cost` off the queue's cost; returns the reader to resume if that brought a
     /// paused queue down to half its mark. Call [`resume`] on it with the locks released.
-    fn drained(&self, st: &mut State, cost: usize) -> Option<Weak<Link>> {
+    fn drained(&self, st: &mut State, cost: usize) -> Option<Weak<dyn Outbound>> {
         st.remote_cost = st.remote_cost.saturating_sub(cost);
         if st.paused && st.remote_cost <= crate::limits::receive_high_water() / 2 {
             self.set_paused(st, false);
@@ -456,7 +459,7 @@ impl Endpoint {
         &self,
         taken: &mut VecDeque<MessageEvent>,
         st: &mut State,
-        resume: &mut Option<Weak<Link>>,
+        resume: &mut Option<Weak<dyn Outbound>>,
     ) -> Pulled {
         if st.closed {
             return Pulled::Closed;
@@ -601,7 +604,7 @@ impl Endpoint {
 
 /// Lets a paused reader read again (called with no endpoint lock held: the link's lock comes
 /// first in the lock order).
-fn resume_reader(reader: Option<Weak<Link>>) {
+fn resume_reader(reader: Option<Weak<dyn Outbound>>) {
     if let Some(link) = reader.and_then(|r| r.upgrade()) {
         link.resume();
     }

@@ -15,6 +15,7 @@
 //! - `port1.post_message(x, [port2])` drops the message and kills the channel.
 
 mod endpoint;
+mod outbound;
 
 use std::fmt;
 use std::future::Future;
@@ -28,12 +29,8 @@ use crate::error::{PostError, RecvTimeoutError, TryRecvError};
 use crate::event::{MessageEvent, Payload};
 use crate::sync::Arc;
 use crate::value::Value;
-pub(crate) use endpoint::Endpoint;
-use endpoint::Pulled;
-
-use crate::sys;
-use crate::transport::wire::{self, Record};
-use crate::transport::{Backlog, Link};
+pub(crate) use endpoint::{Endpoint, Pulled};
+pub(crate) use outbound::Outbound;
 
 /// A connected pair of ports: a message posted on one arrives on the other.
 ///
@@ -121,14 +118,30 @@ pub struct MessagePort {
 }
 
 /// Where a port's peer is: the backing of the channel, switched when an end leaves the process.
-enum Peer {
+pub(crate) enum Peer {
     /// In this process: post by pushing onto its endpoint.
     Local(Arc<Endpoint>),
-    /// In another process (or behind a socket): post by writing a frame to the link.
-    Remote(Arc<Link>),
+    /// Elsewhere: post through the backing (a socket link today).
+    Remote(Arc<dyn Outbound>),
 }
 
 impl MessagePort {
+    /// A port from its receiving side and where its peer is (the transport builds ports that
+    /// arrive from other processes this way).
+    pub(crate) fn from_parts(ep: Arc<Endpoint>, peer: Peer) -> Self {
+        Self::new(ep, peer)
+    }
+
+    /// This end's receiving side.
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.ep
+    }
+
+    /// Where this end posts.
+    pub(crate) fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
     fn new(ep: Arc<Endpoint>, peer: Peer) -> Self {
         MessagePort {
             ep,
@@ -204,19 +217,20 @@ impl MessagePort {
                 }
                 Ok(())
             }
-            Peer::Remote(link) => {
+            Peer::Remote(out) => {
                 // A `Value` is taken as is (no allocation to find out); anything else goes
                 // through serde.
                 let mut slot = Some(data);
                 let value =
                     match (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Value>>() {
-                        Some(v) => v.take().expect("filled above"),
-                        None => crate::value::to_value(slot.as_ref().expect("filled above"))
-                            .map_err(|e| PostError::Serialize(e.to_string()))?,
+                        Some(v) => v.take().unwrap_or(Value::Undefined),
+                        None => match slot.as_ref() {
+                            Some(data) => crate::value::to_value(data)
+                                .map_err(|e| PostError::Serialize(e.to_string()))?,
+                            None => Value::Undefined,
+                        },
                     };
-                let frame = wire::encode_frame(value, ports)?;
-                link.send_frame(frame);
-                Ok(())
+                out.post(value, ports)
             }
         }
     }
@@ -232,8 +246,8 @@ impl MessagePort {
 
     /// Asynchronous pulls and callbacks are fed by the reactor thread.
     fn arm_reactor(&self) {
-        if let Peer::Remote(link) = &self.peer {
-            link.arm();
+        if let Peer::Remote(out) = &self.peer {
+            out.arm();
         }
     }
 
@@ -244,92 +258,9 @@ impl MessagePort {
         if self.ep.close() {
             match &self.peer {
                 Peer::Local(peer) => peer.peer_closed(),
-                Peer::Remote(link) => link.close(),
+                Peer::Remote(out) => out.close(),
             }
         }
-    }
-
-    /// Detaches this port to leave the process, as a record for the frame that carries it.
-    pub(crate) fn export(self) -> std::io::Result<Record> {
-        // A port whose peer already left the process takes over the peer's link, so that the
-        // two ends talk directly (this process drops off the path).
-        let link = match &self.peer {
-            Peer::Local(peer) => peer.take_forward(),
-            Peer::Remote(link) => Some(link.clone()),
-        };
-        match (&self.peer, link) {
-            (_, Some(link)) => {
-                // Stop reading first: from here on, nothing more reaches the endpoint.
-                let exported = link.export();
-                let detached = self.ep.detach(None);
-                Ok(Record {
-                    peer_gone: detached.peer_gone || exported.socket.is_none(),
-                    socket: exported.socket,
-                    closed: detached.closed,
-                    queued: detached.queued,
-                    prefix: exported.backlog.prefix,
-                    prefix_fds: exported.backlog.prefix_fds,
-                    unsent: exported.backlog.unsent,
-                })
-            }
-            (Peer::Local(peer), None) => {
-                let (here, there) = sys::socketpair()?;
-                // Nobody pulls from a proxy's link: the reactor reads it from the start.
-                let link = Link::new(here, peer.clone(), Backlog::default(), true)?;
-                let detached = self.ep.detach(Some(link.clone()));
-                let connected = !detached.closed && !detached.peer_gone;
-                if !connected {
-                    link.close();
-                }
-                Ok(Record {
-                    socket: connected.then_some(there),
-                    peer_gone: detached.peer_gone,
-                    closed: detached.closed,
-                    queued: detached.queued,
-                    prefix: Vec::new(),
-                    prefix_fds: Vec::new(),
-                    unsent: Vec::new(),
-                })
-            }
-            (Peer::Remote(_), None) => Err(std::io::Error::other("a remote port without a link")),
-        }
-    }
-
-    /// Rebuilds a port that arrived from another process.
-    pub(crate) fn import(record: Record) -> MessagePort {
-        let peer_gone = record.peer_gone || (record.socket.is_none() && !record.closed);
-        let ep = Arc::new(Endpoint::arriving(record.queued, peer_gone, record.closed));
-        let dead_peer = || Peer::Local(Arc::new(Endpoint::new_closed()));
-        let peer = match record.socket {
-            Some(socket) if !record.closed && !peer_gone => {
-                // A descriptor that is not a Unix stream socket (a peer can send any) would never
-                // report readiness or an end: such a port arrives closed.
-                let checked = crate::sys::check_stream_socket(std::os::fd::AsFd::as_fd(&socket));
-                let backlog = Backlog {
-                    prefix: record.prefix,
-                    prefix_fds: record.prefix_fds,
-                    unsent: record.unsent,
-                };
-                match checked.and_then(|()| Link::new(socket, ep.clone(), backlog, false)) {
-                    Ok(link) => Peer::Remote(link),
-                    Err(e) => {
-                        tracing::warn!("msgport: cannot take over an arriving port's socket: {e}");
-                        ep.peer_closed();
-                        dead_peer()
-                    }
-                }
-            }
-            _ => dead_peer(),
-        };
-        MessagePort::new(ep, peer)
-    }
-
-    /// A port over a socket whose other end is another process's port (a bootstrap
-    /// connection, or one made by `connect`/`accept`).
-    pub(crate) fn from_socket(socket: std::os::fd::OwnedFd) -> std::io::Result<MessagePort> {
-        let ep = Arc::new(Endpoint::new());
-        let link = Link::new(socket, ep.clone(), Backlog::default(), false)?;
-        Ok(MessagePort::new(ep, Peer::Remote(link)))
     }
 
     /// Whether this end was closed locally ([`close`](Self::close)). To learn that the *peer*
@@ -412,62 +343,25 @@ impl MessagePort {
         }
     }
 
-    /// Blocks for the next event. In low-latency mode a socket-backed port reads its socket on
-    /// this thread while it waits (one wake-up per message, not two); otherwise the I/O thread
-    /// delivers to the endpoint, where this thread spins briefly, then sleeps.
+    /// Blocks for the next event; a port whose peer is elsewhere waits as its backing decides
+    /// (see [`set_low_latency`](Self::set_low_latency)).
     fn pull_blocking(&self, deadline: Option<Instant>) -> Pulled {
-        let Peer::Remote(link) = &self.peer else {
-            return self.ep.pull_blocking(deadline);
-        };
-        if !self.low_latency.load(std::sync::atomic::Ordering::Relaxed) {
-            // The reactor delivers, this thread waits on the endpoint.
-            link.arm();
-            return self.ep.pull_blocking(deadline);
-        }
-        // Wake now and then to notice a close made by another thread on this port.
-        const SLICE: Duration = Duration::from_millis(50);
-        let mut spins = 0;
-        loop {
-            match self.ep.pull(None) {
-                Pulled::Empty => {}
-                event => return event,
-            }
-            if spins < REMOTE_SPINS {
-                // A busy sender's next message is usually microseconds away: look again
-                // (yielding first, for a sender that shares this CPU) before sleeping in poll,
-                // whose wake-up the sender pays for.
-                spins += 1;
-                if spins == 1 {
-                    std::thread::yield_now();
-                } else {
-                    // Without a system call: a sender posting a stream has several messages
-                    // in the socket by the time we read, and we do not contend for its lock.
-                    for _ in 0..REMOTE_SPIN_HINTS {
-                        std::hint::spin_loop();
-                    }
-                }
-                link.read_now();
-                continue;
-            }
-            let wait = match deadline {
-                None => SLICE,
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(SLICE),
-                    _ => return Pulled::Empty,
-                },
-            };
-            if !link.read_here(wait) {
-                return self.ep.pull_blocking(deadline);
-            }
+        match &self.peer {
+            Peer::Local(_) => self.ep.pull_blocking(deadline),
+            Peer::Remote(out) => out.pull_blocking(
+                &self.ep,
+                deadline,
+                self.low_latency.load(std::sync::atomic::Ordering::Relaxed),
+            ),
         }
     }
 
     /// Receives a message if one is queued, without waiting. Starts the port.
     pub fn try_recv(&self) -> Result<MessageEvent, TryRecvError> {
         let mut pulled = self.ep.pull(None);
-        if let (Pulled::Empty, Peer::Remote(link)) = (&pulled, &self.peer) {
-            // In pull mode nobody else reads the socket.
-            link.read_now();
+        if let (Pulled::Empty, Peer::Remote(out)) = (&pulled, &self.peer) {
+            // Nobody else may be taking in what arrived.
+            out.poll_now();
             pulled = self.ep.pull(None);
         }
         match pulled {
@@ -492,12 +386,6 @@ impl fmt::Debug for MessagePort {
             .finish()
     }
 }
-
-/// How many times a blocking pull on a socket-backed port looks at the socket again before it
-/// sleeps in `poll`.
-const REMOTE_SPINS: u32 = 4;
-/// Spin hints between two looks at the socket.
-const REMOTE_SPIN_HINTS: u32 = 256;
 
 /// The future of [`MessagePort::recv`].
 #[must_use = "futures do nothing unless polled"]

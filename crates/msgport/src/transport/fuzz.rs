@@ -35,7 +35,7 @@ fn play(mut input: &[u8], started: &mut dyn FnMut()) -> usize {
     let Ok((raw, theirs)) = sys::socketpair() else {
         return 0;
     };
-    let Ok(port) = MessagePort::from_socket(theirs) else {
+    let Ok(port) = super::handoff::from_socket(theirs) else {
         return 0;
     };
     started();

@@ -18,13 +18,16 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::handoff::{self, Backlog, Outgoing, Segment};
 use super::reactor::{self, reactor, SharedFd};
-use super::wire::{self, Frame, Segment, WireError, HEADER};
+use super::wire::{self, Frame, WireError};
+use crate::error::PostError;
 use crate::event::MessageEvent;
-use crate::port::Endpoint;
+use crate::port::{Endpoint, MessagePort, Outbound, Pulled};
 use crate::sys;
+use crate::value::Value;
 
 /// One socket end: what we write to it, and the endpoint that gets what we read.
 pub(crate) struct Link {
@@ -32,7 +35,24 @@ pub(crate) struct Link {
     me: std::sync::Weak<Link>,
     token: usize,
     target: Arc<Endpoint>,
+    /// Held by a reader from reading frames until their messages are queued at the endpoint
+    /// (decoding and importing happen outside `io`), so that two readers (the reactor and a
+    /// pulling thread) cannot reorder messages, and a port leaving the process (`export`) sees
+    /// every frame either delivered or unread. Lock order: `deliver`, then `io`.
+    deliver: Mutex<Delivery>,
     io: Mutex<Io>,
+    /// A copy of `io.pull_mode`, read without the lock by pulls that only need to know whether
+    /// the reactor already feeds the endpoint (written under the lock).
+    pulled: std::sync::atomic::AtomicBool,
+}
+
+/// A reader's buffers from frames to queued messages, kept between turns (no allocation per
+/// turn once they have grown).
+#[derive(Default)]
+struct Delivery {
+    decoded: Vec<(Outgoing, usize)>,
+    events: Vec<(MessageEvent, usize)>,
+    rejected: Vec<MessageEvent>,
 }
 
 #[derive(Default)]
@@ -68,15 +88,6 @@ struct Chunk {
     pos: usize,
     /// Sent with the first `sendmsg` that includes any byte of this chunk, then dropped here.
     fds: Vec<OwnedFd>,
-}
-
-/// What a socket carries from an earlier owner of a port to the next: the bytes (and
-/// descriptors) read of a frame not yet complete, and what was not yet written.
-#[derive(Default)]
-pub(crate) struct Backlog {
-    pub prefix: Vec<u8>,
-    pub prefix_fds: Vec<OwnedFd>,
-    pub unsent: Vec<Segment>,
 }
 
 /// What a link held when its port left the process.
@@ -115,7 +126,7 @@ fn pool_put(buf: Vec<u8>) {
     }
 }
 
-fn lock(m: &Mutex<Io>) -> MutexGuard<'_, Io> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -155,6 +166,8 @@ impl Link {
             me: me.clone(),
             token,
             target,
+            deliver: Mutex::new(Delivery::default()),
+            pulled: std::sync::atomic::AtomicBool::new(!watch),
             io: Mutex::new(Io {
                 fd: Some(Arc::new(socket)),
                 inbuf: prefix,
@@ -165,7 +178,8 @@ impl Link {
                 ..Io::default()
             }),
         });
-        link.target.set_reader(Arc::downgrade(&link));
+        let reader: std::sync::Weak<dyn Outbound> = Arc::downgrade(&link) as _;
+        link.target.set_reader(reader);
         {
             let mut io = lock(&link.io);
             if watch {
@@ -178,16 +192,11 @@ impl Link {
         Ok(link)
     }
 
-    /// Encodes and writes a message (its ports leave the process). A message that cannot be
-    /// encoded is dropped, with its ports.
-    pub(crate) fn send_message(&self, message: MessageEvent) {
-        match message.into_wire() {
-            Ok((data, ports)) => match wire::encode_frame(data, ports) {
-                Ok(frame) => self.send_frame(frame),
-                Err(e) => tracing::warn!("msgport: message dropped: {e}"),
-            },
-            Err(e) => tracing::warn!("msgport: message dropped: {e}"),
-        }
+    /// Exports the ports, encodes and writes a message.
+    fn send(&self, data: Value, ports: Vec<MessagePort>) -> Result<(), PostError> {
+        let message = handoff::export_message(data, ports)?;
+        self.send_frame(wire::encode_frame(message)?);
+        Ok(())
     }
 
     /// Writes a frame, or queues it behind earlier ones. Never blocks.
@@ -351,10 +360,12 @@ impl Link {
     /// Hands reading back to the reactor (for `poll_recv` and callbacks, which nobody else
     /// would feed). If the reactor cannot take the socket, the port closes rather than waiting
     /// for events that would never come.
-    pub(crate) fn arm(&self) {
+    fn arm_reading(&self) {
         let mut io = lock(&self.io);
         if io.pull_mode {
             io.pull_mode = false;
+            self.pulled
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = self.update_interest(&mut io) {
                 tracing::warn!("msgport: closing a port the reactor cannot watch: {e}");
                 self.shut(&mut io);
@@ -367,7 +378,7 @@ impl Link {
     /// The application drained the port below its low-water mark: read again. The reactor is
     /// asked to look at the socket once more (re-arming an edge-triggered registration reports
     /// data that is already there); a pulling thread reads by itself.
-    pub(crate) fn resume(&self) {
+    fn resume_reading(&self) {
         let mut io = lock(&self.io);
         if !io.pull_mode && io.registered {
             let _ = self.update_interest(&mut io);
@@ -378,7 +389,7 @@ impl Link {
     /// delivers it here: a blocked pull on a socket-backed port wakes directly, without the
     /// reactor thread in between. Returns false when the socket is gone (the endpoint has been
     /// told, or soon will be).
-    pub(crate) fn read_here(&self, timeout: Duration) -> bool {
+    fn read_here(&self, timeout: Duration) -> bool {
         let fd = {
             let mut io = lock(&self.io);
             let Some(fd) = io.fd.clone() else {
@@ -386,6 +397,8 @@ impl Link {
             };
             if !io.pull_mode {
                 io.pull_mode = true;
+                self.pulled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 let _ = self.update_interest(&mut io);
             }
             fd
@@ -401,9 +414,8 @@ impl Link {
     }
 
     /// Reads what is there now, without waiting, when pulling threads do the reading.
-    pub(crate) fn read_now(&self) {
-        let pull_mode = lock(&self.io).pull_mode;
-        if pull_mode {
+    fn read_now(&self) {
+        if self.pulled.load(std::sync::atomic::Ordering::Relaxed) {
             self.read(true);
         }
     }
@@ -429,15 +441,74 @@ impl Link {
     /// readiness event it picked up just before would not take the data from under that thread.
     /// On the reactor, a turn stops after [`READ_BUDGET`] bytes (the link is re-armed, so the
     /// reactor comes back to it after the others) or when the port is over its high-water mark
-    /// (the endpoint calls [`resume`](Self::resume) once drained).
+    /// (the endpoint calls [`resume`](Outbound::resume) once drained).
     fn read(&self, here: bool) {
-        let mut io = lock(&self.io);
-        if !here && (io.pull_mode || self.target.reading_paused()) {
-            return;
-        }
+        let mut delivering = lock(&self.deliver);
+        let Delivery {
+            decoded,
+            events,
+            rejected,
+        } = &mut *delivering;
+        let mut read = 0;
         let mut ended = None;
-        let mut rejected = Vec::new();
-        let mut budget = READ_BUDGET;
+        let mut more = false;
+        loop {
+            // One read, its frames decoded, under `io`; then their messages queued, outside it
+            // (importing a message's ports makes links and checks sockets).
+            let step = {
+                let mut io = lock(&self.io);
+                if !here && (io.pull_mode || self.target.reading_paused()) {
+                    break;
+                }
+                let step = Self::read_once(&mut io, decoded);
+                if let Step::Ended(why) = step {
+                    ended = Some(why);
+                    self.shut(&mut io);
+                    io.release_input();
+                }
+                step
+            };
+            events.extend(
+                decoded
+                    .drain(..)
+                    .map(|(message, cost)| (handoff::import_message(message), cost)),
+            );
+            let got = events.len();
+            let pause = got > 0 && self.target.push_remote(events, rejected);
+            match step {
+                Step::Read(n) => read += n,
+                Step::Dry | Step::Ended(_) => break,
+            }
+            // A pulling thread polls level-triggered: it need not drain the socket (which costs
+            // one more recvmsg, answered EAGAIN) once it has a message.
+            if here && got > 0 {
+                break;
+            }
+            if !here && pause {
+                break;
+            }
+            if !here && read >= READ_BUDGET {
+                more = true;
+                break;
+            }
+        }
+        if ended.is_some() {
+            self.target.peer_closed();
+        } else if more {
+            // Let the other links have a turn; the reactor comes back (re-arming reports the
+            // data still there).
+            let mut io = lock(&self.io);
+            let _ = self.update_interest(&mut io);
+        }
+        // Rejected messages own ports: closing them locks other endpoints, not under ours.
+        let rejected = std::mem::take(rejected);
+        drop(delivering);
+        drop(rejected);
+        self.target.dispatch();
+    }
+
+    /// One `recvmsg`, and the frames it completed decoded into `decoded`.
+    fn read_once(io: &mut Io, decoded: &mut Vec<(Outgoing, usize)>) -> Step {
         loop {
             io.reserve_read();
             let Io {
@@ -446,84 +517,47 @@ impl Link {
                 infds,
                 fd: Some(sock),
                 ..
-            } = &mut *io
+            } = io
             else {
-                return;
+                return Step::Dry;
             };
-            match sys::recv(sock.as_fd(), &mut inbuf[*filled..], infds) {
-                Ok(0) => {
-                    ended = Some("end of stream");
-                    break;
-                }
+            return match sys::recv(sock.as_fd(), &mut inbuf[*filled..], infds) {
+                Ok(0) => Step::Ended("end of stream"),
                 Ok(n) => {
                     io.filled += n;
-                    match self.deliver(&mut io, &mut rejected) {
+                    match Self::decode(io, decoded) {
+                        Ok(()) => Step::Read(n),
                         Err(e) => {
                             tracing::warn!("msgport: closing a port after a bad frame: {e}");
-                            ended = Some("bad frame");
-                            break;
+                            Step::Ended("bad frame")
                         }
-                        // A pulling thread polls level-triggered: it need not drain the socket
-                        // (which costs one more recvmsg, answered EAGAIN) once it has a message.
-                        Ok(d) if here && d.delivered > 0 => break,
-                        Ok(d) if d.pause && !here => break,
-                        Ok(_) if !here => {
-                            budget = budget.saturating_sub(n);
-                            if budget == 0 {
-                                // Let the other links have a turn; the reactor comes back.
-                                let _ = self.update_interest(&mut io);
-                                break;
-                            }
-                        }
-                        Ok(_) => {}
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Dry,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!("msgport: link read error: {e}");
-                    ended = Some("read error");
-                    break;
+                    Step::Ended("read error")
                 }
-            }
+            };
         }
-        if ended.is_some() {
-            self.shut(&mut io);
-            io.release_input();
-        }
-        drop(io);
-        drop(rejected);
-        if ended.is_some() {
-            self.target.peer_closed();
-        }
-        self.target.dispatch();
     }
 
-    /// Decodes and delivers every complete frame in the buffer, then checks that the
+    /// Decodes every complete frame in the buffer into `decoded`, then checks that the
     /// descriptors still waiting belong to the frame being read.
-    fn deliver(
-        &self,
-        io: &mut Io,
-        rejected: &mut Vec<MessageEvent>,
-    ) -> Result<Delivered, WireError> {
+    fn decode(io: &mut Io, decoded: &mut Vec<(Outgoing, usize)>) -> Result<(), WireError> {
         let mut start = 0;
-        let mut done = Delivered::default();
         while let Some((len, nfds)) = wire::next_frame(&io.inbuf[start..io.filled])? {
             if nfds > io.infds.len() {
                 return Err(WireError::Descriptors);
             }
             let fds: VecDeque<OwnedFd> = io.infds.drain(..nfds).collect();
-            let body = &io.inbuf[start + HEADER..start + HEADER + len];
-            let decoded = wire::decode_body(body, fds)?;
-            let cost = HEADER + len + decoded.records * wire::RECORD_COST + nfds * wire::FD_COST;
-            match self.target.push_remote(decoded.event, cost) {
-                Ok(over) => {
-                    done.delivered += 1;
-                    done.pause |= over;
-                }
-                Err(dropped) => rejected.push(dropped),
-            }
-            start += HEADER + len;
+            let body = &io.inbuf[start + wire::HEADER..start + wire::HEADER + len];
+            let frame = wire::decode_body(body, fds)?;
+            let cost =
+                wire::HEADER + len + frame.records * wire::RECORD_COST + nfds * wire::FD_COST;
+            decoded.push((frame.message, cost));
+            start += wire::HEADER + len;
         }
         if start > 0 {
             io.inbuf.copy_within(start..io.filled, 0);
@@ -535,7 +569,7 @@ impl Link {
         if io.filled == 0 && io.inbuf.len() > READ_CHUNK {
             pool_put(std::mem::take(&mut io.inbuf));
         }
-        Ok(done)
+        Ok(())
     }
 
     /// Stops using the socket: deregisters it and closes it.
@@ -564,7 +598,7 @@ impl Link {
     /// Our port was closed or dropped: close the socket once what we wrote is flushed, so the
     /// peer reads every message and then the end of the stream. A peer that reads nothing for
     /// [`Limits::close_linger`](crate::Limits::close_linger) loses the rest.
-    pub(crate) fn close(&self) {
+    fn close_writing(&self) {
         let mut io = lock(&self.io);
         if io.out.is_empty() {
             self.shut(&mut io);
@@ -591,6 +625,7 @@ impl Link {
     /// Our port leaves the process: stop reading, and hand over the socket with what was read
     /// of an incomplete frame and what was not yet written.
     pub(crate) fn export(&self) -> Exported {
+        let _delivering = lock(&self.deliver);
         let mut io = lock(&self.io);
         let registered = std::mem::take(&mut io.registered);
         let socket = io.fd.take().map(|fd| {
@@ -634,13 +669,14 @@ impl Link {
     }
 }
 
-/// What one call of `deliver` did.
-#[derive(Default)]
-struct Delivered {
-    /// Messages queued at the endpoint.
-    delivered: usize,
-    /// The endpoint is over its high-water mark: stop reading.
-    pause: bool,
+/// What one read did.
+enum Step {
+    /// Read this many bytes.
+    Read(usize),
+    /// Nothing more now (`EAGAIN`), or the socket is gone.
+    Dry,
+    /// The stream ended, or broke the protocol: the port closes.
+    Ended(&'static str),
 }
 
 impl Io {
@@ -649,7 +685,7 @@ impl Io {
     /// sends nothing costs one read chunk.
     fn reserve_read(&mut self) {
         let want = match wire::header(&self.inbuf[..self.filled]) {
-            Some((len, _)) => (HEADER.saturating_add(len))
+            Some((len, _)) => (wire::HEADER.saturating_add(len))
                 .min(self.filled.saturating_mul(2))
                 .max(self.filled + 1),
             None => 0,
@@ -679,3 +715,89 @@ impl Io {
         self.infds.clear();
     }
 }
+
+impl Outbound for Link {
+    fn post(&self, data: Value, ports: Vec<MessagePort>) -> Result<(), PostError> {
+        self.send(data, ports)
+    }
+
+    fn close(&self) {
+        self.close_writing();
+    }
+
+    fn arm(&self) {
+        // Already fed by the reactor: nothing to do (no lock).
+        if self.pulled.load(std::sync::atomic::Ordering::Relaxed) {
+            self.arm_reading();
+        }
+    }
+
+    fn resume(&self) {
+        self.resume_reading();
+    }
+
+    /// The remote pull policy. By default the reactor delivers and this thread waits on the
+    /// endpoint. In low-latency mode this thread reads the socket itself (one wake-up per
+    /// message, not two) and looks again a few times before it sleeps in `poll`.
+    fn pull_blocking(&self, ep: &Endpoint, deadline: Option<Instant>, low_latency: bool) -> Pulled {
+        if !low_latency {
+            // A message already queued needs nothing of the link.
+            match ep.pull(None) {
+                Pulled::Empty => {}
+                event => return event,
+            }
+            self.arm();
+            return ep.pull_blocking(deadline);
+        }
+        // Wake now and then to notice a close made by another thread on this port.
+        const SLICE: Duration = Duration::from_millis(50);
+        let mut spins = 0;
+        loop {
+            match ep.pull(None) {
+                Pulled::Empty => {}
+                event => return event,
+            }
+            if spins < REMOTE_SPINS {
+                // A busy sender's next message is usually microseconds away: look again
+                // (yielding first, for a sender that shares this CPU) before sleeping in poll,
+                // whose wake-up the sender pays for.
+                spins += 1;
+                if spins == 1 {
+                    std::thread::yield_now();
+                } else {
+                    // Without a system call: a sender posting a stream has several messages
+                    // in the socket by the time we read, and we do not contend for its lock.
+                    for _ in 0..REMOTE_SPIN_HINTS {
+                        std::hint::spin_loop();
+                    }
+                }
+                self.read_now();
+                continue;
+            }
+            let wait = match deadline {
+                None => SLICE,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(SLICE),
+                    _ => return Pulled::Empty,
+                },
+            };
+            if !self.read_here(wait) {
+                return ep.pull_blocking(deadline);
+            }
+        }
+    }
+
+    fn poll_now(&self) {
+        self.read_now();
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// How many times a blocking pull on a socket-backed port looks at the socket again before it
+/// sleeps in `poll`.
+const REMOTE_SPINS: u32 = 4;
+/// Spin hints between two looks at the socket.
+const REMOTE_SPIN_HINTS: u32 = 256;

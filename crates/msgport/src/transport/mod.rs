@@ -17,11 +17,12 @@
 
 #[doc(hidden)]
 pub(crate) mod fuzz;
+pub(crate) mod handoff;
 mod link;
 mod reactor;
 pub(crate) mod wire;
 
-pub(crate) use link::{Backlog, Link};
+pub(crate) use link::Link;
 pub(crate) use reactor::{PANIC_SERVE, PANIC_THREAD};
 
 /// Waits until every message posted to another process has been handed to the kernel, or

@@ -9,7 +9,7 @@
 //!
 //! A frame's descriptors are taken from the link's descriptor queue. They travel attached to
 //! bytes of their own frame (a `sendmsg` carrying them starts inside that frame), at most
-//! [`sys::MAX_FDS_PER_SEND`] per byte, so a receiver knows at every point how many descriptors
+//! `sys::MAX_FDS_PER_SEND` per byte, so a receiver knows at every point how many descriptors
 //! may be waiting: those of the frame it is reading ([`unclaimed_limit`]). Within a frame they
 //! are consumed in decoding order: a record's socket, then the descriptors of its queued
 //! messages (recursively), then those of its read prefix, then those of each unsent segment.
@@ -24,10 +24,9 @@ use std::os::fd::OwnedFd;
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 
+use super::handoff::{Backlog, Handover, Outgoing, Segment};
 use crate::codec::{self, ok, CodecError};
 use crate::error::PostError;
-use crate::event::{MessageEvent, Payload};
-use crate::port::MessagePort;
 use crate::sys;
 use crate::value::Value;
 
@@ -63,13 +62,6 @@ pub(crate) enum WireError {
     BadSlot(u32),
     #[error("frame carries more than {MAX_PORTS} ports or descriptors")]
     TooManyPorts,
-}
-
-/// A stretch of a link's output: bytes, and the descriptors that go with their first byte(s)
-/// (at most [`sys::MAX_FDS_PER_SEND`] per byte).
-pub(crate) struct Segment {
-    pub bytes: Vec<u8>,
-    pub fds: Vec<OwnedFd>,
 }
 
 /// Reads a frame header: (body length, descriptor count).
@@ -188,28 +180,24 @@ impl FrameWriter {
         }
     }
 
-    fn body(&mut self, data: Value, ports: Vec<MessagePort>) -> Result<(), PostError> {
+    fn body(&mut self, message: Outgoing) -> Result<(), PostError> {
         let _ = ok(self.enc().array(2));
-        self.value(data);
-        let _ = ok(self.enc().array(ports.len() as u64));
-        self.records += ports.len();
+        self.value(message.data);
+        let _ = ok(self.enc().array(message.ports.len() as u64));
+        self.records += message.ports.len();
         if self.records > MAX_PORTS {
             return Err(PostError::TooManyPorts {
                 count: self.records,
                 max: MAX_PORTS,
             });
         }
-        let mut ports = ports.into_iter();
-        for port in ports.by_ref() {
-            let record = port
-                .export()
-                .map_err(|err| PostError::Resources(err.to_string()))?;
-            self.record(record)?;
+        for port in message.ports {
+            self.record(port)?;
         }
         Ok(())
     }
 
-    fn record(&mut self, record: Record) -> Result<(), PostError> {
+    fn record(&mut self, record: Handover) -> Result<(), PostError> {
         let flags = u8::from(record.socket.is_some())
             | u8::from(record.peer_gone) << 1
             | u8::from(record.closed) << 2;
@@ -218,18 +206,18 @@ impl FrameWriter {
         self.fds.extend(record.socket);
         let _ = ok(self.enc().array(record.queued.len() as u64));
         for message in record.queued {
-            // A message that cannot be turned into a Value (its Serialize failed) travels as
-            // `undefined`: the receiver in this process would have seen an error for it.
-            let (data, ports) = message
-                .into_wire()
-                .unwrap_or((Value::Undefined, Vec::new()));
-            self.body(data, ports)?;
+            self.body(message)?;
         }
-        let _ = ok(self.enc().bytes(&record.prefix));
-        let _ = ok(self.enc().u64(record.prefix_fds.len() as u64));
-        self.fds.extend(record.prefix_fds);
-        let _ = ok(self.enc().array(2 * record.unsent.len() as u64));
-        for segment in record.unsent {
+        let Backlog {
+            prefix,
+            prefix_fds,
+            unsent,
+        } = record.backlog;
+        let _ = ok(self.enc().bytes(&prefix));
+        let _ = ok(self.enc().u64(prefix_fds.len() as u64));
+        self.fds.extend(prefix_fds);
+        let _ = ok(self.enc().array(2 * unsent.len() as u64));
+        for segment in unsent {
             let _ = ok(self.enc().bytes(&segment.bytes));
             let _ = ok(self.enc().u64(segment.fds.len() as u64));
             self.fds.extend(segment.fds);
@@ -244,28 +232,16 @@ impl FrameWriter {
     }
 }
 
-/// A port as it leaves the process (built by `Link::export`).
-pub(crate) struct Record {
-    pub socket: Option<OwnedFd>,
-    pub peer_gone: bool,
-    pub closed: bool,
-    pub queued: Vec<MessageEvent>,
-    pub prefix: Vec<u8>,
-    pub prefix_fds: Vec<OwnedFd>,
-    /// Bytes not yet written, each segment with the descriptors of its first bytes.
-    pub unsent: Vec<Segment>,
-}
-
-/// Encodes a message into one frame, exporting its ports (which leave this process even when
-/// encoding fails: they are closed then).
-pub(crate) fn encode_frame(data: Value, ports: Vec<MessagePort>) -> Result<Frame, PostError> {
+/// Encodes a message into one frame: bytes and the descriptors of its ports (which are closed
+/// when encoding fails).
+pub(crate) fn encode_frame(message: Outgoing) -> Result<Frame, PostError> {
     let mut w = FrameWriter {
         parts: Vec::new(),
         cur: vec![0u8; HEADER],
         fds: Vec::new(),
         records: 0,
     };
-    w.body(data, ports)?;
+    w.body(message)?;
     let FrameWriter {
         mut parts,
         cur,
@@ -288,20 +264,21 @@ pub(crate) fn encode_frame(data: Value, ports: Vec<MessagePort>) -> Result<Frame
     Ok(Frame { parts, fds })
 }
 
-/// A decoded frame body: the message, and what it costs in memory beyond its bytes.
+/// A decoded frame body: the message, and how many port records it held (at every depth).
 pub(crate) struct Decoded {
-    pub event: MessageEvent,
+    pub message: Outgoing,
     pub records: usize,
 }
 
-/// Decodes a frame body with exactly the descriptors `fds`, importing its ports.
+/// Decodes a frame body with exactly the descriptors `fds` (its ports stay handovers: the
+/// caller imports them).
 pub(crate) fn decode_body(body: &[u8], fds: VecDeque<OwnedFd>) -> Result<Decoded, WireError> {
     let mut r = Reader {
         d: Decoder::new(body),
         fds,
         records: 0,
     };
-    let event = r.body(0)?;
+    let message = r.body(0)?;
     if r.d.position() != body.len() {
         return Err(CodecError::TrailingBytes(body.len() - r.d.position()).into());
     }
@@ -309,7 +286,7 @@ pub(crate) fn decode_body(body: &[u8], fds: VecDeque<OwnedFd>) -> Result<Decoded
         return Err(WireError::Descriptors);
     }
     Ok(Decoded {
-        event,
+        message,
         records: r.records,
     })
 }
@@ -337,7 +314,7 @@ impl Reader<'_> {
         }
     }
 
-    fn body(&mut self, depth: usize) -> Result<MessageEvent, WireError> {
+    fn body(&mut self, depth: usize) -> Result<Outgoing, WireError> {
         if depth > MAX_RECORD_DEPTH {
             return Err(WireError::TooDeep);
         }
@@ -360,7 +337,7 @@ impl Reader<'_> {
                 return Err(WireError::BadSlot(slot));
             }
         }
-        Ok(MessageEvent::new(Payload::Value(data), ports))
+        Ok(Outgoing { data, ports })
     }
 
     fn take_fds(&mut self, n: u64, carried_by: usize) -> Result<Vec<OwnedFd>, WireError> {
@@ -378,7 +355,7 @@ impl Reader<'_> {
         Ok(self.d.bytes().map_err(CodecError::from)?.to_vec())
     }
 
-    fn record(&mut self, depth: usize) -> Result<MessagePort, WireError> {
+    fn record(&mut self, depth: usize) -> Result<Handover, WireError> {
         if self.d.array().map_err(CodecError::from)? != Some(5) {
             return Err(CodecError::Invalid("a port record has five fields").into());
         }
@@ -424,15 +401,17 @@ impl Reader<'_> {
                 unsent.push(Segment { bytes, fds });
             }
         }
-        Ok(MessagePort::import(Record {
+        Ok(Handover {
             socket,
             peer_gone: flags & 2 != 0,
             closed: flags & 4 != 0,
             queued,
-            prefix,
-            prefix_fds,
-            unsent,
-        }))
+            backlog: Backlog {
+                prefix,
+                prefix_fds,
+                unsent,
+            },
+        })
     }
 }
 
@@ -451,4 +430,109 @@ pub(crate) fn decode_stream(mut bytes: &[u8]) -> usize {
         bytes = &bytes[HEADER + len..];
     }
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    fn socket() -> OwnedFd {
+        crate::sys::socketpair().unwrap().0
+    }
+
+    /// The codec is pure: a message with a port in flight (queued messages with ports of their
+    /// own, a read prefix, unsent segments, descriptors everywhere) survives encode + decode.
+    #[test]
+    fn a_message_with_ports_in_flight_round_trips() {
+        let inner = Handover {
+            socket: Some(socket()),
+            ..Handover::default()
+        };
+        let mut prefix = 40u32.to_le_bytes().to_vec();
+        prefix.extend(2u32.to_le_bytes());
+        prefix.extend([0x82, 0xf6]);
+        let port = Handover {
+            socket: Some(socket()),
+            peer_gone: false,
+            closed: false,
+            queued: vec![Outgoing {
+                data: Value::from("queued"),
+                ports: vec![inner],
+            }],
+            backlog: Backlog {
+                prefix: prefix.clone(),
+                prefix_fds: vec![socket()],
+                unsent: vec![
+                    Segment {
+                        bytes: vec![1, 2, 3],
+                        fds: vec![socket(), socket()],
+                    },
+                    Segment {
+                        bytes: vec![4],
+                        fds: Vec::new(),
+                    },
+                ],
+            },
+        };
+        let big = Value::Binary(crate::value::Binary {
+            kind: crate::value::BinaryKind::Uint8,
+            bytes: vec![9; ZERO_COPY_MIN],
+        });
+        let data = Value::Array(vec![Value::Port(0), big.clone()]);
+        let frame = encode_frame(Outgoing {
+            data: data.clone(),
+            ports: vec![port],
+        })
+        .unwrap();
+        assert_eq!(frame.fds.len(), 5);
+        assert!(
+            frame.parts.len() >= 3,
+            "the large byte string is a part of its own"
+        );
+        let bytes: Vec<u8> = frame.parts.concat();
+        let (len, nfds) = next_frame(&bytes).unwrap().unwrap();
+        assert_eq!((HEADER + len, nfds), (bytes.len(), 5));
+        let decoded = decode_body(&bytes[HEADER..], frame.fds.into()).unwrap();
+        assert_eq!(decoded.records, 2);
+        assert_eq!(decoded.message.data, data);
+        let port = &decoded.message.ports[0];
+        assert!(port.socket.is_some() && !port.peer_gone && !port.closed);
+        assert_eq!(port.queued[0].data, Value::from("queued"));
+        assert!(port.queued[0].ports[0].socket.is_some());
+        assert_eq!(port.backlog.prefix, prefix);
+        assert_eq!(port.backlog.prefix_fds.len(), 1);
+        assert_eq!(port.backlog.unsent.len(), 2);
+        assert_eq!(port.backlog.unsent[0].bytes, [1, 2, 3]);
+        assert_eq!(port.backlog.unsent[0].fds.len(), 2);
+        assert_eq!(port.backlog.unsent[1].bytes, [4]);
+    }
+
+    /// The frame writer's bytes are the codec's bytes (it only moves large byte strings into
+    /// parts of their own).
+    #[test]
+    fn frame_bodies_are_the_codecs_encoding() {
+        let big = Value::Binary(crate::value::Binary {
+            kind: crate::value::BinaryKind::ArrayBuffer,
+            bytes: vec![7; ZERO_COPY_MIN + 1],
+        });
+        let data = Value::Object(vec![
+            (
+                "a".into(),
+                Value::Array(vec![Value::from(1.0), Value::from("two"), Value::Null]),
+            ),
+            ("big".into(), big),
+            ("n".into(), Value::from(-1.5)),
+        ]);
+        let frame = encode_frame(Outgoing {
+            data: data.clone(),
+            ports: Vec::new(),
+        })
+        .unwrap();
+        let bytes = frame.parts.concat();
+        let mut expected = vec![0x82];
+        expected.extend(codec::encode(&data));
+        expected.push(0x80);
+        assert_eq!(&bytes[HEADER..], &expected[..]);
+    }
 }

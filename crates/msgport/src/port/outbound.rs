@@ -1,0 +1,50 @@
+//! [`Outbound`]: the port state machine's only way out of the process. A port whose peer is
+//! elsewhere holds one; so does an end that left the process while its peer stayed (a proxy:
+//! what the peer posts is forwarded through it). The socket link implements it
+//! (`transport/link.rs`); a multiplexed link or a browser bridge would be another
+//! implementation, and nothing in `port/` would change.
+
+use std::any::Any;
+use std::time::Instant;
+
+use super::endpoint::{Endpoint, Pulled};
+use super::MessagePort;
+use crate::error::PostError;
+use crate::event::MessageEvent;
+use crate::value::Value;
+
+pub(crate) trait Outbound: Send + Sync + 'static {
+    /// Sends a message to the peer; the ports leave with it. Never blocks.
+    fn post(&self, data: Value, ports: Vec<MessagePort>) -> Result<(), PostError>;
+
+    /// Forwards a message posted to an end that has left (the poster is long gone: a message
+    /// that cannot be sent is logged and dropped, with its ports).
+    fn forward(&self, message: MessageEvent) {
+        let sent = match message.into_wire() {
+            Ok((data, ports)) => self.post(data, ports).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            tracing::warn!("msgport: message dropped: {e}");
+        }
+    }
+
+    /// This end closed: the peer observes the close after everything posted before it.
+    fn close(&self);
+
+    /// Asynchronous pulls or callbacks are about to wait on the endpoint this backing feeds:
+    /// feed it without being asked.
+    fn arm(&self);
+
+    /// The endpoint's queue drained below its low-water mark: take in messages again.
+    fn resume(&self);
+
+    /// Blocks for the next event of `ep` (which this backing feeds), as the backing sees fit.
+    fn pull_blocking(&self, ep: &Endpoint, deadline: Option<Instant>, low_latency: bool) -> Pulled;
+
+    /// A non-blocking pull found nothing: take in what has already arrived.
+    fn poll_now(&self);
+
+    /// The concrete backing, for the transport when the port itself leaves the process.
+    fn as_any(&self) -> &dyn Any;
+}
