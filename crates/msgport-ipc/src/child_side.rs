@@ -6,16 +6,24 @@
 //! with [`InvokeError::MainGone`] and, unless told otherwise, the child exits.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use msgport::{process, MessageChannel, MessagePort, PostError, Value};
 use serde::Serialize;
 
 use crate::envelope::Envelope;
-use crate::InvokeError;
+use crate::{InvokeError, ListenerId};
 
-type ChildListener = Box<dyn FnMut(IpcChildEvent) + Send>;
+type ChildListener = Arc<Mutex<dyn FnMut(IpcChildEvent) + Send>>;
+
+struct Registered {
+    id: ListenerId,
+    once: bool,
+    f: ChildListener,
+}
 
 /// A message from main, as a child's listener gets it.
 #[derive(Debug)]
@@ -37,23 +45,33 @@ impl IpcChildEvent {
 
 #[derive(Default)]
 struct Pending {
-    /// Reply ports of invokes in flight, by request id.
-    replies: HashMap<u64, MessagePort>,
+    /// Reply ports of invokes in flight, by request id, with their deadlines.
+    replies: HashMap<u64, (MessagePort, Option<Instant>)>,
     /// The connection closed: no reply will ever come.
     gone: bool,
+    /// The timer thread that fails invokes past their deadline runs.
+    timer: bool,
 }
 
 #[derive(Default)]
 struct Channels {
-    listeners: HashMap<String, ChildListener>,
+    listeners: HashMap<String, Vec<Registered>>,
     queued: HashMap<String, VecDeque<IpcChildEvent>>,
 }
 
 struct Inner {
     port: MessagePort,
     pending: Mutex<Pending>,
+    /// Wakes the timer thread when an earlier deadline is set.
+    deadlines: Condvar,
     channels: Mutex<Channels>,
     next: AtomicU64,
+    /// `invoke`'s timeout (none by default).
+    timeout: Mutex<Option<Duration>>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A child's connection to main (Electron's `ipcRenderer`). Cheap to clone.
@@ -88,8 +106,10 @@ impl IpcChild {
         let inner = Arc::new(Inner {
             port,
             pending: Mutex::default(),
+            deadlines: Condvar::new(),
             channels: Mutex::default(),
             next: AtomicU64::new(1),
+            timeout: Mutex::new(None),
         });
         let served = inner.clone();
         std::thread::Builder::new()
@@ -113,9 +133,11 @@ impl IpcChild {
         crate::envelope::post_send(&self.inner.port, channel, data, ports)
     }
 
-    /// Asks main's handler for `channel` and waits for its answer (any executor).
+    /// Asks main's handler for `channel` and waits for its answer (any executor). Waits for ever
+    /// unless a timeout is set ([`set_invoke_timeout`](Self::set_invoke_timeout)); fails with
+    /// [`InvokeError::MainGone`] if main goes away first.
     pub async fn invoke<T: Serialize>(&self, channel: &str, data: T) -> Result<Value, InvokeError> {
-        let reply = self.request(channel, data)?;
+        let reply = self.request(channel, data, self.default_timeout())?;
         Self::answer(reply.recv().await)
     }
 
@@ -125,21 +147,60 @@ impl IpcChild {
         channel: &str,
         data: T,
     ) -> Result<Value, InvokeError> {
-        let reply = self.request(channel, data)?;
+        let reply = self.request(channel, data, self.default_timeout())?;
         Self::answer(reply.blocking_recv())
     }
 
-    fn request<T: Serialize>(&self, channel: &str, data: T) -> Result<MessagePort, InvokeError> {
+    /// [`invoke`](Self::invoke) that fails with [`InvokeError::Timeout`] when no answer came
+    /// within `timeout` (a late answer is then discarded).
+    pub async fn invoke_timeout<T: Serialize>(
+        &self,
+        channel: &str,
+        data: T,
+        timeout: Duration,
+    ) -> Result<Value, InvokeError> {
+        let reply = self.request(channel, data, Some(timeout))?;
+        Self::answer(reply.recv().await)
+    }
+
+    /// Sets the timeout of every later [`invoke`](Self::invoke) and
+    /// [`invoke_blocking`](Self::invoke_blocking) on this connection (and its clones). `None`,
+    /// the default (as in Electron), waits for ever: a handler that never answers keeps its
+    /// caller waiting until main goes away.
+    pub fn set_invoke_timeout(&self, timeout: Option<Duration>) {
+        *lock(&self.inner.timeout) = timeout;
+    }
+
+    fn default_timeout(&self) -> Option<Duration> {
+        *lock(&self.inner.timeout)
+    }
+
+    fn request<T: Serialize>(
+        &self,
+        channel: &str,
+        data: T,
+        timeout: Option<Duration>,
+    ) -> Result<MessagePort, InvokeError> {
         let data = msgport::to_value(&data).map_err(|e| InvokeError::Data(e.to_string()))?;
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let (reply, reply_in) = MessageChannel::new().into_ports();
+        let deadline = timeout.map(|t| Instant::now() + t);
         {
-            let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = lock(&self.inner.pending);
             if pending.gone {
                 return Err(InvokeError::MainGone);
             }
-            pending.replies.insert(id, reply_in);
+            pending.replies.insert(id, (reply_in, deadline));
+            if deadline.is_some() && !pending.timer {
+                pending.timer = true;
+                let inner = Arc::downgrade(&self.inner);
+                std::thread::Builder::new()
+                    .name("msgport-ipc-timeouts".into())
+                    .spawn(move || expire(&inner))
+                    .map_err(|e| InvokeError::Data(format!("no timer thread: {e}")))?;
+            }
         }
+        self.inner.deadlines.notify_all();
         let envelope = Envelope::Invoke {
             channel: channel.to_owned(),
             id,
@@ -147,12 +208,7 @@ impl IpcChild {
         }
         .into_value();
         if let Err(e) = self.inner.port.post_message(envelope, []) {
-            self.inner
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .replies
-                .remove(&id);
+            lock(&self.inner.pending).replies.remove(&id);
             return Err(e.into());
         }
         Ok(reply)
@@ -173,40 +229,108 @@ impl IpcChild {
     }
 
     /// Calls `f` for every message main sends on `channel`, starting with those that arrived
-    /// before anyone listened (in order). Replaces an earlier listener of the channel. `f` runs
-    /// on the connection's thread, one message at a time.
-    pub fn on<F>(&self, channel: &str, f: F)
+    /// before anyone listened (in order), and returns its id for [`off`](Self::off). Adds to the
+    /// channel's listeners (as Electron's `ipcRenderer.on`): each message goes to every
+    /// listener, in the order they were added; the first gets the transferred ports, the others
+    /// a copy of the data without them. Listeners run on the connection's thread, one message at
+    /// a time; a panic in one is caught and logged.
+    pub fn on<F>(&self, channel: &str, f: F) -> ListenerId
     where
         F: FnMut(IpcChildEvent) + Send + 'static,
     {
-        let mut f: ChildListener = Box::new(f);
+        self.add(channel, false, Arc::new(Mutex::new(f)))
+    }
+
+    /// Like [`on`](Self::on), for one message only (Electron's `ipcRenderer.once`).
+    pub fn once<F>(&self, channel: &str, f: F) -> ListenerId
+    where
+        F: FnMut(IpcChildEvent) + Send + 'static,
+    {
+        self.add(channel, true, Arc::new(Mutex::new(f)))
+    }
+
+    fn add(&self, channel: &str, once: bool, f: ChildListener) -> ListenerId {
+        let id = ListenerId(self.inner.next.fetch_add(1, Ordering::Relaxed));
         loop {
             let next = {
-                let mut ch = self
-                    .inner
-                    .channels
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
+                let mut ch = lock(&self.inner.channels);
                 match ch.queued.get_mut(channel).and_then(VecDeque::pop_front) {
                     Some(event) => event,
                     None => {
-                        ch.listeners.insert(channel.to_owned(), f);
-                        return;
+                        ch.listeners
+                            .entry(channel.to_owned())
+                            .or_default()
+                            .push(Registered { id, once, f });
+                        return id;
                     }
                 }
             };
-            f(next);
+            call(&f, next);
+            if once {
+                return id;
+            }
         }
     }
 
-    /// Stops listening on `channel`; later messages are queued again.
+    /// Removes one listener (also from inside a listener: it gets no later message); returns
+    /// whether it was registered.
+    pub fn off(&self, channel: &str, id: ListenerId) -> bool {
+        let mut ch = lock(&self.inner.channels);
+        let Some(list) = ch.listeners.get_mut(channel) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|r| r.id != id);
+        before != list.len()
+    }
+
+    /// Removes every listener of `channel` (also from inside one of them); later messages are
+    /// queued again until someone listens.
     pub fn remove_listener(&self, channel: &str) {
-        self.inner
-            .channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .listeners
-            .remove(channel);
+        lock(&self.inner.channels).listeners.remove(channel);
+    }
+}
+
+fn call(f: &ChildListener, event: IpcChildEvent) {
+    let mut f = lock(f);
+    if catch_unwind(AssertUnwindSafe(|| (*f)(event))).is_err() {
+        tracing::error!("msgport-ipc: a listener panicked");
+    }
+}
+
+/// The timer thread: fails invokes whose deadline passed with [`InvokeError::Timeout`]. Ends
+/// with the connection.
+fn expire(inner: &std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mut pending = lock(&inner.pending);
+        if pending.gone {
+            return;
+        }
+        let now = Instant::now();
+        let expired: Vec<u64> = pending
+            .replies
+            .iter()
+            .filter(|(_, (_, d))| d.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((reply, _)) = pending.replies.remove(&id) {
+                let result = Err(InvokeError::Timeout);
+                let _ = reply.post_message(Envelope::Reply { id, result }.into_value(), []);
+            }
+        }
+        let next = pending.replies.values().filter_map(|(_, d)| *d).min();
+        let wait = next
+            .map(|d| d.saturating_duration_since(now))
+            .unwrap_or(Duration::from_secs(1));
+        let (guard, _) = inner
+            .deadlines
+            .wait_timeout(pending, wait)
+            .unwrap_or_else(|p| p.into_inner());
+        drop(guard);
     }
 }
 
@@ -217,44 +341,43 @@ fn serve(inner: &Inner, exit_when_main_goes: bool) {
         let ports = std::mem::take(&mut message.ports);
         match message.value().ok().and_then(Envelope::from_value) {
             Some(Envelope::Send { channel, data }) => {
-                let event = IpcChildEvent {
+                let mut event = Some(IpcChildEvent {
                     channel: channel.clone(),
                     data,
                     ports,
-                };
-                let ready = {
-                    let mut ch = inner.channels.lock().unwrap_or_else(|p| p.into_inner());
-                    match ch.listeners.remove(&channel) {
-                        Some(l) => Some((l, event)),
-                        None => {
-                            ch.queued
-                                .entry(channel.clone())
-                                .or_default()
-                                .push_back(event);
+                });
+                let picked: Option<Vec<ChildListener>> = {
+                    let mut ch = lock(&inner.channels);
+                    match ch.listeners.get_mut(&channel) {
+                        Some(list) if !list.is_empty() => {
+                            let picked = list.iter().map(|r| r.f.clone()).collect();
+                            list.retain(|r| !r.once);
+                            Some(picked)
+                        }
+                        _ => {
+                            let queue = ch.queued.entry(channel).or_default();
+                            queue.extend(event.take());
                             None
                         }
                     }
                 };
-                if let Some((mut l, event)) = ready {
-                    l(event);
-                    // Put it back unless `on` replaced it meanwhile.
-                    inner
-                        .channels
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .listeners
-                        .entry(channel)
-                        .or_insert(l);
+                if let (Some(picked), Some(event)) = (picked, event) {
+                    // The first listener gets the ports; the others a copy of the data.
+                    let copies: Vec<IpcChildEvent> = (1..picked.len())
+                        .map(|_| IpcChildEvent {
+                            channel: event.channel.clone(),
+                            data: event.data.clone(),
+                            ports: Vec::new(),
+                        })
+                        .collect();
+                    for (f, event) in picked.iter().zip(std::iter::once(event).chain(copies)) {
+                        call(f, event);
+                    }
                 }
             }
             Some(Envelope::Reply { id, result }) => {
-                let reply = inner
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .replies
-                    .remove(&id);
-                if let Some(reply) = reply {
+                let reply = lock(&inner.pending).replies.remove(&id);
+                if let Some((reply, _)) = reply {
                     let _ = reply.post_message(Envelope::Reply { id, result }.into_value(), []);
                 }
             }
@@ -264,10 +387,11 @@ fn serve(inner: &Inner, exit_when_main_goes: bool) {
         }
     }
     let replies = {
-        let mut pending = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = lock(&inner.pending);
         pending.gone = true;
         std::mem::take(&mut pending.replies)
     };
+    inner.deadlines.notify_all();
     // Dropping the reply ports fails every pending invoke with `MainGone`.
     drop(replies);
     if exit_when_main_goes {

@@ -13,11 +13,12 @@
 //!
 //! | Electron | msgport-ipc |
 //! |---|---|
-//! | `ipcMain.on(ch, (e, ...args))` / `once` / `removeListener` | [`IpcMain::on`] / [`IpcMain::once`] / [`IpcMain::remove_listener`] |
+//! | `ipcMain.on(ch, (e, ...args))` / `once` / `removeListener` | [`IpcMain::on`] / [`IpcMain::once`] / [`IpcMain::remove_listener`] (messages sent before main listens on a channel wait for its first listener) |
 //! | `ipcMain.handle(ch, fn)` | [`IpcMain::handle`] |
 //! | `event.senderFrame` | [`IpcMainEvent::sender`] (a [`ChildRef`]) |
 //! | `webContents.send` / `webContents.postMessage` | [`ChildRef::send`] / [`ChildRef::post_message`] |
-//! | `ipcRenderer.send` / `invoke` / `postMessage` / `on` | [`IpcChild::send`] / [`IpcChild::invoke`] / [`IpcChild::post_message`] / [`IpcChild::on`] |
+//! | `ipcRenderer.send` / `invoke` / `postMessage` | [`IpcChild::send`] / [`IpcChild::invoke`] (also [`IpcChild::invoke_timeout`], [`IpcChild::set_invoke_timeout`]) / [`IpcChild::post_message`] |
+//! | `ipcRenderer.on` / `once` / `removeListener` / `removeAllListeners` | [`IpcChild::on`] / [`IpcChild::once`] / [`IpcChild::off`] / [`IpcChild::remove_listener`] (all work from inside a listener) |
 //! | `utilityProcess.fork` | [`IpcMain::spawn`] |
 
 mod child_side;
@@ -25,7 +26,11 @@ mod envelope;
 mod main_side;
 
 pub use child_side::{IpcChild, IpcChildEvent};
-pub use main_side::{ChildExit, ChildRef, IpcMain, IpcMainEvent, ListenerId};
+pub use main_side::{ChildExit, ChildRef, IpcMain, IpcMainEvent};
+
+/// Identifies a listener, for [`IpcMain::remove_listener`] and [`IpcChild::off`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId(pub(crate) u64);
 
 /// Why an `invoke` failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +54,9 @@ pub enum InvokeError {
     /// The data could not be converted.
     #[error("data conversion failed: {0}")]
     Data(String),
+    /// No answer came within the invoke's timeout.
+    #[error("no answer within the invoke timeout")]
+    Timeout,
 }
 
 impl InvokeError {
@@ -60,12 +68,14 @@ impl InvokeError {
             InvokeError::MainGone => "main-gone",
             InvokeError::Post(_) => "post",
             InvokeError::Data(_) => "data",
+            InvokeError::Timeout => "timeout",
         }
     }
 
     pub(crate) fn from_wire(kind: &str, message: &str) -> InvokeError {
         let m = message.to_owned();
         match kind {
+            "timeout" => InvokeError::Timeout,
             "no-handler" => InvokeError::NoHandler(
                 m.strip_prefix("no handler registered for channel ")
                     .map(|c| c.trim_matches('"').to_owned())

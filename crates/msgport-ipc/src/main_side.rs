@@ -15,7 +15,7 @@ use msgport::{process, MessagePort, PostError, Value};
 use serde::Serialize;
 
 use crate::envelope::Envelope;
-use crate::InvokeError;
+use crate::{InvokeError, ListenerId};
 
 /// How long the listener waits after a failed `accept` before it tries again.
 const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
@@ -24,23 +24,32 @@ type Listener = Arc<Mutex<dyn FnMut(&mut IpcMainEvent) + Send>>;
 type Handler = Arc<dyn Fn(&IpcMainEvent) -> Result<Value, String> + Send + Sync>;
 type ExitListener = Arc<dyn Fn(&ChildExit) + Send + Sync>;
 
-/// Identifies a listener, for [`IpcMain::remove_listener`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ListenerId(u64);
-
 struct Registered {
     id: ListenerId,
     once: bool,
     f: Listener,
 }
 
+/// At most this many messages wait for a listener on one channel, and in all; later ones are
+/// dropped (with a warning) until someone listens.
+const QUEUED_PER_CHANNEL: usize = 1024;
+const QUEUED_IN_ALL: usize = 16 * 1024;
+
 #[derive(Default)]
 struct Shared {
     listeners: Mutex<HashMap<String, Vec<Registered>>>,
+    /// Messages that arrived on channels nobody listened to yet, in order.
+    queued: Mutex<Queued>,
     handlers: Mutex<HashMap<String, Handler>>,
     exit_listeners: Mutex<Vec<ExitListener>>,
     next: AtomicU64,
     next_child: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queued {
+    by_channel: HashMap<String, std::collections::VecDeque<IpcMainEvent>>,
+    total: usize,
 }
 
 /// The main side of the IPC layer (Electron's `ipcMain`, plus spawning).
@@ -225,17 +234,42 @@ impl IpcMain {
 
     fn add(&self, channel: &str, once: bool, f: Listener) -> ListenerId {
         let id = ListenerId(self.shared.next.fetch_add(1, Ordering::Relaxed) + 1);
-        self.shared
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(channel.to_owned())
-            .or_default()
-            .push(Registered { id, once, f });
-        id
+        // Messages that arrived before anyone listened go to the first listener, in order; the
+        // listeners lock is taken first so that no message overtakes them.
+        loop {
+            let mut all = self
+                .shared
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let next = {
+                let mut queued = self.shared.queued.lock().unwrap_or_else(|p| p.into_inner());
+                let next = queued
+                    .by_channel
+                    .get_mut(channel)
+                    .and_then(std::collections::VecDeque::pop_front);
+                if next.is_some() {
+                    queued.total -= 1;
+                }
+                next
+            };
+            let Some(mut event) = next else {
+                all.entry(channel.to_owned())
+                    .or_default()
+                    .push(Registered { id, once, f });
+                return id;
+            };
+            drop(all);
+            call(&f, &mut event);
+            if once {
+                return id;
+            }
+        }
     }
 
-    /// Calls `f` for every message children send on `channel` (`send` and `post_message`).
+    /// Calls `f` for every message children send on `channel` (`send` and `post_message`),
+    /// starting with those that arrived before anyone listened on it (in order: at most 1,024
+    /// per channel and 16,384 in all wait; later ones are dropped with a warning).
     pub fn on<F>(&self, channel: &str, f: F) -> ListenerId
     where
         F: FnMut(&mut IpcMainEvent) + Send + 'static,
@@ -353,10 +387,20 @@ fn serve(shared: &Shared, child: &ChildRef) {
                         Err(p) => Err(InvokeError::HandlerPanicked(panic_text(&*p))),
                     },
                 };
-                // The child may be gone meanwhile: nothing to do then.
-                let _ = child
+                // A reply that cannot be sent (say, a value holding a port slot) must not leave
+                // the caller waiting: it gets the reason instead. The child may be gone
+                // meanwhile: nothing to do then.
+                if let Err(e) = child
                     .port
-                    .post_message(Envelope::Reply { id, result }.into_value(), []);
+                    .post_message(Envelope::Reply { id, result }.into_value(), [])
+                {
+                    let result = Err(InvokeError::HandlerFailed(format!(
+                        "the handler's result could not be sent: {e}"
+                    )));
+                    let _ = child
+                        .port
+                        .post_message(Envelope::Reply { id, result }.into_value(), []);
+                }
             }
             Envelope::Reply { .. } => {
                 tracing::warn!(
@@ -369,19 +413,50 @@ fn serve(shared: &Shared, child: &ChildRef) {
 }
 
 fn emit(shared: &Shared, event: &mut IpcMainEvent) {
-    let listeners: Vec<(ListenerId, bool, Listener)> = {
+    let listeners: Vec<Listener> = {
         let mut all = shared.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(list) = all.get_mut(&event.channel) else {
-            return;
-        };
-        let picked = list.iter().map(|r| (r.id, r.once, r.f.clone())).collect();
-        list.retain(|r| !r.once);
-        picked
-    };
-    for (_, _, f) in listeners {
-        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-        if catch_unwind(AssertUnwindSafe(|| (*f)(event))).is_err() {
-            tracing::error!("msgport-ipc: a listener panicked");
+        match all.get_mut(&event.channel) {
+            Some(list) if !list.is_empty() => {
+                let picked = list.iter().map(|r| r.f.clone()).collect();
+                list.retain(|r| !r.once);
+                picked
+            }
+            _ => {
+                // Nobody listens yet: keep it for the first listener (the lock on listeners is
+                // held, so `on` cannot slip in between).
+                let mut queued = shared.queued.lock().unwrap_or_else(|p| p.into_inner());
+                let waiting = queued.by_channel.get(&event.channel).map_or(0, |q| q.len());
+                if waiting >= QUEUED_PER_CHANNEL || queued.total >= QUEUED_IN_ALL {
+                    tracing::warn!(
+                        channel = event.channel,
+                        "msgport-ipc: dropping a message nobody listens to (queue full)"
+                    );
+                    return;
+                }
+                let moved = IpcMainEvent {
+                    sender: event.sender.clone(),
+                    channel: event.channel.clone(),
+                    data: std::mem::replace(&mut event.data, Value::Undefined),
+                    ports: std::mem::take(&mut event.ports),
+                };
+                queued
+                    .by_channel
+                    .entry(moved.channel.clone())
+                    .or_default()
+                    .push_back(moved);
+                queued.total += 1;
+                return;
+            }
         }
+    };
+    for f in listeners {
+        call(&f, event);
+    }
+}
+
+fn call(f: &Listener, event: &mut IpcMainEvent) {
+    let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+    if catch_unwind(AssertUnwindSafe(|| (*f)(event))).is_err() {
+        tracing::error!("msgport-ipc: a listener panicked");
     }
 }

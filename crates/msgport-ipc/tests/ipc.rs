@@ -111,6 +111,58 @@ fn child_entry() {
         "garbage" => {
             garbage();
         }
+        "listeners" => {
+            // A listener that removes itself from inside runs once; `once` runs once; two
+            // listeners of one channel both run.
+            let ipc = IpcChild::connect().unwrap();
+            let counts = std::sync::Arc::new(std::sync::Mutex::new([0u32; 4]));
+            let (c, me) = (counts.clone(), ipc.clone());
+            ipc.on("tick", move |_| {
+                c.lock().unwrap()[0] += 1;
+                me.remove_listener("tick");
+            });
+            let c = counts.clone();
+            ipc.once("tock", move |_| c.lock().unwrap()[1] += 1);
+            let c = counts.clone();
+            ipc.on("both", move |_| c.lock().unwrap()[2] += 1);
+            let c = counts.clone();
+            let second = ipc.on("both", move |_| c.lock().unwrap()[3] += 1);
+            let (tx, rx) = mpsc::channel();
+            let me = ipc.clone();
+            ipc.on("report", move |_| {
+                let counts = *counts.lock().unwrap();
+                me.off("both", second);
+                tx.send(counts).unwrap();
+            });
+            let counts = rx.recv().unwrap();
+            ipc.send("counts", counts.to_vec()).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "bad-reply" => {
+            let ipc = IpcChild::connect().unwrap();
+            let result = ipc.invoke_blocking("bad-reply", ());
+            ipc.send("bad-reply-result", format!("{result:?}")).unwrap();
+            ipc.set_invoke_timeout(Some(Duration::from_millis(200)));
+            let slow = ipc.invoke_blocking("slow", ());
+            let slow_async = futures::executor::block_on(ipc.invoke_timeout(
+                "slow",
+                (),
+                Duration::from_millis(100),
+            ));
+            ipc.set_invoke_timeout(None);
+            let fast = ipc.invoke_blocking("double", 4);
+            ipc.send("timeouts", format!("{slow:?} {slow_async:?} {fast:?}"))
+                .unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "early-sender" => {
+            let ipc = IpcChild::connect().unwrap();
+            for i in 0..5u32 {
+                ipc.send("early", i).unwrap();
+            }
+            msgport::process::flush(Duration::from_secs(10));
+            std::thread::sleep(Duration::from_secs(60));
+        }
         "flood" => {
             let ipc = IpcChild::connect().unwrap();
             for i in 0..100_000u32 {
@@ -466,4 +518,76 @@ fn a_failing_accept_does_not_spin() {
     rx.recv_timeout(LIMIT)
         .expect("admitted once descriptors are free");
     std::process::exit(0);
+}
+
+/// Issue "msgport-ipc, second pass", defect 1: a child's listener that removes itself from
+/// inside used to be put back (it ran for every message); `once` did not exist on the child
+/// side, and `on` replaced instead of adding.
+#[test]
+fn child_listeners_can_remove_themselves_and_add_up() {
+    let main = IpcMain::new();
+    let (tx, rx) = mpsc::channel();
+    main.on("counts", move |e| {
+        tx.send(e.data::<Vec<u32>>().unwrap()).unwrap()
+    });
+    let child = main.spawn(&mut cmd("listeners")).unwrap();
+    for ch in ["tick", "tick", "tick", "tock", "tock", "both"] {
+        child.send(ch, ()).unwrap();
+    }
+    child.send("report", ()).unwrap();
+    let counts = rx.recv_timeout(LIMIT).unwrap();
+    assert_eq!(
+        counts,
+        [1, 1, 1, 1],
+        "tick once, tock once, both listeners of both"
+    );
+    child.kill().unwrap();
+}
+
+/// Defect 2: a handler result that cannot be posted (here a port slot with no port) used to
+/// leave the caller waiting for ever; now the caller gets the reason. And `invoke` can time out.
+#[test]
+fn an_unsendable_reply_fails_the_invoke_and_invokes_can_time_out() {
+    let main = IpcMain::new();
+    main.handle("bad-reply", |_| Ok(Value::Port(0)));
+    main.handle("slow", |_| {
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(Value::Null)
+    });
+    main.handle("double", |e| {
+        Ok(Value::from(e.data::<u32>().map_err(|e| e.to_string())? * 2))
+    });
+    let (tx, rx) = mpsc::channel();
+    let t2 = tx.clone();
+    main.on("bad-reply-result", move |e| {
+        tx.send(e.data::<String>().unwrap()).unwrap()
+    });
+    main.on("timeouts", move |e| {
+        t2.send(e.data::<String>().unwrap()).unwrap()
+    });
+    let child = main.spawn(&mut cmd("bad-reply")).unwrap();
+    let bad = rx.recv_timeout(LIMIT).expect("the invoke returned");
+    assert!(bad.starts_with("Err(HandlerFailed("), "{bad}");
+    let timeouts = rx.recv_timeout(LIMIT).expect("the timed invokes returned");
+    assert_eq!(timeouts, "Err(Timeout) Err(Timeout) Ok(Number(8.0))");
+    child.kill().unwrap();
+}
+
+/// Defect 3: messages a child sent before main listened on their channel used to be dropped;
+/// now they wait for the first listener, in order.
+#[test]
+fn messages_main_gets_before_it_listens_are_queued_in_order() {
+    let main = IpcMain::new();
+    let child = main.spawn(&mut cmd("early-sender")).unwrap();
+    // The child sends at once; main listens later.
+    std::thread::sleep(Duration::from_millis(500));
+    let (tx, rx) = mpsc::channel();
+    let expected = child.clone();
+    main.on("early", move |e| {
+        assert_eq!(e.sender, expected);
+        tx.send(e.data::<u32>().unwrap()).unwrap()
+    });
+    let got: Vec<u32> = (0..5).map(|_| rx.recv_timeout(LIMIT).unwrap()).collect();
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+    child.kill().unwrap();
 }
