@@ -59,8 +59,34 @@ struct Channels {
     queued: HashMap<String, VecDeque<IpcChildEvent>>,
 }
 
+/// How the connection to main ended, as [`IpcChild::on_main_gone`] and
+/// [`IpcChild::wait_main_gone`] report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MainGone {
+    /// Main said goodbye first ([`IpcMain::shutdown`](crate::IpcMain::shutdown)).
+    Shutdown,
+    /// The connection closed without a goodbye: main exited without `shutdown`, crashed, or
+    /// was killed.
+    Lost,
+}
+
+/// The exit status of a child whose main went away without a goodbye (see
+/// [`IpcChild::connect`]): not 0, so that a crash of main does not look like success.
+pub const EXIT_MAIN_LOST: i32 = 70;
+
+type GoneHook = Box<dyn FnOnce(MainGone) + Send>;
+
+#[derive(Default)]
+struct Lifecycle {
+    bye: bool,
+    gone: Option<MainGone>,
+    hooks: Vec<GoneHook>,
+}
+
 struct Inner {
     port: MessagePort,
+    life: Mutex<Lifecycle>,
+    gone: Condvar,
     pending: Mutex<Pending>,
     /// Wakes the timer thread when an earlier deadline is set.
     deadlines: Condvar,
@@ -82,8 +108,11 @@ pub struct IpcChild {
 
 impl IpcChild {
     /// Connects to the main process that spawned this one with
-    /// [`IpcMain::spawn`](crate::IpcMain::spawn). When main goes away, this process exits
-    /// (status 0) after failing pending invokes; see [`connect_with`](Self::connect_with).
+    /// [`IpcMain::spawn`](crate::IpcMain::spawn). When main goes away, pending invokes fail,
+    /// the [`on_main_gone`](Self::on_main_gone) hooks run, messages this process posted are
+    /// flushed (for up to a second), and this process exits: with status 0 if main said goodbye
+    /// ([`IpcMain::shutdown`](crate::IpcMain::shutdown)), else with [`EXIT_MAIN_LOST`]. See
+    /// [`connect_with`](Self::connect_with) to stay alive instead.
     pub fn connect() -> std::io::Result<IpcChild> {
         Self::connect_with(true)
     }
@@ -105,6 +134,8 @@ impl IpcChild {
     pub fn over(port: MessagePort, exit_when_main_goes: bool) -> IpcChild {
         let inner = Arc::new(Inner {
             port,
+            life: Mutex::default(),
+            gone: Condvar::new(),
             pending: Mutex::default(),
             deadlines: Condvar::new(),
             channels: Mutex::default(),
@@ -284,6 +315,38 @@ impl IpcChild {
         before != list.len()
     }
 
+    /// Runs `f` once the connection to main has closed (after pending invokes failed), on the
+    /// connection's thread, before the process exits (if it does): to save state, tell other
+    /// processes, or log. Runs at once if main is already gone.
+    pub fn on_main_gone<F>(&self, f: F)
+    where
+        F: FnOnce(MainGone) + Send + 'static,
+    {
+        let mut life = lock(&self.inner.life);
+        match life.gone {
+            Some(how) => {
+                drop(life);
+                f(how);
+            }
+            None => life.hooks.push(Box::new(f)),
+        }
+    }
+
+    /// Blocks until the connection to main has closed; says how.
+    pub fn wait_main_gone(&self) -> MainGone {
+        let mut life = lock(&self.inner.life);
+        loop {
+            if let Some(how) = life.gone {
+                return how;
+            }
+            life = self
+                .inner
+                .gone
+                .wait(life)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Removes every listener of `channel` (also from inside one of them); later messages are
     /// queued again until someone listens.
     pub fn remove_listener(&self, channel: &str) {
@@ -381,6 +444,7 @@ fn serve(inner: &Inner, exit_when_main_goes: bool) {
                     let _ = reply.post_message(Envelope::Reply { id, result }.into_value(), []);
                 }
             }
+            Some(Envelope::Bye) => lock(&inner.life).bye = true,
             Some(Envelope::Invoke { .. }) | None => {
                 tracing::warn!("msgport-ipc: ignoring an unexpected message from main");
             }
@@ -394,7 +458,27 @@ fn serve(inner: &Inner, exit_when_main_goes: bool) {
     inner.deadlines.notify_all();
     // Dropping the reply ports fails every pending invoke with `MainGone`.
     drop(replies);
+    let (how, hooks) = {
+        let mut life = lock(&inner.life);
+        let how = if life.bye {
+            MainGone::Shutdown
+        } else {
+            MainGone::Lost
+        };
+        life.gone = Some(how);
+        (how, std::mem::take(&mut life.hooks))
+    };
+    inner.gone.notify_all();
+    for hook in hooks {
+        if catch_unwind(AssertUnwindSafe(|| hook(how))).is_err() {
+            tracing::error!("msgport-ipc: an on_main_gone hook panicked");
+        }
+    }
     if exit_when_main_goes {
-        std::process::exit(0);
+        process::flush(Duration::from_secs(1));
+        std::process::exit(match how {
+            MainGone::Shutdown => 0,
+            MainGone::Lost => EXIT_MAIN_LOST,
+        });
     }
 }

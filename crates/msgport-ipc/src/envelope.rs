@@ -21,6 +21,9 @@ pub(crate) enum Envelope {
         id: u64,
         result: Result<Value, InvokeError>,
     },
+    /// Main is shutting down on purpose (`IpcMain::shutdown`): the close that follows is not a
+    /// crash.
+    Bye,
 }
 
 fn field<'a>(entries: &'a [(String, Value)], key: &str) -> Option<&'a Value> {
@@ -42,6 +45,7 @@ impl Envelope {
                 ("id".into(), Value::from(id)),
                 ("d".into(), data),
             ]),
+            Envelope::Bye => Value::Object(vec![("t".into(), s("bye"))]),
             Envelope::Reply { id, result } => {
                 let body = match result {
                     Ok(v) => ("ok".into(), v),
@@ -85,6 +89,7 @@ impl Envelope {
                 id: id()?,
                 data: data(),
             }),
+            "bye" => Some(Envelope::Bye),
             "reply" => {
                 let result = match (field(&entries, "ok"), field(&entries, "err")) {
                     (Some(v), None) => Ok(v.clone()),

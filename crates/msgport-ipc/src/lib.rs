@@ -25,7 +25,7 @@ mod child_side;
 mod envelope;
 mod main_side;
 
-pub use child_side::{IpcChild, IpcChildEvent};
+pub use child_side::{IpcChild, IpcChildEvent, MainGone, EXIT_MAIN_LOST};
 pub use main_side::{ChildExit, ChildRef, IpcMain, IpcMainEvent};
 
 /// Identifies a listener, for [`IpcMain::remove_listener`] and [`IpcChild::off`].

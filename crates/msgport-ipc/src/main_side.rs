@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::process::{Command, ExitStatus};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use msgport::{process, MessagePort, PostError, Value};
 use serde::Serialize;
@@ -42,6 +42,8 @@ struct Shared {
     queued: Mutex<Queued>,
     handlers: Mutex<HashMap<String, Handler>>,
     exit_listeners: Mutex<Vec<ExitListener>>,
+    /// Children whose connection is open, for `shutdown`.
+    children: Mutex<Vec<ChildRef>>,
     next: AtomicU64,
     next_child: AtomicU64,
 }
@@ -66,6 +68,37 @@ pub struct ChildRef {
     id: u64,
     pid: u32,
     port: Arc<MessagePort>,
+    life: Arc<Life>,
+}
+
+/// What main knows of a child's process: a pidfd (signals can never reach another process that
+/// reused the pid), its exit status once reaped, and the stdio pipes the caller asked for.
+#[derive(Default)]
+struct Life {
+    pidfd: Option<std::os::fd::OwnedFd>,
+    /// Main spawned it (so it reaps it and knows its exit status).
+    spawned: bool,
+    status: Mutex<Option<ExitStatus>>,
+    exited: Condvar,
+    stdin: Mutex<Option<ChildStdin>>,
+    stdout: Mutex<Option<ChildStdout>>,
+    stderr: Mutex<Option<ChildStderr>>,
+}
+
+impl Life {
+    fn of_pid(pid: u32, spawned: bool) -> Life {
+        let pidfd = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .and_then(|pid| {
+                rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+            });
+        Life {
+            pidfd,
+            spawned,
+            ..Life::default()
+        }
+    }
 }
 
 impl PartialEq for ChildRef {
@@ -110,12 +143,77 @@ impl ChildRef {
         crate::envelope::post_send(&self.port, channel, data, ports)
     }
 
-    /// Kills the child (SIGKILL). Its exit is reported to [`IpcMain::on_exit`] listeners.
+    /// Kills the child (SIGKILL). Its exit is reported to [`IpcMain::on_exit`] listeners and
+    /// [`wait`](Self::wait). The signal goes through a pidfd taken when the child was spawned
+    /// (or admitted), so it can never reach another process that reused the pid: once the
+    /// child has exited, this is an error (`ESRCH`).
     pub fn kill(&self) -> std::io::Result<()> {
-        let pid = rustix::process::Pid::from_raw(self.pid as i32)
-            .ok_or_else(|| std::io::Error::other("invalid pid"))?;
-        rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
+        let Some(pidfd) = &self.life.pidfd else {
+            return Err(std::io::Error::other("no handle on this process"));
+        };
+        if self.try_wait().is_some() {
+            return Err(std::io::Error::from_raw_os_error(
+                rustix::io::Errno::SRCH.raw_os_error(),
+            ));
+        }
+        rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL)?;
         Ok(())
+    }
+
+    /// Waits until the child has exited and returns its status. Only for children main
+    /// spawned (a process admitted by [`IpcMain::listen`] is not main's to reap:
+    /// `Unsupported`).
+    pub fn wait(&self) -> std::io::Result<ExitStatus> {
+        if !self.life.spawned {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "main did not spawn this process",
+            ));
+        }
+        let mut status = self.life.status.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(status) = *status {
+                return Ok(status);
+            }
+            status = self
+                .life
+                .exited
+                .wait(status)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The child's exit status if it has exited (and main spawned it).
+    pub fn try_wait(&self) -> Option<ExitStatus> {
+        *self.life.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The child's standard input, if it was spawned with `Stdio::piped()` (once).
+    pub fn take_stdin(&self) -> Option<ChildStdin> {
+        self.life
+            .stdin
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// The child's standard output, if it was spawned with `Stdio::piped()` (once). Read it: a
+    /// child blocks when the pipe is full.
+    pub fn take_stdout(&self) -> Option<ChildStdout> {
+        self.life
+            .stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// The child's standard error, if it was spawned with `Stdio::piped()` (once).
+    pub fn take_stderr(&self) -> Option<ChildStderr> {
+        self.life
+            .stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
@@ -188,7 +286,13 @@ impl IpcMain {
                     id: shared.next_child.fetch_add(1, Ordering::Relaxed) + 1,
                     pid: creds.pid,
                     port: Arc::new(port),
+                    life: Arc::new(Life::of_pid(creds.pid, false)),
                 };
+                shared
+                    .children
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(child.clone());
                 let shared = shared.clone();
                 let _ = std::thread::Builder::new()
                     .name(format!("msgport-ipc-child-{}", child.id))
@@ -202,11 +306,22 @@ impl IpcMain {
     /// run, and every port it held is observed closed by its peer.
     pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<ChildRef> {
         let (mut child, port) = process::spawn(cmd)?;
+        // Taken before anyone can reap the child: the pidfd names this process for good.
+        let life = Life::of_pid(child.id(), true);
+        *life.stdin.lock().unwrap_or_else(|p| p.into_inner()) = child.stdin.take();
+        *life.stdout.lock().unwrap_or_else(|p| p.into_inner()) = child.stdout.take();
+        *life.stderr.lock().unwrap_or_else(|p| p.into_inner()) = child.stderr.take();
         let child_ref = ChildRef {
             id: self.shared.next_child.fetch_add(1, Ordering::Relaxed) + 1,
             pid: child.id(),
             port: Arc::new(port),
+            life: Arc::new(life),
         };
+        self.shared
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child_ref.clone());
         let shared = self.shared.clone();
         let me = child_ref.clone();
         std::thread::Builder::new()
@@ -218,6 +333,8 @@ impl IpcMain {
             .name(format!("msgport-ipc-wait-{}", me.id))
             .spawn(move || {
                 if let Ok(status) = child.wait() {
+                    *me.life.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                    me.life.exited.notify_all();
                     let exit = ChildExit { child: me, status };
                     let listeners: Vec<ExitListener> = shared
                         .exit_listeners
@@ -323,6 +440,25 @@ impl IpcMain {
             .remove(channel);
     }
 
+    /// Says goodbye to every connected child: they then see main's close as a shutdown, not a
+    /// crash (children made with [`IpcChild::connect`](crate::IpcChild::connect) exit with
+    /// status 0 instead of [`EXIT_MAIN_LOST`](crate::EXIT_MAIN_LOST)), and the connections
+    /// close. Call it before main exits on purpose.
+    pub fn shutdown(&self) {
+        let children = std::mem::take(
+            &mut *self
+                .shared
+                .children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for child in &children {
+            let _ = child.port.post_message(Envelope::Bye.into_value(), []);
+            child.port.close();
+        }
+        process::flush(std::time::Duration::from_secs(1));
+    }
+
     /// Calls `f` when a spawned child exits (normally, by crash, or killed).
     pub fn on_exit<F>(&self, f: F)
     where
@@ -346,6 +482,15 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 /// Serves one child's connection until it closes. This thread only ever pulls from the
 /// connection, so it reads the socket itself (low-latency mode: no hand-off per message).
 fn serve(shared: &Shared, child: &ChildRef) {
+    serve_connection(shared, child);
+    shared
+        .children
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|c| c != child);
+}
+
+fn serve_connection(shared: &Shared, child: &ChildRef) {
     child.port.set_low_latency(true);
     while let Some(mut message) = child.port.blocking_recv() {
         let ports = std::mem::take(&mut message.ports);
@@ -402,7 +547,7 @@ fn serve(shared: &Shared, child: &ChildRef) {
                         .post_message(Envelope::Reply { id, result }.into_value(), []);
                 }
             }
-            Envelope::Reply { .. } => {
+            Envelope::Reply { .. } | Envelope::Bye => {
                 tracing::warn!(
                     child = child.id,
                     "msgport-ipc: ignoring a reply from a child"

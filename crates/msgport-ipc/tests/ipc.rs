@@ -155,6 +155,48 @@ fn child_entry() {
                 .unwrap();
             std::thread::sleep(Duration::from_secs(60));
         }
+        "stdout" => {
+            let _ipc = IpcChild::connect().unwrap();
+            println!("hello from the child's stdout");
+            std::process::exit(3);
+        }
+        "crash" => {
+            let _ipc = IpcChild::connect().unwrap();
+            std::process::abort();
+        }
+        "gone-hook" => {
+            let ipc = IpcChild::connect().unwrap();
+            let out = std::env::var("MSGPORT_IPC_TEST_OUT").unwrap();
+            ipc.on_main_gone(move |how| std::fs::write(out, format!("{how:?}")).unwrap());
+            ipc.send("ready", std::process::id()).unwrap();
+            // Blocks until main is gone; the process then exits on its own.
+            ipc.wait_main_gone();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "mini-main-bye" => {
+            let boot = msgport::process::bootstrap().unwrap();
+            let main = IpcMain::new();
+            let (tx, rx) = mpsc::channel();
+            main.on("ready", move |e| tx.send(e.data::<u32>().unwrap()).unwrap());
+            let mut c = cmd("gone-hook");
+            c.env(
+                "MSGPORT_IPC_TEST_OUT",
+                std::env::var("MSGPORT_IPC_TEST_OUT").unwrap(),
+            );
+            let child = main.spawn(&mut c).unwrap();
+            let pid = rx.recv().unwrap();
+            // After a shutdown the child is this process's to reap: report its status; else
+            // report its pid, and the test reaps it once this process is killed.
+            let code = if std::env::var("MODE").as_deref() == Ok("shutdown") {
+                main.shutdown();
+                child.wait().unwrap().code().unwrap_or(-1)
+            } else {
+                -1
+            };
+            boot.post_message((pid, code), []).unwrap();
+            msgport::process::flush(Duration::from_secs(10));
+            while boot.blocking_recv().is_some() {}
+        }
         "early-sender" => {
             let ipc = IpcChild::connect().unwrap();
             for i in 0..5u32 {
@@ -590,4 +632,80 @@ fn messages_main_gets_before_it_listens_are_queued_in_order() {
     let got: Vec<u32> = (0..5).map(|_| rx.recv_timeout(LIMIT).unwrap()).collect();
     assert_eq!(got, [0, 1, 2, 3, 4]);
     child.kill().unwrap();
+}
+
+/// Defect 4: `spawn` kept the `std::process::Child`, so a piped stdout could not be read, there
+/// was no per-child wait or exit status, and `kill` signalled a raw pid that may have been
+/// reaped and reused. Now the stdio pipes are handed back, `wait` gives the status, and `kill`
+/// goes through a pidfd (an error once the child is gone).
+#[test]
+fn a_child_s_stdout_status_and_kill_after_exit() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let main = IpcMain::new();
+    let mut c = cmd("stdout");
+    c.stdout(std::process::Stdio::piped());
+    let child = main.spawn(&mut c).unwrap();
+    let mut out = String::new();
+    child
+        .take_stdout()
+        .expect("the piped stdout")
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(out.contains("hello from the child's stdout"), "{out}");
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+    assert_eq!(child.try_wait().unwrap().code(), Some(3));
+    assert!(child.kill().is_err(), "no signal to a reaped child");
+    let crashed = main.spawn(&mut cmd("crash")).unwrap();
+    let status = crashed.wait().unwrap();
+    assert!(!status.success());
+    assert_eq!(status.signal(), Some(6), "SIGABRT");
+}
+
+/// Defect 7: when main went away, a child exited with status 0 from the IPC thread, with no
+/// hook: a crash of main looked like success. Now hooks run, and the child exits 0 only when
+/// main said goodbye (`shutdown`), else with `EXIT_MAIN_LOST`.
+#[test]
+fn a_child_knows_whether_main_shut_down_or_was_lost() {
+    // Orphans of this process's children are reparented here, so the grandchild's status can
+    // be read.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    for (mode, how, code) in [
+        ("kill", "Lost", msgport_ipc::EXIT_MAIN_LOST),
+        ("shutdown", "Shutdown", 0),
+    ] {
+        let out =
+            std::env::temp_dir().join(format!("msgport-ipc-gone-{}-{mode}", std::process::id()));
+        let _ = std::fs::remove_file(&out);
+        let mut c = cmd("mini-main-bye");
+        c.env("MSGPORT_IPC_TEST_OUT", &out).env("MODE", mode);
+        let (mut mini, boot) = msgport::process::spawn(&mut c).unwrap();
+        let (grandchild, reported): (u32, i32) = boot.recv_timeout(LIMIT).unwrap().data().unwrap();
+        let exit_code = if mode == "kill" {
+            mini.kill().unwrap();
+            mini.wait().unwrap();
+            let pid = rustix::process::Pid::from_raw(grandchild as i32).unwrap();
+            let deadline = std::time::Instant::now() + LIMIT;
+            loop {
+                if let Some((_, status)) =
+                    rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG)
+                        .unwrap()
+                {
+                    break status.exit_status();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the child did not exit"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        } else {
+            drop(boot);
+            mini.wait().unwrap();
+            Some(reported)
+        };
+        assert_eq!(exit_code, Some(code), "{mode}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), how, "{mode}");
+        let _ = std::fs::remove_file(&out);
+    }
 }

@@ -128,11 +128,11 @@ fn run_main() {
         .recv_timeout(Duration::from_secs(30))
         .expect("stream finishes");
     println!("== done ==");
-    for app in apps.lock().unwrap().iter() {
-        let _ = app.kill();
+    // Say goodbye: every child sees a shutdown (and exits with status 0), not a crash of main.
+    main.shutdown();
+    for child in apps.lock().unwrap().iter().chain([&worker, &stranger]) {
+        let _ = child.wait();
     }
-    let _ = worker.kill();
-    let _ = stranger.kill();
 }
 
 fn do_work(input: u32) -> u32 {
