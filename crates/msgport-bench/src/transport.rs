@@ -324,6 +324,37 @@ pub fn group(cfg: &Config, out: &mut Vec<Figure>) {
             );
         }
 
+        if runs("rtt-callback") {
+            // Electron's style: the reply arrives in an `on_message` callback (run on msgport's
+            // callback pool, never on the I/O thread) against the same echo read with
+            // `blocking_recv`.
+            let m = MsgportChild::spawn("msgport-echo", cpu);
+            let msg = payload(64);
+            let pulled = rtt(reps, n_rtt, || {
+                m.port().post_message(msg.clone(), []).unwrap();
+                m.port().blocking_recv().unwrap();
+            });
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            m.port().on_message(move |_| {
+                let _ = tx.send(());
+            });
+            m.port().start();
+            let callback = rtt(reps, n_rtt, || {
+                m.port().post_message(msg.clone(), []).unwrap();
+                rx.recv().unwrap();
+            });
+            drop(m);
+            record(
+                out,
+                "xproc",
+                format!("round trip, 64 B, reply by callback, {p}"),
+                "µs",
+                "lower",
+                (callback, pulled),
+                "msgport, blocking_recv",
+            );
+        }
+
         // Busy-polling two processes on one CPU only burns time slices: this one is measured
         // split across CPUs (as DESIGN §4 asks).
         if runs("rtt-ll") && matches!(placement, Placement::TwoCpus) {

@@ -63,6 +63,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+mod dispatch;
 mod error;
 mod event;
 mod inline;

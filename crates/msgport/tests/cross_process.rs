@@ -230,3 +230,78 @@ fn every_receive_form_works_on_a_remote_port_and_they_can_be_mixed() {
         wait_ok(child);
     });
 }
+
+/// Callbacks of ports whose peer is in another process used to run on the one reactor thread:
+/// a slow callback delayed every other such port, and a callback waiting for another port's
+/// message (which only the reactor could deliver) could never get it. Now they run on a pool.
+#[test]
+fn a_slow_callback_does_not_delay_another_port() {
+    watchdog(Duration::from_secs(60), || {
+        let (a_out, a_in) = common::hostile::socket_pair();
+        let (b_out, b_in) = common::hostile::socket_pair();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = tx.clone();
+        a_in.on_message(move |_| {
+            std::thread::sleep(Duration::from_secs(2));
+            t.send("a").unwrap();
+        });
+        a_in.start();
+        b_in.on_message(move |_| tx.send("b").unwrap());
+        b_in.start();
+        a_out.post_message("slow", []).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        b_out.post_message("quick", []).unwrap();
+        assert_eq!(
+            rx.recv().unwrap(),
+            "b",
+            "b is served while a's callback sleeps"
+        );
+        assert_eq!(rx.recv().unwrap(), "a");
+    });
+}
+
+#[test]
+fn a_callback_can_wait_for_another_ports_message() {
+    watchdog(Duration::from_secs(60), || {
+        let (a_out, a_in) = common::hostile::socket_pair();
+        let (c_out, c_in) = common::hostile::socket_pair();
+        let (tx, rx) = std::sync::mpsc::channel();
+        a_in.on_message(move |_| {
+            // Blocks this callback until c's message arrives: the reactor must still deliver.
+            let got = c_in.recv_timeout(Duration::from_secs(20));
+            tx.send(got.map(|e| e.data::<String>().unwrap())).unwrap();
+        });
+        a_in.start();
+        a_out.post_message("wait for c", []).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        c_out.post_message("from c".to_string(), []).unwrap();
+        assert_eq!(rx.recv().unwrap().unwrap(), "from c");
+    });
+}
+
+#[test]
+fn a_thousand_ports_with_callbacks_in_one_process() {
+    watchdog(Duration::from_secs(120), || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut outs = Vec::new();
+        let mut ins = Vec::new();
+        for i in 0..1_000u32 {
+            let (out, inp) = common::hostile::socket_pair();
+            let tx = tx.clone();
+            inp.on_message(move |e| tx.send((i, e.data::<u32>().unwrap())).unwrap());
+            inp.start();
+            outs.push(out);
+            ins.push(inp);
+        }
+        for (i, out) in outs.iter().enumerate() {
+            out.post_message(i as u32, []).unwrap();
+        }
+        let mut seen = vec![false; 1_000];
+        for _ in 0..1_000 {
+            let (i, v) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            assert_eq!(i, v);
+            seen[i as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+    });
+}

@@ -309,6 +309,12 @@ impl Endpoint {
         ep
     }
 
+    /// Whether callbacks would run now (registered, and the port started).
+    pub(crate) fn has_callbacks(&self) -> bool {
+        let st = lock(&self.state);
+        st.started && !st.closed && (st.on_message.is_some() || st.on_close.is_some())
+    }
+
     /// Whether messages may be waiting (a hint, read without the lock).
     pub(crate) fn has_pending(&self) -> bool {
         self.pending.load(Ordering::Acquire)
@@ -523,6 +529,10 @@ impl Endpoint {
     /// a callback) only queues, and the running dispatcher delivers it next, so callbacks see
     /// events in order and never re-enter.
     pub(crate) fn dispatch(&self) {
+        // Never on the I/O thread: the transport hands the endpoint to the callback pool.
+        if crate::dispatch::on_io_thread() {
+            return;
+        }
         loop {
             let mut taken = lock(&self.taken);
             let mut st = lock(&self.state);

@@ -273,10 +273,13 @@ impl MessagePort {
     /// `port.on('message', ...)`). It does **not** start the port: call [`start`](Self::start).
     ///
     /// Callbacks run on the thread that makes the message available: the poster's thread for a
-    /// started port, or the thread calling `start` for queued messages. Only one callback of a
-    /// port runs at a time, in order; a message posted meanwhile (also from inside a callback) is
-    /// delivered by the thread already dispatching. Keep callbacks short and hand heavy work
-    /// off. A panic in a callback is caught and logged; the port keeps working.
+    /// started port whose peer is in this process, or the thread calling `start` for queued
+    /// messages. When the peer is in another process, they run on a thread of msgport's
+    /// callback pool, never on its I/O thread: a callback may take long or block (even waiting
+    /// for another port's message) without delaying any other port. Only one callback of a
+    /// port runs at a time, in order; a message posted meanwhile (also from inside a callback)
+    /// is delivered by the thread already dispatching. A panic in a callback is caught and
+    /// logged; the port keeps working.
     ///
     /// The callback is dropped when the port is closed or transferred. A callback that owns its
     /// own port (say in an `Arc`) keeps it alive: close it explicitly.

@@ -504,7 +504,19 @@ impl Link {
         let rejected = std::mem::take(rejected);
         drop(delivering);
         drop(rejected);
-        self.target.dispatch();
+        self.run_callbacks();
+    }
+
+    /// Runs the port's callbacks for what was just delivered: here, or, on the I/O thread, on
+    /// the callback pool (a callback must never stall or deadlock the reactor).
+    fn run_callbacks(&self) {
+        if crate::dispatch::on_io_thread() {
+            if self.target.has_callbacks() {
+                crate::dispatch::defer(self.target.clone());
+            }
+        } else {
+            self.target.dispatch();
+        }
     }
 
     /// One `recvmsg`, and the frames it completed decoded into `decoded`.
@@ -593,6 +605,7 @@ impl Link {
         io.release_input();
         drop(io);
         self.target.peer_closed();
+        self.run_callbacks();
     }
 
     /// Our port was closed or dropped: close the socket once what we wrote is flushed, so the

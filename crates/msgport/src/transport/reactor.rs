@@ -116,6 +116,7 @@ impl Drop for OnExit {
 }
 
 fn run() {
+    crate::dispatch::mark_io_thread();
     let r = loop {
         if let Some(r) = REACTOR.get() {
             break r;
