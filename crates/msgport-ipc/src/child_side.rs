@@ -182,6 +182,24 @@ impl IpcChild {
         Self::answer(reply.blocking_recv())
     }
 
+    /// [`invoke`](Self::invoke), the answer decoded as `R` (a mismatch is [`InvokeError::Data`]).
+    pub async fn invoke_as<R, T>(&self, channel: &str, data: T) -> Result<R, InvokeError>
+    where
+        R: serde::de::DeserializeOwned,
+        T: Serialize,
+    {
+        decode(self.invoke(channel, data).await?)
+    }
+
+    /// [`invoke_blocking`](Self::invoke_blocking), the answer decoded as `R`.
+    pub fn invoke_blocking_as<R, T>(&self, channel: &str, data: T) -> Result<R, InvokeError>
+    where
+        R: serde::de::DeserializeOwned,
+        T: Serialize,
+    {
+        decode(self.invoke_blocking(channel, data)?)
+    }
+
     /// [`invoke`](Self::invoke) that fails with [`InvokeError::Timeout`] when no answer came
     /// within `timeout` (a late answer is then discarded).
     pub async fn invoke_timeout<T: Serialize>(
@@ -352,6 +370,10 @@ impl IpcChild {
     pub fn remove_listener(&self, channel: &str) {
         lock(&self.inner.channels).listeners.remove(channel);
     }
+}
+
+fn decode<R: serde::de::DeserializeOwned>(v: Value) -> Result<R, InvokeError> {
+    msgport::from_value(v).map_err(|e| InvokeError::Data(e.to_string()))
 }
 
 fn call(f: &ChildListener, event: IpcChildEvent) {

@@ -14,12 +14,13 @@
 //! | Electron | msgport-ipc |
 //! |---|---|
 //! | `ipcMain.on(ch, (e, ...args))` / `once` / `removeListener` | [`IpcMain::on`] / [`IpcMain::once`] / [`IpcMain::remove_listener`] (messages sent before main listens on a channel wait for its first listener) |
-//! | `ipcMain.handle(ch, fn)` | [`IpcMain::handle`] |
+//! | `ipcMain.handle(ch, fn)` / `handleOnce` / `removeHandler` | [`IpcMain::handle`] / [`IpcMain::handle_once`] / [`IpcMain::remove_handler`] |
 //! | `event.senderFrame` | [`IpcMainEvent::sender`] (a [`ChildRef`]) |
 //! | `webContents.send` / `webContents.postMessage` | [`ChildRef::send`] / [`ChildRef::post_message`] |
 //! | `ipcRenderer.send` / `invoke` / `postMessage` | [`IpcChild::send`] / [`IpcChild::invoke`] (also [`IpcChild::invoke_timeout`], [`IpcChild::set_invoke_timeout`]) / [`IpcChild::post_message`] |
 //! | `ipcRenderer.on` / `once` / `removeListener` / `removeAllListeners` | [`IpcChild::on`] / [`IpcChild::once`] / [`IpcChild::off`] / [`IpcChild::remove_listener`] (all work from inside a listener) |
-//! | `utilityProcess.fork` | [`IpcMain::spawn`] |
+//! | `utilityProcess.fork` (its `stdout`/`stderr`, `pid`, `kill()`, `exit` event) | [`IpcMain::spawn`] ([`ChildRef::take_stdout`] / [`ChildRef::take_stderr`], [`ChildRef::pid`], [`ChildRef::kill`] through a pidfd, [`ChildRef::wait`] and [`IpcMain::on_exit`]) |
+//! | main going away, seen from a child | [`IpcChild::on_main_gone`], [`IpcChild::wait_main_gone`]; main says goodbye with [`IpcMain::shutdown`] |
 
 mod child_side;
 mod envelope;

@@ -431,6 +431,30 @@ impl IpcMain {
             .insert(channel.to_owned(), Arc::new(f));
     }
 
+    /// Like [`handle`](Self::handle), for the next `invoke` on `channel` only (Electron's
+    /// `ipcMain.handleOnce`): the handler is removed before it runs.
+    pub fn handle_once<F>(&self, channel: &str, f: F)
+    where
+        F: FnOnce(&IpcMainEvent) -> Result<Value, String> + Send + 'static,
+    {
+        let slot = Mutex::new(Some(f));
+        let shared = Arc::downgrade(&self.shared);
+        let name = channel.to_owned();
+        self.handle(channel, move |event| {
+            if let Some(shared) = shared.upgrade() {
+                shared
+                    .handlers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
+            }
+            match slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(f) => f(event),
+                None => Err(InvokeError::NoHandler(name.clone()).to_string()),
+            }
+        });
+    }
+
     /// Removes the handler of `channel`.
     pub fn remove_handler(&self, channel: &str) {
         self.shared

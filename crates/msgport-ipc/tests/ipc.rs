@@ -197,6 +197,26 @@ fn child_entry() {
             msgport::process::flush(Duration::from_secs(10));
             while boot.blocking_recv().is_some() {}
         }
+        "typed" => {
+            let ipc = IpcChild::connect().unwrap();
+            let doubled: u32 = ipc.invoke_blocking_as("double", 21).unwrap();
+            let mismatch = ipc
+                .invoke_blocking_as::<String, _>("double", 1)
+                .unwrap_err();
+            let first = ipc.invoke_blocking("once", ()).unwrap();
+            let second = ipc.invoke_blocking("once", ()).unwrap_err();
+            ipc.send(
+                "typed-result",
+                format!(
+                    "{doubled} {} {} {}",
+                    matches!(mismatch, InvokeError::Data(_)),
+                    first.as_str().unwrap(),
+                    matches!(second, InvokeError::NoHandler(_))
+                ),
+            )
+            .unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
         "early-sender" => {
             let ipc = IpcChild::connect().unwrap();
             for i in 0..5u32 {
@@ -708,4 +728,21 @@ fn a_child_knows_whether_main_shut_down_or_was_lost() {
         assert_eq!(std::fs::read_to_string(&out).unwrap(), how, "{mode}");
         let _ = std::fs::remove_file(&out);
     }
+}
+
+/// Electron parity: `handleOnce`, and `invoke` decoded straight into a type.
+#[test]
+fn handle_once_and_typed_invoke() {
+    let main = IpcMain::new();
+    main.handle("double", |e| {
+        Ok(Value::from(e.data::<u32>().map_err(|e| e.to_string())? * 2))
+    });
+    main.handle_once("once", |_| Ok(Value::from("first")));
+    let (tx, rx) = mpsc::channel();
+    main.on("typed-result", move |e| {
+        tx.send(e.data::<String>().unwrap()).unwrap()
+    });
+    let child = main.spawn(&mut cmd("typed")).unwrap();
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), "42 true first true");
+    child.kill().unwrap();
 }

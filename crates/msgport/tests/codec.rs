@@ -297,3 +297,14 @@ fn unknown_tags_and_bad_shapes_are_typed_errors() {
         Err(CodecError::Invalid(_))
     ));
 }
+
+#[test]
+fn value_accessors_read_what_users_reach_for() {
+    let v = value!({ "n": 42, "neg": -3, "half": 1.5, "yes": true, "s": "x" });
+    assert_eq!(v.get("n").and_then(Value::as_u64), Some(42));
+    assert_eq!(v.get("neg").and_then(Value::as_u64), None);
+    assert_eq!(v.get("neg").and_then(Value::as_i64), Some(-3));
+    assert_eq!(v.get("half").and_then(Value::as_i64), None);
+    assert_eq!(v.get("yes").and_then(Value::as_bool), Some(true));
+    assert_eq!(v.get("s").and_then(Value::as_bool), None);
+}

@@ -186,6 +186,37 @@ impl Value {
         }
     }
 
+    /// The boolean, if this is a `Bool`.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// The number as a `u64`, if this is a `Number` that is a whole number in `u64`'s range
+    /// (JavaScript numbers are doubles: integers above 2^53 cannot be told apart).
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Value::Number(n) if n.fract() == 0.0 && *n >= 0.0 && *n <= u64::MAX as f64 => {
+                Some(*n as u64)
+            }
+            _ => None,
+        }
+    }
+
+    /// The number as an `i64`, if this is a `Number` that is a whole number in `i64`'s range.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Number(n)
+                if n.fract() == 0.0 && *n >= i64::MIN as f64 && *n <= i64::MAX as f64 =>
+            {
+                Some(*n as i64)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether this is `null` or `undefined`.
     pub fn is_nullish(&self) -> bool {
         matches!(self, Value::Null | Value::Undefined)
