@@ -308,3 +308,27 @@ fn value_accessors_read_what_users_reach_for() {
     assert_eq!(v.get("yes").and_then(Value::as_bool), Some(true));
     assert_eq!(v.get("s").and_then(Value::as_bool), None);
 }
+
+#[test]
+fn values_display_as_javascript_shows_them() {
+    let v = Value::Array(vec![
+        Value::Undefined,
+        Value::Number(f64::NAN),
+        Value::Number(f64::NEG_INFINITY),
+        Value::Number(42.0),
+        Value::BigInt(BigInt::from(-5i64)),
+        Value::Map(vec![(Value::Number(1.0), Value::from("a"))]),
+        Value::Set(vec![Value::Bool(true)]),
+        Value::RegExp {
+            source: "ab+c".into(),
+            flags: "gi".into(),
+        },
+        Value::Object(Vec::new()),
+        Value::Port(0),
+    ]);
+    assert_eq!(
+        v.to_string(),
+        r#"[undefined, NaN, -Infinity, 42, -5n, Map { 1 => "a" }, Set { true }, /ab+c/gi, {}, port #0]"#
+    );
+    assert_eq!(format!("{:?}", BigInt::from(-5i64)), "-5n");
+}

@@ -13,7 +13,7 @@ use std::str::FromStr;
 /// assert_eq!(big.to_string(), "-123456789012345678901234567890");
 /// assert_eq!(BigInt::from(-5i64).to_i128(), Some(-5));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct BigInt {
     negative: bool,
     /// Big-endian, without leading zero bytes; empty for zero.
@@ -100,6 +100,13 @@ macro_rules! from_unsigned {
 }
 from_signed!(i8, i16, i32, i64, i128, isize);
 from_unsigned!(u8, u16, u32, u64, u128, usize);
+
+/// Reads as JavaScript writes it: `-123n`.
+impl fmt::Debug for BigInt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}n")
+    }
+}
 
 impl fmt::Display for BigInt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -64,6 +64,70 @@ pub enum Value {
     Port(u32),
 }
 
+/// Writes the value as JavaScript would show it (close to Node's `util.inspect`): `undefined`,
+/// `1.5`, `12n`, `"text"`, `[1, 2]`, `{ "a": 1 }`, `Map { 1 => "a" }`, `Set { 1 }`,
+/// `/ab+c/gi`, `Date(0)`, `Uint8Array(3 bytes)`, `TypeError: message`, `port #0`.
+///
+/// ```
+/// use msgport::value;
+/// assert_eq!(value!({ "a": [1, "two", null] }).to_string(), r#"{ "a": [1, "two", null] }"#);
+/// ```
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn list<T>(
+            f: &mut std::fmt::Formatter<'_>,
+            items: &[T],
+            each: impl Fn(&mut std::fmt::Formatter<'_>, &T) -> std::fmt::Result,
+        ) -> std::fmt::Result {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                each(f, item)?;
+            }
+            Ok(())
+        }
+        match self {
+            Value::Undefined => f.write_str("undefined"),
+            Value::Null => f.write_str("null"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Number(n) if n.is_nan() => f.write_str("NaN"),
+            Value::Number(n) if n.is_infinite() => {
+                f.write_str(if *n > 0.0 { "Infinity" } else { "-Infinity" })
+            }
+            Value::Number(n) => write!(f, "{n}"),
+            Value::BigInt(b) => write!(f, "{b}n"),
+            Value::String(s) => write!(f, "{s:?}"),
+            Value::Binary(b) => write!(f, "{:?}({} bytes)", b.kind, b.bytes.len()),
+            Value::Date(ms) => write!(f, "Date({ms})"),
+            Value::RegExp { source, flags } => write!(f, "/{source}/{flags}"),
+            Value::Array(items) => {
+                f.write_str("[")?;
+                list(f, items, |f, v| write!(f, "{v}"))?;
+                f.write_str("]")
+            }
+            Value::Object(entries) if entries.is_empty() => f.write_str("{}"),
+            Value::Object(entries) => {
+                f.write_str("{ ")?;
+                list(f, entries, |f, (k, v)| write!(f, "{k:?}: {v}"))?;
+                f.write_str(" }")
+            }
+            Value::Map(entries) => {
+                f.write_str("Map { ")?;
+                list(f, entries, |f, (k, v)| write!(f, "{k} => {v}"))?;
+                f.write_str(" }")
+            }
+            Value::Set(items) => {
+                f.write_str("Set { ")?;
+                list(f, items, |f, v| write!(f, "{v}"))?;
+                f.write_str(" }")
+            }
+            Value::Error(e) => write!(f, "{}: {}", e.name, e.message),
+            Value::Port(i) => write!(f, "port #{i}"),
+        }
+    }
+}
+
 /// What kind of binary view a [`Binary`] is. Elements are stored little-endian.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
