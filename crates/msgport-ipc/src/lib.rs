@@ -27,7 +27,13 @@ mod envelope;
 mod main_side;
 
 pub use child_side::{IpcChild, IpcChildEvent, MainGone, EXIT_MAIN_LOST};
+
 pub use main_side::{ChildExit, ChildRef, IpcMain, IpcMainEvent};
+/// msgport itself, and what the seed's flows use of it, so that one dependency suffices.
+pub use msgport;
+pub use msgport::{
+    from_value, to_value, value, MessageChannel, MessageEvent, MessagePort, PostError, Value,
+};
 
 /// Identifies a listener, for [`IpcMain::remove_listener`] and [`IpcChild::off`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -24,3 +24,13 @@ fn the_seed_demo_runs_to_completion() {
     );
     assert!(text.contains("== done =="), "{text}");
 }
+
+/// One dependency suffices: msgport's types are re-exported.
+#[test]
+fn msgport_ipc_re_exports_what_the_seed_needs() {
+    use msgport_ipc::{value, MessageChannel, Value};
+    let (a, b) = MessageChannel::new().into_ports();
+    a.post_message(value!({ "ok": true }), []).unwrap();
+    let got: Value = b.blocking_recv().unwrap().value().unwrap();
+    assert_eq!(got.get("ok").and_then(Value::as_bool), Some(true));
+}
