@@ -14,7 +14,7 @@
 //! | Electron | msgport-ipc |
 //! |---|---|
 //! | `ipcMain.on(ch, (e, ...args))` / `once` / `removeListener` | [`IpcMain::on`] / [`IpcMain::once`] / [`IpcMain::remove_listener`] (messages sent before main listens on a channel wait for its first listener) |
-//! | `ipcMain.handle(ch, fn)` / `handleOnce` / `removeHandler` | [`IpcMain::handle`] / [`IpcMain::handle_once`] / [`IpcMain::remove_handler`] |
+//! | `ipcMain.handle(ch, fn)` / `handleOnce` / `removeHandler` | [`IpcMain::handle`] (or [`IpcMain::handle_typed`]: any `Serialize` answer, any `Display` error) / [`IpcMain::handle_once`] / [`IpcMain::remove_handler`] |
 //! | `event.senderFrame` | [`IpcMainEvent::sender`] (a [`ChildRef`]) |
 //! | `webContents.send` / `webContents.postMessage` | [`ChildRef::send`] / [`ChildRef::post_message`] |
 //! | `ipcRenderer.send` / `invoke` / `postMessage` | [`IpcChild::send`] / [`IpcChild::invoke`] (also [`IpcChild::invoke_timeout`], [`IpcChild::set_invoke_timeout`]) / [`IpcChild::post_message`] |

@@ -431,6 +431,29 @@ impl IpcMain {
             .insert(channel.to_owned(), Arc::new(f));
     }
 
+    /// [`handle`](Self::handle) with any serializable answer and any displayable error:
+    /// `Ok(r)` is the reply (through serde), `Err(e)` fails the caller's `invoke` with
+    /// [`InvokeError::HandlerFailed`]`(e.to_string())`. Pairs with
+    /// [`IpcChild::invoke_as`](crate::IpcChild::invoke_as).
+    ///
+    /// ```no_run
+    /// let main = msgport_ipc::IpcMain::new();
+    /// main.handle_typed("double", |e| e.data::<u32>().map(|n| n * 2));
+    /// ```
+    pub fn handle_typed<F, R, E>(&self, channel: &str, f: F)
+    where
+        F: Fn(&IpcMainEvent) -> Result<R, E> + Send + Sync + 'static,
+        R: Serialize,
+        E: fmt::Display,
+    {
+        self.handle(channel, move |event| match f(event) {
+            Ok(r) => {
+                msgport::to_value(&r).map_err(|e| format!("the answer does not serialize: {e}"))
+            }
+            Err(e) => Err(e.to_string()),
+        });
+    }
+
     /// Like [`handle`](Self::handle), for the next `invoke` on `channel` only (Electron's
     /// `ipcMain.handleOnce`): the handler is removed before it runs.
     pub fn handle_once<F>(&self, channel: &str, f: F)

@@ -200,6 +200,10 @@ fn child_entry() {
         "typed" => {
             let ipc = IpcChild::connect().unwrap();
             let doubled: u32 = ipc.invoke_blocking_as("double", 21).unwrap();
+            let typed: Vec<u32> = ipc.invoke_blocking_as("typed", 3).unwrap();
+            assert_eq!(typed, [3, 3, 3]);
+            let failed = ipc.invoke_blocking("typed", "not a number").unwrap_err();
+            assert!(matches!(failed, InvokeError::HandlerFailed(_)), "{failed}");
             let mismatch = ipc
                 .invoke_blocking_as::<String, _>("double", 1)
                 .unwrap_err();
@@ -738,6 +742,7 @@ fn handle_once_and_typed_invoke() {
         Ok(Value::from(e.data::<u32>().map_err(|e| e.to_string())? * 2))
     });
     main.handle_once("once", |_| Ok(Value::from("first")));
+    main.handle_typed("typed", |e| e.data::<u32>().map(|n| vec![n; n as usize]));
     let (tx, rx) = mpsc::channel();
     main.on("typed-result", move |e| {
         tx.send(e.data::<String>().unwrap()).unwrap()
