@@ -20,11 +20,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::handoff::{self, Backlog, Outgoing, Segment};
+use super::handoff::{self, Backlog, Handover, Outgoing, Segment};
 use super::reactor::{self, reactor, SharedFd};
 use super::wire::{self, Frame, WireError};
 use crate::error::PostError;
-use crate::event::MessageEvent;
+use crate::event::{MessageEvent, Payload};
 use crate::port::{Endpoint, MessagePort, Outbound, Pulled};
 use crate::sys;
 use crate::value::Value;
@@ -50,8 +50,10 @@ pub(crate) struct Link {
 /// turn once they have grown).
 #[derive(Default)]
 struct Delivery {
-    decoded: Vec<(Outgoing, usize)>,
+    /// Messages decoded, with what each costs; their ports are added once imported.
     events: Vec<(MessageEvent, usize)>,
+    /// The ports of the messages in `events` that carry some (by index), still handovers.
+    ports: Vec<(usize, Vec<Handover>)>,
     rejected: Vec<MessageEvent>,
 }
 
@@ -445,8 +447,8 @@ impl Link {
     fn read(&self, here: bool) {
         let mut delivering = lock(&self.deliver);
         let Delivery {
-            decoded,
             events,
+            ports,
             rejected,
         } = &mut *delivering;
         let mut read = 0;
@@ -460,7 +462,7 @@ impl Link {
                 if !here && (io.pull_mode || self.target.reading_paused()) {
                     break;
                 }
-                let step = Self::read_once(&mut io, decoded);
+                let step = Self::read_once(&mut io, events, ports);
                 if let Step::Ended(why) = step {
                     ended = Some(why);
                     self.shut(&mut io);
@@ -468,11 +470,9 @@ impl Link {
                 }
                 step
             };
-            events.extend(
-                decoded
-                    .drain(..)
-                    .map(|(message, cost)| (handoff::import_message(message), cost)),
-            );
+            for (i, handovers) in ports.drain(..) {
+                events[i].0.ports = handovers.into_iter().map(handoff::import).collect();
+            }
             let got = events.len();
             let pause = got > 0 && self.target.push_remote(events, rejected);
             match step {
@@ -519,8 +519,13 @@ impl Link {
         }
     }
 
-    /// One `recvmsg`, and the frames it completed decoded into `decoded`.
-    fn read_once(io: &mut Io, decoded: &mut Vec<(Outgoing, usize)>) -> Step {
+    /// One `recvmsg`, and the frames it completed decoded into `events` (their ports, still
+    /// to import, into `ports`).
+    fn read_once(
+        io: &mut Io,
+        events: &mut Vec<(MessageEvent, usize)>,
+        ports: &mut Vec<(usize, Vec<Handover>)>,
+    ) -> Step {
         loop {
             io.reserve_read();
             let Io {
@@ -537,7 +542,7 @@ impl Link {
                 Ok(0) => Step::Ended("end of stream"),
                 Ok(n) => {
                     io.filled += n;
-                    match Self::decode(io, decoded) {
+                    match Self::decode(io, events, ports) {
                         Ok(()) => Step::Read(n),
                         Err(e) => {
                             tracing::warn!("msgport: closing a port after a bad frame: {e}");
@@ -555,9 +560,13 @@ impl Link {
         }
     }
 
-    /// Decodes every complete frame in the buffer into `decoded`, then checks that the
+    /// Decodes every complete frame in the buffer into `events` / `ports`, then checks that the
     /// descriptors still waiting belong to the frame being read.
-    fn decode(io: &mut Io, decoded: &mut Vec<(Outgoing, usize)>) -> Result<(), WireError> {
+    fn decode(
+        io: &mut Io,
+        events: &mut Vec<(MessageEvent, usize)>,
+        ports: &mut Vec<(usize, Vec<Handover>)>,
+    ) -> Result<(), WireError> {
         let mut start = 0;
         while let Some((len, nfds)) = wire::next_frame(&io.inbuf[start..io.filled])? {
             if nfds > io.infds.len() {
@@ -568,7 +577,14 @@ impl Link {
             let frame = wire::decode_body(body, fds)?;
             let cost =
                 wire::HEADER + len + frame.records * wire::RECORD_COST + nfds * wire::FD_COST;
-            decoded.push((frame.message, cost));
+            let Outgoing {
+                data,
+                ports: handovers,
+            } = frame.message;
+            if !handovers.is_empty() {
+                ports.push((events.len(), handovers));
+            }
+            events.push((MessageEvent::new(Payload::Value(data), Vec::new()), cost));
             start += wire::HEADER + len;
         }
         if start > 0 {
