@@ -168,7 +168,8 @@ pub fn child(role: &str, cpu: usize, name: Option<String>) {
         }
         other => panic!("unknown child role {other}"),
     }
-    process::flush(Duration::from_secs(10));
+    // Best effort: the parent may already have hung up.
+    let _ = process::flush(Duration::from_secs(10));
 }
 
 fn raw_inherited() -> UnixStream {

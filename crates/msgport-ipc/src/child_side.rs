@@ -106,6 +106,16 @@ pub struct IpcChild {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for IpcChild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pending = lock(&self.inner.pending).replies.len();
+        f.debug_struct("IpcChild")
+            .field("pending_invokes", &pending)
+            .field("main_gone", &lock(&self.inner.life).gone)
+            .finish()
+    }
+}
+
 impl IpcChild {
     /// Connects to the main process that spawned this one with
     /// [`IpcMain::spawn`](crate::IpcMain::spawn). When main goes away, pending invokes fail,
@@ -497,7 +507,8 @@ fn serve(inner: &Inner, exit_when_main_goes: bool) {
         }
     }
     if exit_when_main_goes {
-        process::flush(Duration::from_secs(1));
+        // Best effort: main is gone, what it would have read is lost anyway.
+        let _ = process::flush(Duration::from_secs(1));
         std::process::exit(match how {
             MainGone::Shutdown => 0,
             MainGone::Lost => EXIT_MAIN_LOST,

@@ -60,6 +60,27 @@ pub struct IpcMain {
     shared: Arc<Shared>,
 }
 
+impl fmt::Debug for IpcMain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let children = self
+            .shared
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let channels = self
+            .shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        f.debug_struct("IpcMain")
+            .field("connected_children", &children)
+            .field("channels_listened", &channels)
+            .finish()
+    }
+}
+
 /// A child process, as main knows it: main's id for it, its pid, and its connection. Two
 /// `ChildRef`s are equal when they name the same child; compare `event.sender` with the
 /// `ChildRef` returned by [`IpcMain::spawn`] to check who sent a message.
@@ -503,7 +524,9 @@ impl IpcMain {
             let _ = child.port.post_message(Envelope::Bye.into_value(), []);
             child.port.close();
         }
-        process::flush(std::time::Duration::from_secs(1));
+        // Best effort: a child that reads nothing for a second misses its goodbye (and sees a
+        // lost main).
+        let _ = process::flush(std::time::Duration::from_secs(1));
     }
 
     /// Calls `f` when a spawned child exits (normally, by crash, or killed).

@@ -194,7 +194,7 @@ fn child_entry() {
                 -1
             };
             boot.post_message((pid, code), []).unwrap();
-            msgport::process::flush(Duration::from_secs(10));
+            let _ = msgport::process::flush(Duration::from_secs(10));
             while boot.blocking_recv().is_some() {}
         }
         "typed" => {
@@ -226,7 +226,7 @@ fn child_entry() {
             for i in 0..5u32 {
                 ipc.send("early", i).unwrap();
             }
-            msgport::process::flush(Duration::from_secs(10));
+            let _ = msgport::process::flush(Duration::from_secs(10));
             std::thread::sleep(Duration::from_secs(60));
         }
         "flood" => {
@@ -246,7 +246,7 @@ fn child_entry() {
         }
         other => panic!("unknown role {other}"),
     }
-    msgport::process::flush(Duration::from_secs(10));
+    let _ = msgport::process::flush(Duration::from_secs(10));
     std::process::exit(0);
 }
 

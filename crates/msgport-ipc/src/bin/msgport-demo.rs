@@ -218,5 +218,7 @@ fn streamer() {
     });
     // We will see "got response data: 42" 10 times.
     ipc.send("stream-done", ()).unwrap();
-    msgport::process::flush(Duration::from_secs(5));
+    if !msgport::process::flush(Duration::from_secs(5)) {
+        eprintln!("streamer: main did not read the last message in time");
+    }
 }
