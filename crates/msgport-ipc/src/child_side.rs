@@ -429,45 +429,75 @@ fn expire(inner: &std::sync::Weak<Inner>) {
     }
 }
 
-fn serve(inner: &Inner, exit_when_main_goes: bool) {
+/// Runs the listeners of `channel` for one message from main (or queues it until someone
+/// listens).
+fn deliver(inner: &Inner, channel: String, data: Value, ports: Vec<MessagePort>) {
+    let mut event = Some(IpcChildEvent {
+        channel: channel.clone(),
+        data,
+        ports,
+    });
+    let picked: Option<Vec<ChildListener>> = {
+        let mut ch = lock(&inner.channels);
+        match ch.listeners.get_mut(&channel) {
+            Some(list) if !list.is_empty() => {
+                let picked = list.iter().map(|r| r.f.clone()).collect();
+                list.retain(|r| !r.once);
+                Some(picked)
+            }
+            _ => {
+                let queue = ch.queued.entry(channel).or_default();
+                queue.extend(event.take());
+                None
+            }
+        }
+    };
+    if let (Some(picked), Some(event)) = (picked, event) {
+        // The first listener gets the ports; the others a copy of the data.
+        let copies: Vec<IpcChildEvent> = (1..picked.len())
+            .map(|_| IpcChildEvent {
+                channel: event.channel.clone(),
+                data: event.data.clone(),
+                ports: Vec::new(),
+            })
+            .collect();
+        for (f, event) in picked.iter().zip(std::iter::once(event).chain(copies)) {
+            call(f, event);
+        }
+    }
+}
+
+fn serve(inner: &Arc<Inner>, exit_when_main_goes: bool) {
+    let (listeners, queue) = std::sync::mpsc::channel::<(String, Value, Vec<MessagePort>)>();
+    let runner = {
+        let inner = inner.clone();
+        std::thread::Builder::new()
+            .name("msgport-ipc-listeners".into())
+            .spawn(move || {
+                for (channel, data, ports) in queue {
+                    deliver(&inner, channel, data, ports);
+                }
+            })
+    };
+    let runner = match runner {
+        Ok(runner) => Some(runner),
+        Err(e) => {
+            tracing::error!("msgport-ipc: no listener thread: {e}");
+            None
+        }
+    };
     // This thread only ever pulls from the connection: let it read the socket itself.
     inner.port.set_low_latency(true);
     while let Some(mut message) = inner.port.blocking_recv() {
         let ports = std::mem::take(&mut message.ports);
         match message.value().ok().and_then(Envelope::from_value) {
             Some(Envelope::Send { channel, data }) => {
-                let mut event = Some(IpcChildEvent {
-                    channel: channel.clone(),
-                    data,
-                    ports,
-                });
-                let picked: Option<Vec<ChildListener>> = {
-                    let mut ch = lock(&inner.channels);
-                    match ch.listeners.get_mut(&channel) {
-                        Some(list) if !list.is_empty() => {
-                            let picked = list.iter().map(|r| r.f.clone()).collect();
-                            list.retain(|r| !r.once);
-                            Some(picked)
-                        }
-                        _ => {
-                            let queue = ch.queued.entry(channel).or_default();
-                            queue.extend(event.take());
-                            None
-                        }
-                    }
-                };
-                if let (Some(picked), Some(event)) = (picked, event) {
-                    // The first listener gets the ports; the others a copy of the data.
-                    let copies: Vec<IpcChildEvent> = (1..picked.len())
-                        .map(|_| IpcChildEvent {
-                            channel: event.channel.clone(),
-                            data: event.data.clone(),
-                            ports: Vec::new(),
-                        })
-                        .collect();
-                    for (f, event) in picked.iter().zip(std::iter::once(event).chain(copies)) {
-                        call(f, event);
-                    }
+                // Listeners run on their own thread, in order: one that blocks (say, in
+                // `invoke_blocking`, whose reply this thread routes) stops nothing here.
+                if let Err(back) = listeners.send((channel, data, ports)) {
+                    // No listener thread could start: run them here.
+                    let (channel, data, ports) = back.0;
+                    deliver(inner, channel, data, ports);
                 }
             }
             Some(Envelope::Reply { id, result }) => {
@@ -490,6 +520,12 @@ fn serve(inner: &Inner, exit_when_main_goes: bool) {
     inner.deadlines.notify_all();
     // Dropping the reply ports fails every pending invoke with `MainGone`.
     drop(replies);
+    // Listeners finish the messages main sent before it went (a listener waiting on an invoke
+    // was just released with `MainGone`).
+    drop(listeners);
+    if let Some(runner) = runner {
+        let _ = runner.join();
+    }
     let (how, hooks) = {
         let mut life = lock(&inner.life);
         let how = if life.bye {

@@ -221,6 +221,16 @@ fn child_entry() {
             .unwrap();
             std::thread::sleep(Duration::from_secs(60));
         }
+        "invoke-from-listener" => {
+            // A listener that invokes main and waits for the answer.
+            let ipc = IpcChild::connect().unwrap();
+            let me = ipc.clone();
+            ipc.on("ask", move |_| {
+                let answer = me.invoke_blocking("double", 2);
+                me.send("asked", format!("{answer:?}")).unwrap();
+            });
+            ipc.wait_main_gone();
+        }
         "early-sender" => {
             let ipc = IpcChild::connect().unwrap();
             for i in 0..5u32 {
@@ -749,5 +759,24 @@ fn handle_once_and_typed_invoke() {
     });
     let child = main.spawn(&mut cmd("typed")).unwrap();
     assert_eq!(rx.recv_timeout(LIMIT).unwrap(), "42 true first true");
+    child.kill().unwrap();
+}
+
+/// A child's listener that invokes main used to wait for ever: the reply is routed by the
+/// connection's thread, which was the one running the listener. Listeners now run on a thread of
+/// their own.
+#[test]
+fn a_child_listener_can_invoke_main() {
+    let main = IpcMain::new();
+    main.handle("double", |e| {
+        Ok(Value::from(e.data::<u32>().map_err(|e| e.to_string())? * 2))
+    });
+    let (tx, rx) = mpsc::channel();
+    main.on("asked", move |e| {
+        tx.send(e.data::<String>().unwrap()).unwrap()
+    });
+    let child = main.spawn(&mut cmd("invoke-from-listener")).unwrap();
+    child.send("ask", ()).unwrap();
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), "Ok(Number(4.0))");
     child.kill().unwrap();
 }

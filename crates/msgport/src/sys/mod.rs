@@ -47,16 +47,21 @@ pub(crate) fn size_buffers(socket: BorrowedFd<'_>) {
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(socket, SOCKET_BUFFER);
 }
 
-/// A listening Unix stream socket at `path` whose file has permission bits `mode` (masked by
-/// the umask): the bits are set on the socket before `bind` creates the file (Linux takes the
-/// file's mode from the socket's inode), so the path is never more open than asked.
-pub(crate) fn listen_unix(path: &std::path::Path, mode: u32) -> io::Result<OwnedFd> {
-    let socket = rustix::net::socket_with(
+/// A new, unconnected, close-on-exec Unix stream socket (blocking: `listen`/`connect` use it).
+fn unix_stream_socket() -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::STREAM,
         SocketFlags::CLOEXEC,
         None,
-    )?;
+    )?)
+}
+
+/// A listening Unix stream socket at `path` whose file has permission bits `mode` (masked by
+/// the umask): the bits are set on the socket before `bind` creates the file (Linux takes the
+/// file's mode from the socket's inode), so the path is never more open than asked.
+pub(crate) fn listen_unix(path: &std::path::Path, mode: u32) -> io::Result<OwnedFd> {
+    let socket = unix_stream_socket()?;
     rustix::fs::fchmod(&socket, rustix::fs::Mode::from_raw_mode(mode & 0o777))?;
     rustix::net::bind(&socket, &rustix::net::SocketAddrUnix::new(path)?)?;
     rustix::net::listen(&socket, 128)?;
@@ -80,12 +85,7 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 
 /// Connects a close-on-exec Unix stream socket to `path`.
 pub(crate) fn connect_unix(path: &std::path::Path) -> io::Result<OwnedFd> {
-    let socket = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let socket = unix_stream_socket()?;
     rustix::net::connect(&socket, &rustix::net::SocketAddrUnix::new(path)?)?;
     Ok(socket)
 }

@@ -24,6 +24,9 @@ pub(crate) struct Reactor {
     links: Mutex<HashMap<usize, Arc<Link>>>,
     /// Closed links still writing what their peer has not read, with their deadlines.
     lingering: Mutex<Vec<(Instant, Weak<Link>)>>,
+    /// `lingering` is not empty (written under its lock): the loop takes no lock per wake-up
+    /// for timers when there are none.
+    any_lingering: AtomicBool,
     /// The thread ended: nothing may register any more.
     dead: AtomicBool,
 }
@@ -75,6 +78,7 @@ pub(crate) fn reactor() -> std::io::Result<&'static Reactor> {
         wake,
         links: Mutex::new(HashMap::new()),
         lingering: Mutex::new(Vec::new()),
+        any_lingering: AtomicBool::new(false),
         dead: AtomicBool::new(false),
     });
     Ok(r)
@@ -237,14 +241,17 @@ impl Reactor {
     /// Gives a closed link `linger` to finish writing; then it is shut.
     pub(crate) fn linger(&self, link: Weak<Link>, linger: Duration) {
         let at = Instant::now() + linger;
-        self.lingering
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((at, link));
+        let mut lingering = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
+        lingering.push((at, link));
+        self.any_lingering.store(true, Ordering::Release);
+        drop(lingering);
         self.wake.wake();
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        if !self.any_lingering.load(Ordering::Acquire) {
+            return None;
+        }
         self.lingering
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -254,6 +261,9 @@ impl Reactor {
     }
 
     fn expire(&self) {
+        if !self.any_lingering.load(Ordering::Acquire) {
+            return;
+        }
         let now = Instant::now();
         let expired: Vec<Weak<Link>> = {
             let mut lingering = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
@@ -268,6 +278,9 @@ impl Reactor {
                 }
                 true
             });
+            if lingering.is_empty() {
+                self.any_lingering.store(false, Ordering::Release);
+            }
             expired
         };
         for link in expired.iter().filter_map(Weak::upgrade) {
