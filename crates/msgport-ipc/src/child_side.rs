@@ -15,6 +15,7 @@ use msgport::{process, MessageChannel, MessagePort, PostError, Value};
 use serde::Serialize;
 
 use crate::envelope::Envelope;
+use crate::event::{IpcEvent, MainRef};
 use crate::{InvokeError, ListenerId};
 
 type ChildListener = Arc<Mutex<dyn FnMut(IpcChildEvent) + Send>>;
@@ -25,23 +26,8 @@ struct Registered {
     f: ChildListener,
 }
 
-/// A message from main, as a child's listener gets it.
-#[derive(Debug)]
-pub struct IpcChildEvent {
-    /// The channel.
-    pub channel: String,
-    /// The data.
-    pub data: Value,
-    /// The ports it transferred (`post_message`).
-    pub ports: Vec<MessagePort>,
-}
-
-impl IpcChildEvent {
-    /// The data decoded as `T`.
-    pub fn data<T: serde::de::DeserializeOwned>(&self) -> Result<T, msgport::ValueError> {
-        msgport::from_value(self.data.clone())
-    }
-}
+/// A message from main, as a child's listener gets it (`sender` is main).
+pub type IpcChildEvent = IpcEvent<MainRef>;
 
 #[derive(Default)]
 struct Pending {
@@ -85,6 +71,7 @@ struct Lifecycle {
 
 struct Inner {
     port: MessagePort,
+    main: MainRef,
     life: Mutex<Lifecycle>,
     gone: Condvar,
     pending: Mutex<Pending>,
@@ -116,34 +103,113 @@ impl std::fmt::Debug for IpcChild {
     }
 }
 
+/// How a child connects to main: [`IpcChild::connect`] is `ConnectOptions::new().connect()`.
+///
+/// ```no_run
+/// use msgport_ipc::ConnectOptions;
+///
+/// // Stay alive when main goes away (to reconnect, or finish work alone).
+/// let ipc = ConnectOptions::new().exit_when_main_goes(false).connect()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    exit_when_main_goes: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            exit_when_main_goes: true,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// The defaults: this process exits when main goes away.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether this process exits when the connection to main closes (default: yes). When it
+    /// does, pending invokes fail, the [`on_main_gone`](IpcChild::on_main_gone) hooks run,
+    /// messages this process posted are flushed (for up to a second), and it exits with status
+    /// 0 if main said goodbye ([`IpcMain::shutdown`](crate::IpcMain::shutdown)), else with
+    /// [`EXIT_MAIN_LOST`].
+    pub fn exit_when_main_goes(mut self, on: bool) -> Self {
+        self.exit_when_main_goes = on;
+        self
+    }
+
+    /// Connects to the main process that spawned this one with
+    /// [`IpcMain::spawn`](crate::IpcMain::spawn).
+    pub fn connect(&self) -> std::io::Result<IpcChild> {
+        let (port, creds) = process::bootstrap_with_credentials()?;
+        Ok(IpcChild::serve_over(port, Some(creds.pid), self))
+    }
+
+    /// Connects to a main process that [`listen`](crate::IpcMain::listen)s on `path` (for
+    /// processes main did not spawn).
+    pub fn connect_to(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<IpcChild> {
+        let (port, creds) = process::connect_with_credentials(path)?;
+        Ok(IpcChild::serve_over(port, Some(creds.pid), self))
+    }
+
+    /// Serves the IPC protocol over an existing port to main (for example one from
+    /// `msgport::process::connect`).
+    pub fn over(&self, port: MessagePort) -> IpcChild {
+        IpcChild::serve_over(port, None, self)
+    }
+}
+
 impl IpcChild {
     /// Connects to the main process that spawned this one with
     /// [`IpcMain::spawn`](crate::IpcMain::spawn). When main goes away, pending invokes fail,
     /// the [`on_main_gone`](Self::on_main_gone) hooks run, messages this process posted are
     /// flushed (for up to a second), and this process exits: with status 0 if main said goodbye
     /// ([`IpcMain::shutdown`](crate::IpcMain::shutdown)), else with [`EXIT_MAIN_LOST`]. See
-    /// [`connect_with`](Self::connect_with) to stay alive instead.
+    /// [`ConnectOptions`] to stay alive instead.
     pub fn connect() -> std::io::Result<IpcChild> {
-        Self::connect_with(true)
+        ConnectOptions::new().connect()
     }
 
     /// Like [`connect`](Self::connect); `exit_when_main_goes` chooses whether this process
     /// exits when the connection to main closes.
+    #[deprecated(
+        since = "0.1.1",
+        note = "use `ConnectOptions::new().exit_when_main_goes(..).connect()`"
+    )]
     pub fn connect_with(exit_when_main_goes: bool) -> std::io::Result<IpcChild> {
-        Ok(Self::over(process::bootstrap()?, exit_when_main_goes))
+        ConnectOptions::new()
+            .exit_when_main_goes(exit_when_main_goes)
+            .connect()
     }
 
     /// Connects to a main process that [`listen`](crate::IpcMain::listen)s on `path` (for
-    /// processes main did not spawn). This process does not exit when main goes away.
+    /// processes main did not spawn). This process does not exit when main goes away
+    /// (`ConnectOptions::new().exit_when_main_goes(false).connect_to(path)`).
     pub fn connect_to(path: impl AsRef<std::path::Path>) -> std::io::Result<IpcChild> {
-        Ok(Self::over(process::connect(path)?, false))
+        ConnectOptions::new()
+            .exit_when_main_goes(false)
+            .connect_to(path)
     }
 
     /// Serves the IPC protocol over an existing port to main (for example one from
     /// `msgport::process::connect`).
+    #[deprecated(
+        since = "0.1.1",
+        note = "use `ConnectOptions::new().exit_when_main_goes(..).over(port)`"
+    )]
     pub fn over(port: MessagePort, exit_when_main_goes: bool) -> IpcChild {
+        ConnectOptions::new()
+            .exit_when_main_goes(exit_when_main_goes)
+            .over(port)
+    }
+
+    fn serve_over(port: MessagePort, main_pid: Option<u32>, options: &ConnectOptions) -> IpcChild {
         let inner = Arc::new(Inner {
             port,
+            main: MainRef { pid: main_pid },
             life: Mutex::default(),
             gone: Condvar::new(),
             pending: Mutex::default(),
@@ -153,11 +219,17 @@ impl IpcChild {
             timeout: Mutex::new(None),
         });
         let served = inner.clone();
+        let exit_when_main_goes = options.exit_when_main_goes;
         std::thread::Builder::new()
             .name("msgport-ipc-main".into())
             .spawn(move || serve(&served, exit_when_main_goes))
             .expect("spawn the msgport-ipc thread");
         IpcChild { inner }
+    }
+
+    /// Main, as the `sender` of this connection's events.
+    pub fn main(&self) -> MainRef {
+        self.inner.main
     }
 
     /// Sends `data` on `channel` to main (fire-and-forget).
@@ -383,7 +455,7 @@ impl IpcChild {
 }
 
 fn decode<R: serde::de::DeserializeOwned>(v: Value) -> Result<R, InvokeError> {
-    msgport::from_value(v).map_err(|e| InvokeError::Data(e.to_string()))
+    crate::event::decode(v).map_err(|e| InvokeError::Data(e.to_string()))
 }
 
 fn call(f: &ChildListener, event: IpcChildEvent) {
@@ -433,6 +505,7 @@ fn expire(inner: &std::sync::Weak<Inner>) {
 /// listens).
 fn deliver(inner: &Inner, channel: String, data: Value, ports: Vec<MessagePort>) {
     let mut event = Some(IpcChildEvent {
+        sender: inner.main,
         channel: channel.clone(),
         data,
         ports,
@@ -456,6 +529,7 @@ fn deliver(inner: &Inner, channel: String, data: Value, ports: Vec<MessagePort>)
         // The first listener gets the ports; the others a copy of the data.
         let copies: Vec<IpcChildEvent> = (1..picked.len())
             .map(|_| IpcChildEvent {
+                sender: event.sender,
                 channel: event.channel.clone(),
                 data: event.data.clone(),
                 ports: Vec::new(),

@@ -15,25 +15,44 @@
 //! |---|---|
 //! | `ipcMain.on(ch, (e, ...args))` / `once` / `removeListener` | [`IpcMain::on`] / [`IpcMain::once`] / [`IpcMain::remove_listener`] (messages sent before main listens on a channel wait for its first listener) |
 //! | `ipcMain.handle(ch, fn)` / `handleOnce` / `removeHandler` | [`IpcMain::handle`] (or [`IpcMain::handle_typed`]: any `Serialize` answer, any `Display` error) / [`IpcMain::handle_once`] / [`IpcMain::remove_handler`] |
-//! | `event.senderFrame` | [`IpcMainEvent::sender`] (a [`ChildRef`]) |
+//! | `ipcMain.handle(ch, async fn)` | [`IpcMain::handle_async`] (on the caller's tokio runtime, or msgport-ipc's own task thread; the connection keeps serving meanwhile) |
+//! | `event.senderFrame` / `event.sender` | [`IpcEvent::sender`]: a [`ChildRef`] in main, a [`MainRef`] in a child (one event shape, [`IpcEvent`], on both sides: `sender`, `channel`, [`data::<T>()`](IpcEvent::data), `ports`) |
 //! | `webContents.send` / `webContents.postMessage` | [`ChildRef::send`] / [`ChildRef::post_message`] |
-//! | `ipcRenderer.send` / `invoke` / `postMessage` | [`IpcChild::send`] / [`IpcChild::invoke`] (also [`IpcChild::invoke_timeout`], [`IpcChild::set_invoke_timeout`]) / [`IpcChild::post_message`] |
+//! | `ipcRenderer.send` / `invoke` / `postMessage` | [`IpcChild::send`] / [`IpcChild::invoke`] (typed: [`IpcChild::invoke_as`]; also [`IpcChild::invoke_timeout`], [`IpcChild::set_invoke_timeout`]: no timeout by default, as in Electron) / [`IpcChild::post_message`] |
 //! | `ipcRenderer.on` / `once` / `removeListener` / `removeAllListeners` | [`IpcChild::on`] / [`IpcChild::once`] / [`IpcChild::off`] / [`IpcChild::remove_listener`] (all work from inside a listener) |
 //! | `utilityProcess.fork` (its `stdout`/`stderr`, `pid`, `kill()`, `exit` event) | [`IpcMain::spawn`] ([`ChildRef::take_stdout`] / [`ChildRef::take_stderr`], [`ChildRef::pid`], [`ChildRef::kill`] through a pidfd, [`ChildRef::wait`] and [`IpcMain::on_exit`]) |
-//! | main going away, seen from a child | [`IpcChild::on_main_gone`], [`IpcChild::wait_main_gone`]; main says goodbye with [`IpcMain::shutdown`] |
+//! | main going away, seen from a child | [`IpcChild::on_main_gone`], [`IpcChild::wait_main_gone`]; main says goodbye with [`IpcMain::shutdown`]; whether the child exits then: [`ConnectOptions::exit_when_main_goes`] |
+//!
+//! Decoding is one vocabulary too: [`IpcEvent::data`] fails with msgport's [`DecodeError`],
+//! whose text names the path to the value that did not fit (`jobs[2].owner.id: invalid type:
+//! string "x", expected u32`); [`IpcChild::invoke_as`] reports the same text as
+//! [`InvokeError::Data`]. Data that is only borrowed is fine everywhere: `send` and
+//! `post_message` take any `Serialize` (`&str`, `&MyStruct`), and msgport's
+//! [`MessagePort::post_message_ref`] does the same on a bare port.
 
 mod child_side;
 mod envelope;
+mod event;
 mod main_side;
+mod tasks;
 
-pub use child_side::{IpcChild, IpcChildEvent, MainGone, EXIT_MAIN_LOST};
+pub use child_side::{ConnectOptions, IpcChild, IpcChildEvent, MainGone, EXIT_MAIN_LOST};
+pub use event::{IpcEvent, MainRef};
 
 pub use main_side::{ChildExit, ChildRef, IpcMain, IpcMainEvent};
 /// msgport itself, and what the seed's flows use of it, so that one dependency suffices.
 pub use msgport;
 pub use msgport::{
-    from_value, to_value, value, MessageChannel, MessageEvent, MessagePort, PostError, Value,
+    from_value, to_value, value, DecodeError, MessageChannel, MessageEvent, MessagePort, PostError,
+    Value,
 };
+
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
 
 /// Identifies a listener, for [`IpcMain::remove_listener`] and [`IpcChild::off`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -15,13 +15,28 @@ use msgport::{process, MessagePort, PostError, Value};
 use serde::Serialize;
 
 use crate::envelope::Envelope;
+use crate::event::IpcEvent;
+use crate::tasks::{BoxFuture, Runner, Unfinished};
 use crate::{InvokeError, ListenerId};
 
 /// How long the listener waits after a failed `accept` before it tries again.
 const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 type Listener = Arc<Mutex<dyn FnMut(&mut IpcMainEvent) + Send>>;
-type Handler = Arc<dyn Fn(&IpcMainEvent) -> Result<Value, String> + Send + Sync>;
+type SyncHandler = Arc<dyn Fn(&IpcMainEvent) -> Result<Value, String> + Send + Sync>;
+type OnceHandler = Box<dyn FnOnce(&IpcMainEvent) -> Result<Value, String> + Send>;
+type AsyncHandler = Arc<dyn Fn(IpcMainEvent) -> BoxFuture<Result<Value, String>> + Send + Sync>;
+
+/// A channel's `invoke` handler: run on the child's connection thread, or a future run by an
+/// executor (the connection thread goes on serving meanwhile).
+#[derive(Clone)]
+enum Handler {
+    Now(SyncHandler),
+    /// Taken out of the table by the invoke that runs it (under the table's lock): a second
+    /// invoke finds no handler.
+    Once(Arc<Mutex<Option<OnceHandler>>>),
+    Later(AsyncHandler, Runner),
+}
 type ExitListener = Arc<dyn Fn(&ChildExit) + Send + Sync>;
 
 struct Registered {
@@ -238,25 +253,9 @@ impl ChildRef {
     }
 }
 
-/// A message from a child, as main's listeners and handlers see it.
-#[derive(Debug)]
-pub struct IpcMainEvent {
-    /// Which child sent it, taken from the connection it arrived on (unforgeable).
-    pub sender: ChildRef,
-    /// The channel it was sent on.
-    pub channel: String,
-    /// The data.
-    pub data: Value,
-    /// The ports it transferred (`post_message`); the first listener to take them owns them.
-    pub ports: Vec<MessagePort>,
-}
-
-impl IpcMainEvent {
-    /// The data decoded as `T`.
-    pub fn data<T: serde::de::DeserializeOwned>(&self) -> Result<T, msgport::ValueError> {
-        msgport::from_value(self.data.clone())
-    }
-}
+/// A message from a child, as main's listeners and handlers see it (`sender` is the child,
+/// taken from the connection it arrived on: unforgeable).
+pub type IpcMainEvent = IpcEvent<ChildRef>;
 
 /// A child's exit, as [`IpcMain::on_exit`] reports it.
 #[derive(Debug, Clone)]
@@ -449,7 +448,58 @@ impl IpcMain {
             .handlers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(channel.to_owned(), Arc::new(f));
+            .insert(channel.to_owned(), Handler::Now(Arc::new(f)));
+    }
+
+    /// Answers `invoke` on `channel` with a future (Electron's `ipcMain.handle` with an async
+    /// function): `Ok(r)` is the reply (any `Serialize`), `Err(e)` fails the caller's `invoke`
+    /// with [`InvokeError::HandlerFailed`]`(e.to_string())`, a panic with
+    /// [`InvokeError::HandlerPanicked`]. While the future runs, the child's connection goes on
+    /// serving: its other messages and invokes do not wait for it, and answers may come back in
+    /// any order. Replaces an earlier handler.
+    ///
+    /// **Executor.** Registered from inside a tokio runtime (feature `tokio`, on by default), the
+    /// futures are spawned on that runtime, so they may use tokio's timers and I/O. Registered
+    /// anywhere else, they run on one thread of msgport-ipc's own: any executor-agnostic future
+    /// works there (msgport's `recv`, `futures` channels), a future that blocks its thread delays
+    /// the others, and one that needs tokio panics (the invoke fails, main keeps serving). If the
+    /// runtime shuts down before a future finishes, its invoke fails with `HandlerFailed`.
+    ///
+    /// ```no_run
+    /// # async fn lookup(_: u32) -> Result<String, std::io::Error> { Ok(String::new()) }
+    /// let main = msgport_ipc::IpcMain::new();
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// # let _in = rt.enter();
+    /// main.handle_async("user-name", |event| async move {
+    ///     let id: u32 = event.data().map_err(|e| e.to_string())?;
+    ///     lookup(id).await.map_err(|e| e.to_string())
+    /// });
+    /// ```
+    pub fn handle_async<F, Fut, R, E>(&self, channel: &str, f: F)
+    where
+        F: Fn(IpcMainEvent) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<R, E>> + Send + 'static,
+        R: Serialize,
+        E: fmt::Display,
+    {
+        let handler: AsyncHandler = Arc::new(move |event| {
+            let future = f(event);
+            Box::pin(async move {
+                match future.await {
+                    Ok(r) => msgport::to_value(&r)
+                        .map_err(|e| format!("the answer does not serialize: {e}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        });
+        self.shared
+            .handlers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                channel.to_owned(),
+                Handler::Later(handler, Runner::current()),
+            );
     }
 
     /// [`handle`](Self::handle) with any serializable answer and any displayable error:
@@ -481,22 +531,15 @@ impl IpcMain {
     where
         F: FnOnce(&IpcMainEvent) -> Result<Value, String> + Send + 'static,
     {
-        let slot = Mutex::new(Some(f));
-        let shared = Arc::downgrade(&self.shared);
-        let name = channel.to_owned();
-        self.handle(channel, move |event| {
-            if let Some(shared) = shared.upgrade() {
-                shared
-                    .handlers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&name);
-            }
-            match slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                Some(f) => f(event),
-                None => Err(InvokeError::NoHandler(name.clone()).to_string()),
-            }
-        });
+        let once: OnceHandler = Box::new(f);
+        self.shared
+            .handlers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                channel.to_owned(),
+                Handler::Once(Arc::new(Mutex::new(Some(once)))),
+            );
     }
 
     /// Removes the handler of `channel`.
@@ -542,13 +585,6 @@ impl IpcMain {
     }
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".to_owned())
-}
-
 /// Serves one child's connection until it closes. This thread only ever pulls from the
 /// connection, so it reads the socket itself (low-latency mode: no hand-off per message).
 fn serve(shared: &Shared, child: &ChildRef) {
@@ -582,39 +618,63 @@ fn serve_connection(shared: &Shared, child: &ChildRef) {
                 emit(shared, &mut event);
             }
             Envelope::Invoke { channel, id, data } => {
-                let handler = shared
-                    .handlers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&channel)
-                    .cloned();
+                let handler = {
+                    let mut handlers = shared.handlers.lock().unwrap_or_else(|p| p.into_inner());
+                    match handlers.get(&channel) {
+                        Some(Handler::Once(_)) => handlers.remove(&channel),
+                        other => other.cloned(),
+                    }
+                };
                 let event = IpcMainEvent {
                     sender: child.clone(),
                     channel,
                     data,
                     ports,
                 };
-                let result = match handler {
-                    None => Err(InvokeError::NoHandler(event.channel.clone())),
-                    Some(h) => match catch_unwind(AssertUnwindSafe(|| h(&event))) {
-                        Ok(Ok(v)) => Ok(v),
-                        Ok(Err(message)) => Err(InvokeError::HandlerFailed(message)),
-                        Err(p) => Err(InvokeError::HandlerPanicked(panic_text(&*p))),
-                    },
-                };
-                // A reply that cannot be sent (say, a value holding a port slot) must not leave
-                // the caller waiting: it gets the reason instead. The child may be gone
-                // meanwhile: nothing to do then.
-                if let Err(e) = child
-                    .port
-                    .post_message(Envelope::Reply { id, result }.into_value(), [])
-                {
-                    let result = Err(InvokeError::HandlerFailed(format!(
-                        "the handler's result could not be sent: {e}"
-                    )));
-                    let _ = child
-                        .port
-                        .post_message(Envelope::Reply { id, result }.into_value(), []);
+                match handler {
+                    None => reply(
+                        &child.port,
+                        id,
+                        Err(InvokeError::NoHandler(event.channel.clone())),
+                    ),
+                    Some(Handler::Once(slot)) => {
+                        let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        let result = match taken {
+                            None => Err(InvokeError::NoHandler(event.channel.clone())),
+                            Some(h) => run_handler(h, &event),
+                        };
+                        reply(&child.port, id, result);
+                    }
+                    Some(Handler::Now(h)) => {
+                        reply(&child.port, id, run_handler(|e| h(e), &event));
+                    }
+                    Some(Handler::Later(h, runner)) => {
+                        // Making the future runs the handler's synchronous part: guard it too.
+                        let future = match catch_unwind(AssertUnwindSafe(|| h(event))) {
+                            Ok(future) => future,
+                            Err(p) => {
+                                let panicked = InvokeError::HandlerPanicked(crate::panic_text(&*p));
+                                reply(&child.port, id, Err(panicked));
+                                continue;
+                            }
+                        };
+                        let port = child.port.clone();
+                        runner.spawn(future, move |out| {
+                            let result = match out {
+                                Ok(Ok(v)) => Ok(v),
+                                Ok(Err(message)) => Err(InvokeError::HandlerFailed(message)),
+                                Err(Unfinished::Panicked(text)) => {
+                                    Err(InvokeError::HandlerPanicked(text))
+                                }
+                                Err(Unfinished::Dropped) => Err(InvokeError::HandlerFailed(
+                                    "the handler's task was dropped unfinished (its runtime \
+                                     shut down)"
+                                        .into(),
+                                )),
+                            };
+                            reply(&port, id, result);
+                        });
+                    }
                 }
             }
             Envelope::Reply { .. } | Envelope::Bye => {
@@ -624,6 +684,30 @@ fn serve_connection(shared: &Shared, child: &ChildRef) {
                 );
             }
         }
+    }
+}
+
+/// Runs a synchronous handler: its error and its panic become the caller's typed error.
+fn run_handler(
+    h: impl FnOnce(&IpcMainEvent) -> Result<Value, String>,
+    event: &IpcMainEvent,
+) -> Result<Value, InvokeError> {
+    match catch_unwind(AssertUnwindSafe(|| h(event))) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(message)) => Err(InvokeError::HandlerFailed(message)),
+        Err(p) => Err(InvokeError::HandlerPanicked(crate::panic_text(&*p))),
+    }
+}
+
+/// Answers invoke `id`. A reply that cannot be sent (say, a value holding a port slot) must not
+/// leave the caller waiting: it gets the reason instead. The child may be gone meanwhile:
+/// nothing to do then.
+fn reply(port: &MessagePort, id: u64, result: Result<Value, InvokeError>) {
+    if let Err(e) = port.post_message(Envelope::Reply { id, result }.into_value(), []) {
+        let result = Err(InvokeError::HandlerFailed(format!(
+            "the handler's result could not be sent: {e}"
+        )));
+        let _ = port.post_message(Envelope::Reply { id, result }.into_value(), []);
     }
 }
 

@@ -59,7 +59,10 @@ fn child_entry() {
         }
         "main-gone" => {
             // Without exiting on disconnect, to report what the pending invoke saw.
-            let ipc = IpcChild::connect_with(false).unwrap();
+            let ipc = msgport_ipc::ConnectOptions::new()
+                .exit_when_main_goes(false)
+                .connect()
+                .unwrap();
             ipc.send("waiting", ()).unwrap();
             let err = ipc.invoke_blocking("hang", ()).unwrap_err();
             let path = std::env::var("MSGPORT_IPC_TEST_OUT").unwrap();
@@ -110,6 +113,52 @@ fn child_entry() {
         }
         "garbage" => {
             garbage();
+        }
+        "async" => {
+            let ipc = IpcChild::connect().unwrap();
+            let mut report = Vec::new();
+            // A tokio handler (its timer needs the runtime).
+            report.push(format!(
+                "{:?}",
+                ipc.invoke_blocking_as::<u32, _>("slow-double", 21)
+            ));
+            // A handler waiting for a later message of this same child: the connection goes on
+            // serving while it waits.
+            let gate = {
+                let ipc = ipc.clone();
+                std::thread::spawn(move || ipc.invoke_blocking_as::<String, _>("gate", ()))
+            };
+            std::thread::sleep(Duration::from_millis(200));
+            ipc.send("open", "opened").unwrap();
+            report.push(format!("{:?}", gate.join().unwrap()));
+            report.push(format!("{:?}", ipc.invoke_blocking("async-fail", ())));
+            let boom = ipc.invoke_blocking("async-boom", ()).unwrap_err();
+            report.push(format!(
+                "{:?}",
+                matches!(boom, InvokeError::HandlerPanicked(ref m) if m.contains("kaboom"))
+            ));
+            report.push(format!(
+                "{:?}",
+                ipc.invoke_blocking_as::<u32, _>("own-executor", 5)
+            ));
+            ipc.send("async-report", report.join(" | ")).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "vocabulary" => {
+            // The same event shape as main's: sender, channel, data::<T>() with a path, ports.
+            let ipc = IpcChild::connect().unwrap();
+            let (tx, rx) = mpsc::channel();
+            ipc.on("shape", move |mut e| {
+                let ports = e.take_ports();
+                let wrong = e.data::<Vec<u32>>().unwrap_err().to_string();
+                tx.send((e.sender.pid(), e.channel.clone(), wrong, ports.len()))
+                    .unwrap();
+            });
+            let (pid, channel, wrong, ports) = rx.recv().unwrap();
+            assert_eq!(ipc.main().pid(), pid);
+            ipc.send("shape-seen", (pid, channel, wrong, ports))
+                .unwrap();
+            std::thread::sleep(Duration::from_secs(60));
         }
         "listeners" => {
             // A listener that removes itself from inside runs once; `once` runs once; two
@@ -778,5 +827,90 @@ fn a_child_listener_can_invoke_main() {
     let child = main.spawn(&mut cmd("invoke-from-listener")).unwrap();
     child.send("ask", ()).unwrap();
     assert_eq!(rx.recv_timeout(LIMIT).unwrap(), "Ok(Number(4.0))");
+    child.kill().unwrap();
+}
+
+/// Electron's `ipcMain.handle` with an async function: on the tokio runtime it was registered
+/// in (a tokio timer works), or on msgport-ipc's own task thread outside any runtime; the
+/// connection keeps serving while a future waits (here for a later message of the same child);
+/// errors and panics are typed.
+#[test]
+fn async_handlers_on_tokio_and_on_the_own_executor() {
+    let main = IpcMain::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (open_tx, open_rx) = MessageChannel::new().into_ports();
+    {
+        let _in = rt.enter();
+        main.handle_async("slow-double", |e| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, String>(e.data::<u32>().map_err(|e| e.to_string())? * 2)
+        });
+        let open_rx = std::sync::Arc::new(open_rx);
+        main.handle_async("gate", move |_| {
+            let open_rx = open_rx.clone();
+            async move {
+                match open_rx.recv().await {
+                    Some(e) => Ok(e.data::<String>().map_err(|e| e.to_string())?),
+                    None => Err("gate closed".to_owned()),
+                }
+            }
+        });
+        main.handle_async("async-fail", |_| async { Err::<(), _>("bad input") });
+        main.handle_async("async-boom", |_| async {
+            if true {
+                panic!("kaboom");
+            }
+            Ok::<(), String>(())
+        });
+    }
+    // Outside any runtime: msgport-ipc's own executor (a msgport `recv` future works there).
+    let (ask, answer) = MessageChannel::new().into_ports();
+    let answer = std::sync::Arc::new(answer);
+    main.handle_async("own-executor", move |e| {
+        let n = e.data::<u32>().unwrap_or(0);
+        ask.post_message(n + 1, []).unwrap();
+        let answer = answer.clone();
+        async move {
+            let got = answer.recv().await.ok_or("closed")?;
+            got.data::<u32>().map_err(|e| e.to_string())
+        }
+    });
+    main.on("open", move |e| {
+        open_tx
+            .post_message(e.data::<String>().unwrap(), [])
+            .unwrap();
+    });
+    let (tx, rx) = mpsc::channel();
+    main.on("async-report", move |e| {
+        tx.send(e.data::<String>().unwrap()).unwrap()
+    });
+    let child = main.spawn(&mut cmd("async")).unwrap();
+    assert_eq!(
+        rx.recv_timeout(LIMIT).unwrap(),
+        "Ok(42) | Ok(\"opened\") | Err(HandlerFailed(\"bad input\")) | true | Ok(6)"
+    );
+    child.kill().unwrap();
+}
+
+/// One vocabulary on both sides: a child's event has a sender (main, with its pid), a channel,
+/// `data::<T>()` whose error names the path, and ports.
+#[test]
+fn child_events_have_main_s_shape_and_decode_errors_name_the_path() {
+    let main = IpcMain::new();
+    let (tx, rx) = mpsc::channel();
+    main.on("shape-seen", move |e| {
+        tx.send(e.data::<(Option<u32>, String, String, usize)>().unwrap())
+            .unwrap()
+    });
+    let child = main.spawn(&mut cmd("vocabulary")).unwrap();
+    let (port, _keep) = MessageChannel::new().into_ports();
+    child
+        .post_message("shape", value!([1, 2, "three"]), [port])
+        .unwrap();
+    let (pid, channel, wrong, ports) = rx.recv_timeout(LIMIT).unwrap();
+    assert_eq!(pid, Some(std::process::id()));
+    assert_eq!(channel, "shape");
+    assert!(wrong.contains("[2]: invalid type"), "{wrong}");
+    assert_eq!(ports, 1);
     child.kill().unwrap();
 }

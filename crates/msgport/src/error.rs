@@ -93,12 +93,77 @@ pub enum DecodeError {
 }
 
 /// An error converting between a Rust value and a [`Value`](crate::Value) through serde.
+///
+/// A decoding error names where in the data it happened ([`path`](Self::path)): the fields,
+/// array indexes and map entries leading to the value that did not fit, as in
+/// `jobs[2].owner.id: invalid type: string "x", expected u32`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValueError(pub(crate) String);
+pub struct ValueError {
+    message: String,
+    /// Where, outermost first (`a.b[3]`); empty at the top level or when encoding.
+    path: String,
+}
+
+/// One step of a [`ValueError`]'s path, added as the error leaves a container.
+pub(crate) enum PathSegment {
+    /// An object's key, read as a field name.
+    Key(String),
+    /// An array's element.
+    Index(usize),
+    /// A map's (or an object's) entry, by position: its key is not kept.
+    Entry(usize),
+}
+
+impl ValueError {
+    pub(crate) fn new(message: impl Into<String>) -> ValueError {
+        ValueError {
+            message: message.into(),
+            path: String::new(),
+        }
+    }
+
+    /// Puts `segment` in front of the path (errors leave the innermost container first).
+    pub(crate) fn within(mut self, segment: PathSegment) -> ValueError {
+        let rest = std::mem::take(&mut self.path);
+        let joiner = if rest.is_empty() || rest.starts_with('[') {
+            ""
+        } else {
+            "."
+        };
+        self.path = match segment {
+            PathSegment::Key(name)
+                if !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || c == '_' || c == '$') =>
+            {
+                format!("{name}{joiner}{rest}")
+            }
+            PathSegment::Key(name) => format!("[{name:?}]{joiner}{rest}"),
+            PathSegment::Index(i) => format!("[{i}]{joiner}{rest}"),
+            PathSegment::Entry(i) => format!("[entry {i}]{joiner}{rest}"),
+        };
+        self
+    }
+
+    /// Where in the data the error happened (`jobs[2].owner.id`; `[entry 3]` names a map's
+    /// entry by position), or `None` at the top level.
+    pub fn path(&self) -> Option<&str> {
+        (!self.path.is_empty()).then_some(self.path.as_str())
+    }
+
+    /// What went wrong, without the path.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
 
 impl fmt::Display for ValueError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self.path() {
+            Some(path) => write!(f, "{path}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
     }
 }
 
@@ -106,12 +171,12 @@ impl std::error::Error for ValueError {}
 
 impl serde::ser::Error for ValueError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        ValueError(msg.to_string())
+        ValueError::new(msg.to_string())
     }
 }
 
 impl serde::de::Error for ValueError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        ValueError(msg.to_string())
+        ValueError::new(msg.to_string())
     }
 }

@@ -77,6 +77,14 @@ pub fn bootstrap() -> io::Result<MessagePort> {
     crate::transport::handoff::from_socket(bootstrap_socket()?)
 }
 
+/// [`bootstrap`], with the credentials the kernel recorded for the parent's end of the socket
+/// (the process that made it: the parent that called [`spawn`]).
+pub fn bootstrap_with_credentials() -> io::Result<(MessagePort, PeerCredentials)> {
+    let socket = bootstrap_socket()?;
+    let creds = sys::peer_credentials(socket.as_fd())?;
+    Ok((crate::transport::handoff::from_socket(socket)?, creds))
+}
+
 /// In a child started by [`spawn_socket`] (or [`spawn`]): the bare socket to the parent
 /// (non-blocking, close-on-exec), for a program that speaks its own protocol on it. Callable
 /// once, and exclusive with [`bootstrap`]; the same errors.
@@ -167,4 +175,14 @@ impl Listener {
 /// Connects to a process that [`listen`]s on `path`; returns the port to it.
 pub fn connect(path: impl AsRef<std::path::Path>) -> io::Result<MessagePort> {
     crate::transport::handoff::from_socket(sys::connect_unix(path.as_ref())?)
+}
+
+/// [`connect`], with the credentials of the listening process, read from the socket by the
+/// kernel (the listener's pid, uid and gid when it called `listen`).
+pub fn connect_with_credentials(
+    path: impl AsRef<std::path::Path>,
+) -> io::Result<(MessagePort, PeerCredentials)> {
+    let socket = sys::connect_unix(path.as_ref())?;
+    let creds = sys::peer_credentials(socket.as_fd())?;
+    Ok((crate::transport::handoff::from_socket(socket)?, creds))
 }

@@ -332,3 +332,55 @@ fn values_display_as_javascript_shows_them() {
     );
     assert_eq!(format!("{:?}", BigInt::from(-5i64)), "-5n");
 }
+
+#[test]
+fn a_decoding_error_names_the_path_to_the_value_that_did_not_fit() {
+    #[derive(Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Owner {
+        id: u32,
+    }
+    #[derive(Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Job {
+        owner: Owner,
+        tags: HashMap<String, u8>,
+    }
+    #[derive(Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Batch {
+        jobs: Vec<Job>,
+    }
+    let good = value!({ "owner": { "id": 1 }, "tags": { "a": 1 } });
+    let bad_id = value!({ "owner": { "id": "x" }, "tags": {} });
+    let err =
+        from_value::<Batch>(value!({ "jobs": [good.clone(), good.clone(), bad_id] })).unwrap_err();
+    assert_eq!(err.path(), Some("jobs[2].owner.id"), "{err}");
+    assert!(err.message().contains("expected u32"), "{err}");
+    assert!(err.to_string().starts_with("jobs[2].owner.id: "), "{err}");
+
+    // A map's keys become the caller's `String`s: the entry is named by position.
+    let bad_tag = value!({ "owner": { "id": 1 }, "tags": { "a": 1, "b": 300 } });
+    let err = from_value::<Batch>(value!({ "jobs": [bad_tag] })).unwrap_err();
+    assert_eq!(err.path(), Some("jobs[0].tags[entry 1]"), "{err}");
+
+    // Keys that are not identifiers are quoted; a top-level mismatch has no path.
+    let err = from_value::<HashMap<String, Owner>>(value!({ "a b": { "id": -1 } })).unwrap_err();
+    assert_eq!(err.path(), Some("[entry 0].id"), "{err}");
+    let err = from_value::<u32>(value!("x")).unwrap_err();
+    assert_eq!(err.path(), None);
+
+    // Through a port: the receiver's `DecodeError` carries the same path.
+    let (a, b) = msgport::MessageChannel::new().into_ports();
+    a.post_message(
+        value!({ "jobs": [{ "owner": { "id": true }, "tags": {} }] }),
+        [],
+    )
+    .unwrap();
+    let err = b.blocking_recv().unwrap().data::<Batch>().unwrap_err();
+    assert!(err.to_string().contains("jobs[0].owner.id: "), "{err}");
+
+    // Success is unchanged: keys of every kind still read.
+    let ok: HashMap<String, Owner> = from_value(value!({ "a b": { "id": 1 } })).unwrap();
+    assert_eq!(ok["a b"].id, 1);
+}

@@ -235,6 +235,35 @@ impl MessagePort {
         }
     }
 
+    /// Posts borrowed data: [`post_message`](Self::post_message) for a `data` that is not
+    /// `'static` or that the caller keeps (`&str`, a struct field, a slice). The data is
+    /// converted to a [`Value`] here, at once (which a message leaving the process costs
+    /// anyway; within one process `post_message` moves a value without converting it), so a
+    /// failing `Serialize` is reported here as [`PostError::Serialize`].
+    ///
+    /// ```
+    /// use msgport::MessageChannel;
+    ///
+    /// #[derive(serde::Serialize)]
+    /// struct Progress<'a> { stage: &'a str, done: u32 }
+    ///
+    /// let (a, b) = MessageChannel::new().into_ports();
+    /// let stage = String::from("upload");
+    /// a.post_message_ref(&Progress { stage: &stage, done: 3 }, []).unwrap();
+    /// let event = b.blocking_recv().unwrap();
+    /// assert_eq!(event.value().unwrap().get("stage").unwrap().as_str(), Some("upload"));
+    /// ```
+    pub fn post_message_ref<T, I>(&self, data: &T, transfer: I) -> Result<(), PostError>
+    where
+        T: Serialize + ?Sized,
+        I: IntoIterator<Item = MessagePort>,
+    {
+        match crate::value::to_value(data) {
+            Ok(value) => self.post_message(value, transfer),
+            Err(e) => Err(PostError::Serialize(e.to_string())),
+        }
+    }
+
     /// Starts delivery: queued messages (and a pending close) go to the callbacks registered with
     /// [`on_message`](Self::on_message) / [`on_close`](Self::on_close), or wait for a pull.
     /// Idempotent. Pulling starts the port by itself; `start` is needed for callbacks, as with

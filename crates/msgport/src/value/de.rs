@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::ser::{self as magic, from_magic, is_magic};
 use super::{BigInt, BinaryKind, Value};
-use crate::error::ValueError;
+use crate::error::{PathSegment, ValueError};
 
 /// Converts a [`Value`] into a Rust value.
 ///
@@ -233,8 +233,8 @@ impl<'de> Deserializer<'de> for Value {
             Value::Binary(b) if b.kind == BinaryKind::ArrayBuffer => {
                 visitor.visit_byte_buf(b.bytes)
             }
-            Value::Array(items) => visitor.visit_seq(Seq(items.into_iter())),
-            Value::Object(entries) => visitor.visit_map(Map::Object(entries.into_iter(), None)),
+            Value::Array(items) => visitor.visit_seq(Seq::new(items)),
+            Value::Object(entries) => visitor.visit_map(Map::object(entries)),
             other => match other.into_magic() {
                 Ok((name, inner)) => visitor.visit_map(Map::Magic(Some((name, inner)))),
                 Err(other) => unreachable!("every other kind is handled above: {other:?}"),
@@ -289,13 +289,10 @@ impl<'de> Deserializer<'de> for Value {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
         match self {
-            Value::Array(items) | Value::Set(items) => visitor.visit_seq(Seq(items.into_iter())),
-            Value::Binary(b) => visitor.visit_seq(Seq(b
-                .bytes
-                .into_iter()
-                .map(Value::from)
-                .collect::<Vec<_>>()
-                .into_iter())),
+            Value::Array(items) | Value::Set(items) => visitor.visit_seq(Seq::new(items)),
+            Value::Binary(b) => visitor.visit_seq(Seq::new(
+                b.bytes.into_iter().map(Value::from).collect::<Vec<_>>(),
+            )),
             other => other.invalid(&visitor),
         }
     }
@@ -319,8 +316,8 @@ impl<'de> Deserializer<'de> for Value {
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
         match self {
-            Value::Object(entries) => visitor.visit_map(Map::Object(entries.into_iter(), None)),
-            Value::Map(pairs) => visitor.visit_map(Map::Pairs(pairs.into_iter(), None)),
+            Value::Object(entries) => visitor.visit_map(Map::object(entries)),
+            Value::Map(pairs) => visitor.visit_map(Map::pairs(pairs)),
             other => other.invalid(&visitor),
         }
     }
@@ -338,7 +335,7 @@ impl<'de> Deserializer<'de> for Value {
         match self {
             Value::Binary(b) => visitor.visit_byte_buf(b.bytes),
             Value::String(s) => visitor.visit_string(s),
-            Value::Array(items) => visitor.visit_seq(Seq(items.into_iter())),
+            Value::Array(items) => visitor.visit_seq(Seq::new(items)),
             other => other.invalid(&visitor),
         }
     }
@@ -385,7 +382,20 @@ impl<'de> IntoDeserializer<'de, ValueError> for Value {
     }
 }
 
-struct Seq(std::vec::IntoIter<Value>);
+/// The elements of an array: an error inside one names its index.
+struct Seq {
+    items: std::vec::IntoIter<Value>,
+    index: usize,
+}
+
+impl Seq {
+    fn new(items: Vec<Value>) -> Seq {
+        Seq {
+            items: items.into_iter(),
+            index: 0,
+        }
+    }
+}
 
 impl<'de> SeqAccess<'de> for Seq {
     type Error = ValueError;
@@ -393,17 +403,55 @@ impl<'de> SeqAccess<'de> for Seq {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, ValueError> {
-        self.0.next().map(|v| seed.deserialize(v)).transpose()
+        let Some(v) = self.items.next() else {
+            return Ok(None);
+        };
+        let index = self.index;
+        self.index += 1;
+        seed.deserialize(v)
+            .map(Some)
+            .map_err(|e| e.within(PathSegment::Index(index)))
     }
     fn size_hint(&self) -> Option<usize> {
-        Some(self.0.len())
+        Some(self.items.len())
     }
 }
 
+/// The entries of an object, a map or a kind serde lacks. An error inside a value names its
+/// key: the object's key when it was read as a field name (kept, at no cost), else the entry's
+/// position (a key that became a `String` of the caller's map is not copied for the rare error).
 enum Map {
-    Object(std::vec::IntoIter<(String, Value)>, Option<Value>),
-    Pairs(std::vec::IntoIter<(Value, Value)>, Option<Value>),
+    Object {
+        entries: std::vec::IntoIter<(String, Value)>,
+        pending: Option<Value>,
+        key: Option<String>,
+        index: usize,
+    },
+    Pairs {
+        entries: std::vec::IntoIter<(Value, Value)>,
+        pending: Option<Value>,
+        index: usize,
+    },
     Magic(Option<(&'static str, Value)>),
+}
+
+impl Map {
+    fn object(entries: Vec<(String, Value)>) -> Map {
+        Map::Object {
+            entries: entries.into_iter(),
+            pending: None,
+            key: None,
+            index: 0,
+        }
+    }
+
+    fn pairs(pairs: Vec<(Value, Value)>) -> Map {
+        Map::Pairs {
+            entries: pairs.into_iter(),
+            pending: None,
+            index: 0,
+        }
+    }
 }
 
 impl<'de> MapAccess<'de> for Map {
@@ -413,16 +461,28 @@ impl<'de> MapAccess<'de> for Map {
         seed: K,
     ) -> Result<Option<K::Value>, ValueError> {
         match self {
-            Map::Object(entries, pending) => match entries.next() {
+            Map::Object {
+                entries,
+                pending,
+                key,
+                index,
+            } => match entries.next() {
                 Some((k, v)) => {
                     *pending = Some(v);
-                    seed.deserialize(Value::String(k)).map(Some)
+                    *index += 1;
+                    *key = Some(k);
+                    seed.deserialize(ObjectKey(key)).map(Some)
                 }
                 None => Ok(None),
             },
-            Map::Pairs(entries, pending) => match entries.next() {
+            Map::Pairs {
+                entries,
+                pending,
+                index,
+            } => match entries.next() {
                 Some((k, v)) => {
                     *pending = Some(v);
+                    *index += 1;
                     seed.deserialize(k).map(Some)
                 }
                 None => Ok(None),
@@ -439,20 +499,145 @@ impl<'de> MapAccess<'de> for Map {
         &mut self,
         seed: V,
     ) -> Result<V::Value, ValueError> {
-        let value = match self {
-            Map::Object(_, pending) | Map::Pairs(_, pending) => pending.take(),
-            Map::Magic(entry) => entry.take().map(|(_, v)| v),
+        let (value, segment) = match self {
+            Map::Object {
+                pending,
+                key,
+                index,
+                ..
+            } => {
+                let segment = match key.take() {
+                    Some(name) => PathSegment::Key(name),
+                    None => PathSegment::Entry(index.saturating_sub(1)),
+                };
+                (pending.take(), Some(segment))
+            }
+            Map::Pairs { pending, index, .. } => (
+                pending.take(),
+                Some(PathSegment::Entry(index.saturating_sub(1))),
+            ),
+            Map::Magic(entry) => (entry.take().map(|(_, v)| v), None),
         };
-        seed.deserialize(
-            value.ok_or_else(|| ValueError("map value requested before its key".into()))?,
-        )
+        let value = value.ok_or_else(|| ValueError::new("map value requested before its key"))?;
+        seed.deserialize(value).map_err(|e| match segment {
+            Some(segment) => e.within(segment),
+            None => e,
+        })
     }
     fn size_hint(&self) -> Option<usize> {
         Some(match self {
-            Map::Object(entries, _) => entries.len(),
-            Map::Pairs(entries, _) => entries.len(),
+            Map::Object { entries, .. } => entries.len(),
+            Map::Pairs { entries, .. } => entries.len(),
             Map::Magic(entry) => usize::from(entry.is_some()),
         })
+    }
+}
+
+/// An object's key. Read as a field name (`deserialize_identifier`, what derived structs ask),
+/// it is lent and stays for the error path; read any other way it is handed over as the
+/// `Value::String` it always was.
+struct ObjectKey<'a>(&'a mut Option<String>);
+
+impl ObjectKey<'_> {
+    fn take(self) -> Value {
+        Value::String(self.0.take().unwrap_or_default())
+    }
+}
+
+macro_rules! key_methods {
+    ($($method:ident),*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
+            self.take().$method(visitor)
+        }
+    )*};
+}
+
+impl<'de> Deserializer<'de> for ObjectKey<'_> {
+    type Error = ValueError;
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
+        match self.0.as_deref() {
+            Some(name) => visitor.visit_str(name),
+            None => visitor.visit_str(""),
+        }
+    }
+
+    key_methods!(
+        deserialize_any,
+        deserialize_bool,
+        deserialize_i8,
+        deserialize_i16,
+        deserialize_i32,
+        deserialize_i64,
+        deserialize_i128,
+        deserialize_u8,
+        deserialize_u16,
+        deserialize_u32,
+        deserialize_u64,
+        deserialize_u128,
+        deserialize_f32,
+        deserialize_f64,
+        deserialize_char,
+        deserialize_str,
+        deserialize_string,
+        deserialize_bytes,
+        deserialize_byte_buf,
+        deserialize_option,
+        deserialize_unit,
+        deserialize_seq,
+        deserialize_map,
+        deserialize_ignored_any
+    );
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, ValueError> {
+        self.take().deserialize_unit_struct(name, visitor)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, ValueError> {
+        self.take().deserialize_newtype_struct(name, visitor)
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, ValueError> {
+        self.take().deserialize_tuple(len, visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, ValueError> {
+        self.take().deserialize_tuple_struct(name, len, visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ValueError> {
+        self.take().deserialize_struct(name, fields, visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ValueError> {
+        self.take().deserialize_enum(name, variants, visitor)
     }
 }
 

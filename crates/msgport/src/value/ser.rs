@@ -43,7 +43,7 @@ pub fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<Value, ValueError> {
 
 /// Rebuilds a kind that serde lacks from its reserved newtype name and its inner data.
 pub(crate) fn from_magic(name: &str, inner: Value) -> Result<Value, ValueError> {
-    let bad = || ValueError(format!("malformed {name} data"));
+    let bad = || ValueError::new(format!("malformed {name} data"));
     Ok(match (name, inner) {
         (UNDEFINED, _) => Value::Undefined,
         (BIGINT, Value::String(s)) => Value::BigInt(s.parse().map_err(|_| bad())?),
@@ -396,7 +396,7 @@ impl SerializeMap for MapBuilder {
         let key = self
             .next_key
             .take()
-            .ok_or_else(|| ValueError("map value without a key".into()))?;
+            .ok_or_else(|| ValueError::new("map value without a key"))?;
         self.entries.push((key, value.serialize(ValueSerializer)?));
         Ok(())
     }
