@@ -448,9 +448,18 @@ impl IpcChild {
     }
 
     /// Removes every listener of `channel` (also from inside one of them); later messages are
-    /// queued again until someone listens.
-    pub fn remove_listener(&self, channel: &str) {
+    /// queued again until someone listens (Electron's `removeAllListeners(channel)`).
+    pub fn remove_all_listeners(&self, channel: &str) {
         lock(&self.inner.channels).listeners.remove(channel);
+    }
+
+    /// Removes every listener of `channel`: [`remove_all_listeners`](Self::remove_all_listeners).
+    #[deprecated(
+        since = "0.1.1",
+        note = "named `remove_all_listeners`, as in Electron; `off` removes one listener"
+    )]
+    pub fn remove_listener(&self, channel: &str) {
+        self.remove_all_listeners(channel);
     }
 }
 

@@ -1,6 +1,10 @@
 //! The messages main and children exchange on a child's connection (a msgport port), as
 //! `Value` objects: `{"t": kind, "ch": channel, "id": n, "d": data}` and replies
-//! `{"t": "reply", "id": n, "ok": value}` or `{"t": "reply", "id": n, "err": {"kind", "message"}}`.
+//! `{"t": "reply", "id": n, "ok": value}` or
+//! `{"t": "reply", "id": n, "err": {"kind", "message", "detail"}}`: an [`InvokeError`] as
+//! structured fields (`kind` names the variant, `detail` is what it carries: the channel of
+//! `no-handler`, the handler's own message; `message` is the error's text, for people and for
+//! clients in other languages).
 //! Anything else a child sends is ignored (and logged): a child cannot make main fail.
 
 use msgport::{MessagePort, PostError, Value};
@@ -49,13 +53,14 @@ impl Envelope {
             Envelope::Reply { id, result } => {
                 let body = match result {
                     Ok(v) => ("ok".into(), v),
-                    Err(e) => (
-                        "err".into(),
-                        Value::Object(vec![
+                    Err(e) => {
+                        let mut fields = vec![
                             ("kind".into(), s(e.kind())),
                             ("message".into(), Value::String(e.to_string())),
-                        ]),
-                    ),
+                        ];
+                        fields.extend(e.detail().map(|d| ("detail".into(), Value::String(d))));
+                        ("err".into(), Value::Object(fields))
+                    }
                 };
                 Value::Object(vec![
                     ("t".into(), s("reply")),
@@ -93,10 +98,15 @@ impl Envelope {
             "reply" => {
                 let result = match (field(&entries, "ok"), field(&entries, "err")) {
                     (Some(v), None) => Ok(v.clone()),
-                    (None, Some(e)) => Err(InvokeError::from_wire(
-                        e.get("kind").and_then(Value::as_str).unwrap_or(""),
-                        e.get("message").and_then(Value::as_str).unwrap_or(""),
-                    )),
+                    (None, Some(e)) => {
+                        let text = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_owned);
+                        Err(InvokeError::from_wire(
+                            &text("kind").unwrap_or_default(),
+                            text("detail")
+                                .or_else(|| text("message"))
+                                .unwrap_or_default(),
+                        ))
+                    }
                     _ => return None,
                 };
                 Some(Envelope::Reply { id: id()?, result })
@@ -123,4 +133,37 @@ where
         data,
     };
     port.post_message(envelope.into_value(), ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error crosses as fields, not as text parsed back: a channel with a quote in it, or a
+    /// handler's message that looks like another error's text, come back as they were.
+    #[test]
+    fn invoke_errors_cross_the_wire_as_they_were() {
+        for e in [
+            InvokeError::NoHandler(r#"say "hi""#.into()),
+            InvokeError::NoHandler("tab\there".into()),
+            InvokeError::HandlerFailed("handler panicked: not really".into()),
+            InvokeError::HandlerFailed(String::new()),
+            InvokeError::HandlerPanicked("index out of bounds".into()),
+            InvokeError::Data("jobs[2].id: invalid type".into()),
+            InvokeError::Timeout,
+            InvokeError::MainGone,
+        ] {
+            let wire = Envelope::Reply {
+                id: 7,
+                result: Err(e.clone()),
+            }
+            .into_value();
+            let bytes = msgport::codec::encode(&wire);
+            let back = Envelope::from_value(msgport::codec::decode(&bytes).unwrap());
+            match back {
+                Some(Envelope::Reply { id: 7, result }) => assert_eq!(result, Err(e)),
+                _ => panic!("not a reply"),
+            }
+        }
+    }
 }

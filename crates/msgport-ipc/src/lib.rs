@@ -13,13 +13,13 @@
 //!
 //! | Electron | msgport-ipc |
 //! |---|---|
-//! | `ipcMain.on(ch, (e, ...args))` / `once` / `removeListener` | [`IpcMain::on`] / [`IpcMain::once`] / [`IpcMain::remove_listener`] (messages sent before main listens on a channel wait for its first listener) |
+//! | `ipcMain.on(ch, (e, ...args))` / `once` / `off` (`removeListener`) / `removeAllListeners` | [`IpcMain::on`] (adds; returns a [`ListenerId`]) / [`IpcMain::once`] / [`IpcMain::off`] ([`IpcMain::remove_listener`]) / [`IpcMain::remove_all_listeners`] (all work from inside a listener; messages sent before main listens on a channel wait for its first listener: 1,024 per channel, 16,384 in all) |
 //! | `ipcMain.handle(ch, fn)` / `handleOnce` / `removeHandler` | [`IpcMain::handle`] (or [`IpcMain::handle_typed`]: any `Serialize` answer, any `Display` error) / [`IpcMain::handle_once`] / [`IpcMain::remove_handler`] |
 //! | `ipcMain.handle(ch, async fn)` | [`IpcMain::handle_async`] (on the caller's tokio runtime, or msgport-ipc's own task thread; the connection keeps serving meanwhile) |
 //! | `event.senderFrame` / `event.sender` | [`IpcEvent::sender`]: a [`ChildRef`] in main, a [`MainRef`] in a child (one event shape, [`IpcEvent`], on both sides: `sender`, `channel`, [`data::<T>()`](IpcEvent::data), `ports`) |
 //! | `webContents.send` / `webContents.postMessage` | [`ChildRef::send`] / [`ChildRef::post_message`] |
 //! | `ipcRenderer.send` / `invoke` / `postMessage` | [`IpcChild::send`] / [`IpcChild::invoke`] (typed: [`IpcChild::invoke_as`]; also [`IpcChild::invoke_timeout`], [`IpcChild::set_invoke_timeout`]: no timeout by default, as in Electron) / [`IpcChild::post_message`] |
-//! | `ipcRenderer.on` / `once` / `removeListener` / `removeAllListeners` | [`IpcChild::on`] / [`IpcChild::once`] / [`IpcChild::off`] / [`IpcChild::remove_listener`] (all work from inside a listener) |
+//! | `ipcRenderer.on` / `once` / `off` (`removeListener`) / `removeAllListeners` | [`IpcChild::on`] / [`IpcChild::once`] / [`IpcChild::off`] / [`IpcChild::remove_all_listeners`] (all work from inside a listener) |
 //! | `utilityProcess.fork` (its `stdout`/`stderr`, `pid`, `kill()`, `exit` event) | [`IpcMain::spawn`] ([`ChildRef::take_stdout`] / [`ChildRef::take_stderr`], [`ChildRef::pid`], [`ChildRef::kill`] through a pidfd, [`ChildRef::wait`] and [`IpcMain::on_exit`]) |
 //! | main going away, seen from a child | [`IpcChild::on_main_gone`], [`IpcChild::wait_main_gone`]; main says goodbye with [`IpcMain::shutdown`]; whether the child exits then: [`ConnectOptions::exit_when_main_goes`] |
 //!
@@ -98,25 +98,30 @@ impl InvokeError {
         }
     }
 
-    pub(crate) fn from_wire(kind: &str, message: &str) -> InvokeError {
-        let m = message.to_owned();
+    /// What the variant carries (a channel, a message), as it crosses the wire: the
+    /// receiving side rebuilds the same variant from `kind` and this, never from the text.
+    pub(crate) fn detail(&self) -> Option<String> {
+        match self {
+            InvokeError::NoHandler(s)
+            | InvokeError::HandlerFailed(s)
+            | InvokeError::HandlerPanicked(s)
+            | InvokeError::Data(s) => Some(s.clone()),
+            InvokeError::Post(e) => Some(e.to_string()),
+            InvokeError::MainGone | InvokeError::Timeout => None,
+        }
+    }
+
+    /// The variant named by `kind`, carrying `detail`. Main only ever sends `no-handler`,
+    /// `handler-failed` and `handler-panicked`; any other kind reads as a failed handler (a
+    /// `PostError` does not cross processes).
+    pub(crate) fn from_wire(kind: &str, detail: String) -> InvokeError {
         match kind {
             "timeout" => InvokeError::Timeout,
-            "no-handler" => InvokeError::NoHandler(
-                m.strip_prefix("no handler registered for channel ")
-                    .map(|c| c.trim_matches('"').to_owned())
-                    .unwrap_or(m),
-            ),
-            "handler-panicked" => InvokeError::HandlerPanicked(
-                m.strip_prefix("handler panicked: ")
-                    .map(str::to_owned)
-                    .unwrap_or(m),
-            ),
-            _ => InvokeError::HandlerFailed(
-                m.strip_prefix("handler failed: ")
-                    .map(str::to_owned)
-                    .unwrap_or(m),
-            ),
+            "main-gone" => InvokeError::MainGone,
+            "no-handler" => InvokeError::NoHandler(detail),
+            "handler-panicked" => InvokeError::HandlerPanicked(detail),
+            "data" => InvokeError::Data(detail),
+            _ => InvokeError::HandlerFailed(detail),
         }
     }
 }

@@ -422,7 +422,23 @@ impl IpcMain {
         self.add(channel, true, Arc::new(Mutex::new(f)))
     }
 
-    /// Removes a listener; returns whether it was registered.
+    /// Removes one listener (also from inside a listener: it gets no later message); returns
+    /// whether it was registered. Same as [`remove_listener`](Self::remove_listener).
+    pub fn off(&self, channel: &str, id: ListenerId) -> bool {
+        self.remove_listener(channel, id)
+    }
+
+    /// Removes every listener of `channel` (also from inside one of them); later messages wait
+    /// for the next listener, as before the first.
+    pub fn remove_all_listeners(&self, channel: &str) {
+        self.shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(channel);
+    }
+
+    /// Removes a listener (also from inside a listener); returns whether it was registered.
     pub fn remove_listener(&self, channel: &str, id: ListenerId) -> bool {
         let mut all = self
             .shared

@@ -144,6 +144,15 @@ fn child_entry() {
             ipc.send("async-report", report.join(" | ")).unwrap();
             std::thread::sleep(Duration::from_secs(60));
         }
+        "ticker" => {
+            let ipc = IpcChild::connect().unwrap();
+            for ch in [
+                "tick", "tick", "tick", "tock", "tock", "all", "all", "report",
+            ] {
+                ipc.send(ch, ()).unwrap();
+            }
+            std::thread::sleep(Duration::from_secs(60));
+        }
         "vocabulary" => {
             // The same event shape as main's: sender, channel, data::<T>() with a path, ports.
             let ipc = IpcChild::connect().unwrap();
@@ -168,7 +177,7 @@ fn child_entry() {
             let (c, me) = (counts.clone(), ipc.clone());
             ipc.on("tick", move |_| {
                 c.lock().unwrap()[0] += 1;
-                me.remove_listener("tick");
+                me.remove_all_listeners("tick");
             });
             let c = counts.clone();
             ipc.once("tock", move |_| c.lock().unwrap()[1] += 1);
@@ -912,5 +921,40 @@ fn child_events_have_main_s_shape_and_decode_errors_name_the_path() {
     assert_eq!(channel, "shape");
     assert!(wrong.contains("[2]: invalid type"), "{wrong}");
     assert_eq!(ports, 1);
+    child.kill().unwrap();
+}
+
+/// Main's listeners match the child's: `on` adds, `once` runs once, `off` and
+/// `remove_all_listeners` work from inside a listener.
+#[test]
+fn main_listeners_can_remove_themselves_and_add_up() {
+    use std::sync::{Arc, Mutex, OnceLock};
+    let main = IpcMain::new();
+    let counts = Arc::new(Mutex::new([0u32; 4]));
+    let own_id = Arc::new(OnceLock::new());
+    let (c, me, id) = (counts.clone(), main.clone(), own_id.clone());
+    let tick = main.on("tick", move |_| {
+        c.lock().unwrap()[0] += 1;
+        assert!(me.off("tick", *id.get().unwrap()));
+    });
+    own_id.set(tick).unwrap();
+    let c = counts.clone();
+    main.once("tock", move |_| c.lock().unwrap()[1] += 1);
+    let (c, me) = (counts.clone(), main.clone());
+    main.on("all", move |_| {
+        c.lock().unwrap()[2] += 1;
+        me.remove_all_listeners("all");
+    });
+    let c = counts.clone();
+    main.on("all", move |_| c.lock().unwrap()[3] += 1);
+    let (tx, rx) = mpsc::channel();
+    main.on("report", move |_| tx.send(()).unwrap());
+    let child = main.spawn(&mut cmd("ticker")).unwrap();
+    rx.recv_timeout(LIMIT).unwrap();
+    assert_eq!(
+        *counts.lock().unwrap(),
+        [1, 1, 1, 1],
+        "tick once, tock once, both listeners of the first `all` only"
+    );
     child.kill().unwrap();
 }

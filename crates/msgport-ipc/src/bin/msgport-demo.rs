@@ -163,7 +163,7 @@ fn app() {
     let ipc = IpcChild::connect().expect("connect to main");
     let (port_tx, port_rx) = mpsc::channel::<MessagePort>();
     // Once we receive the reply, we can take the port...
-    ipc.on("provide-worker-channel", move |mut event| {
+    ipc.once("provide-worker-channel", move |mut event| {
         port_tx.send(event.ports.pop().expect("a port")).unwrap();
     });
     let requester = ipc.clone();
