@@ -7,21 +7,16 @@ use std::time::Duration;
 use msgport::{value, MessageChannel, Value};
 use msgport_ipc::{ChildRef, InvokeError, IpcChild, IpcMain};
 
-const ROLE: &str = "MSGPORT_IPC_TEST_ROLE";
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn cmd(role: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .stdout(std::process::Stdio::null());
-    c
+    msgport_testkit::child::command(role)
 }
 
 /// Not a test: the child roles (returns at once in the test process).
 #[test]
 fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(role) = msgport_testkit::child::role() else {
         return;
     };
     match role.as_str() {

@@ -1,49 +1,32 @@
 //! Ports between real processes: the test binary re-runs itself in a child role.
 
-mod common;
-
-use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::watchdog;
-use msgport::{process, value, MessageChannel, MessagePort, Value};
+use msgport::{process, value, MessageChannel, Value};
+use msgport_testkit::child::{self, wait_ok};
+use msgport_testkit::{topology, watchdog};
 
-const ROLE: &str = "MSGPORT_TEST_ROLE";
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn spawn_child(role: &str) -> (Child, MessagePort) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .stdout(std::process::Stdio::null());
-    process::spawn(&mut cmd).expect("spawn child")
-}
-
-fn wait_ok(mut child: Child) {
-    let status = child.wait().unwrap();
-    assert!(status.success(), "child failed: {status}");
-}
 
 /// Not a test: the entry point of the child roles (returns at once in the parent).
 #[test]
 fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(role) = child::role() else {
         return;
     };
-    let boot = process::bootstrap().expect("bootstrap");
+    let boot = child::bootstrap();
     match role.as_str() {
-        "echo" => common::echo(&boot),
-        "serve-ports" => common::serve_ports(&boot),
+        "echo" => topology::echo(&boot),
+        "serve-ports" => topology::serve_ports(&boot),
         other => panic!("unknown role {other}"),
     }
-    assert!(process::flush(Duration::from_secs(30)), "flush");
-    std::process::exit(0);
+    child::finish(Some(boot));
 }
 
 #[test]
 fn messages_cross_and_come_back_in_order() {
     watchdog(LIMIT, || {
-        let (child, port) = spawn_child("echo");
+        let (child, port) = child::spawn("echo");
         for i in 0..1000u32 {
             port.post_message(value!({ "i": i, "s": "x" }), []).unwrap();
         }
@@ -59,7 +42,7 @@ fn messages_cross_and_come_back_in_order() {
 #[test]
 fn a_port_sent_to_a_child_talks_directly() {
     watchdog(LIMIT, || {
-        let (child, boot) = spawn_child("serve-ports");
+        let (child, boot) = child::spawn("serve-ports");
         let (mine, theirs) = MessageChannel::new().into_ports();
         // Queued before the transfer: travels with the port.
         mine.post_message("early", []).unwrap();
@@ -81,7 +64,7 @@ fn a_port_sent_to_a_child_talks_directly() {
 #[test]
 fn the_death_of_a_child_closes_its_ports() {
     watchdog(LIMIT, || {
-        let (mut child, boot) = spawn_child("serve-ports");
+        let (mut child, boot) = child::spawn("serve-ports");
         let (mine, theirs) = MessageChannel::new().into_ports();
         boot.post_message((), [theirs]).unwrap();
         mine.post_message(1u8, []).unwrap();
@@ -96,7 +79,7 @@ fn the_death_of_a_child_closes_its_ports() {
 #[test]
 fn a_port_that_went_to_a_child_and_back_still_works() {
     watchdog(LIMIT, || {
-        let (child, boot) = spawn_child("echo");
+        let (child, boot) = child::spawn("echo");
         let (mine, theirs) = MessageChannel::new().into_ports();
         mine.post_message("before", []).unwrap();
         boot.post_message("there and back", [theirs]).unwrap();
@@ -125,8 +108,8 @@ fn a_port_that_went_to_a_child_and_back_still_works() {
 #[test]
 fn a_port_relayed_through_a_child_to_another_child() {
     watchdog(LIMIT, || {
-        let (a, a_boot) = spawn_child("echo");
-        let (b, b_boot) = spawn_child("serve-ports");
+        let (a, a_boot) = child::spawn("echo");
+        let (b, b_boot) = child::spawn("serve-ports");
         let (mine, theirs) = MessageChannel::new().into_ports();
         a_boot.post_message("there and back", [theirs]).unwrap();
         let back = a_boot.blocking_recv().unwrap().ports.pop().unwrap();
@@ -171,7 +154,7 @@ fn listen_and_connect_give_ports_with_kernel_credentials() {
 #[test]
 fn oversized_messages_are_refused_at_the_sender() {
     watchdog(LIMIT, || {
-        let (child, port) = spawn_child("echo");
+        let (child, port) = child::spawn("echo");
         msgport::set_max_message_size(1 << 20);
         let big = Value::from(&vec![7u8; 2 << 20][..]);
         let err = port.post_message(big, []).unwrap_err();
@@ -194,7 +177,7 @@ fn oversized_messages_are_refused_at_the_sender() {
 #[test]
 fn every_receive_form_works_on_a_remote_port_and_they_can_be_mixed() {
     watchdog(LIMIT, || {
-        let (child, port) = spawn_child("echo");
+        let (child, port) = child::spawn("echo");
         // Blocking (the pulling thread reads the socket itself)...
         port.post_message(1u32, []).unwrap();
         assert_eq!(port.blocking_recv().unwrap().data::<u32>().unwrap(), 1);
@@ -237,8 +220,8 @@ fn every_receive_form_works_on_a_remote_port_and_they_can_be_mixed() {
 #[test]
 fn a_slow_callback_does_not_delay_another_port() {
     watchdog(Duration::from_secs(60), || {
-        let (a_out, a_in) = common::hostile::socket_pair();
-        let (b_out, b_in) = common::hostile::socket_pair();
+        let (a_out, a_in) = msgport_testkit::hostile::socket_pair();
+        let (b_out, b_in) = msgport_testkit::hostile::socket_pair();
         let (tx, rx) = std::sync::mpsc::channel();
         let t = tx.clone();
         a_in.on_message(move |_| {
@@ -263,8 +246,8 @@ fn a_slow_callback_does_not_delay_another_port() {
 #[test]
 fn a_callback_can_wait_for_another_ports_message() {
     watchdog(Duration::from_secs(60), || {
-        let (a_out, a_in) = common::hostile::socket_pair();
-        let (c_out, c_in) = common::hostile::socket_pair();
+        let (a_out, a_in) = msgport_testkit::hostile::socket_pair();
+        let (c_out, c_in) = msgport_testkit::hostile::socket_pair();
         let (tx, rx) = std::sync::mpsc::channel();
         a_in.on_message(move |_| {
             // Blocks this callback until c's message arrives: the reactor must still deliver.
@@ -286,7 +269,7 @@ fn a_thousand_ports_with_callbacks_in_one_process() {
         let mut outs = Vec::new();
         let mut ins = Vec::new();
         for i in 0..1_000u32 {
-            let (out, inp) = common::hostile::socket_pair();
+            let (out, inp) = msgport_testkit::hostile::socket_pair();
             let tx = tx.clone();
             inp.on_message(move |e| tx.send((i, e.data::<u32>().unwrap())).unwrap());
             inp.start();

@@ -3,16 +3,16 @@
 //! before the fix. Tests that measure the process (memory, descriptors, CPU) or break part of
 //! it run alone in a fresh process (`isolated`).
 
-mod common;
-
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::hostile::{self, borrow, cbor, dev_null, frame, hostile_pair, isolated, open_fds};
-use common::watchdog;
 use msgport::{MessageChannel, PostError, RecvTimeoutError, Value};
+use msgport_testkit::child::{self, isolated};
+use msgport_testkit::fds::open_fds;
+use msgport_testkit::hostile::{self, borrow, cbor, dev_null, frame, hostile_pair};
+use msgport_testkit::watchdog;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -492,18 +492,9 @@ fn a_closed_port_whose_peer_never_reads_is_released() {
     );
 }
 
-/// The environment variable naming a child role of this test binary.
-const ROLE: &str = "MSGPORT_HOSTILE_ROLE";
-
 fn role_cmd(role: &str) -> std::process::Command {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "hostile_child",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROLE, role);
+    let mut cmd = child::command(role);
+    cmd.stdout(std::process::Stdio::inherit());
     cmd
 }
 
@@ -536,8 +527,8 @@ fn inheritable_fds() -> Vec<i32> {
 
 /// Not a test: the child roles of this file (returns at once in the test process).
 #[test]
-fn hostile_child() {
-    let Ok(role) = std::env::var(ROLE) else {
+fn child_entry() {
+    let Some(role) = child::role() else {
         return;
     };
     match role.as_str() {

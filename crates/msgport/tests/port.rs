@@ -1,16 +1,14 @@
 //! Rules of a single port that need no topology: transfer edge cases, leaks, every receive form.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::watchdog;
 use futures::StreamExt;
 use msgport::{
     value, MessageChannel, MessagePort, PostError, RecvTimeoutError, TryRecvError, Value,
 };
+use msgport_testkit::watchdog;
 use serde::{Deserialize, Serialize};
 
 const LIMIT: Duration = Duration::from_secs(30);

@@ -1,13 +1,11 @@
 //! The semantics suite (DESIGN §2), written once and run over every topology.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::*;
 use msgport::{value, MessageChannel, MessagePort, Value};
+use msgport_testkit::topology::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -53,8 +51,8 @@ fn post_50_then_drop(port: MessagePort) -> PeerFuture {
 
 /// The peer posts N and closes (or is dropped) while this side reads: N messages, then exactly
 /// one close, every time.
-fn n_then_close_races(t: &dyn Topology, rounds: usize) {
-    for round in 0..rounds {
+fn n_then_close_races(t: &dyn Topology) {
+    for round in 0..t.race_rounds() {
         let (local, remote) = t.channel();
         let closes = Arc::new(AtomicUsize::new(0));
         let c = closes.clone();
@@ -254,110 +252,35 @@ fn callbacks_wait_for_start(t: &dyn Topology) {
     );
 }
 
-/// Every peer script, by name, for the child-process topologies.
-const PEERS: Peers = &[
-    ("stream_100k", stream_100k),
-    ("post_50_then_close", post_50_then_close),
-    ("post_50_then_drop", post_50_then_drop),
-    ("echo_doubled", echo_doubled),
-    ("stream_replies", stream_replies),
-    ("answer_on_each_port", answer_on_each_port),
-    ("post_mismatched_then_good", post_mismatched_then_good),
-    ("drop_at_once", drop_at_once),
-    ("post_3_then_close", post_3_then_close),
-];
-
-fn n_then_close_races_in_child(t: &dyn Topology) {
-    n_then_close_races(t, 10);
-}
-
-/// Every scenario, by name, for the topology whose ends are both in children.
-const SCENARIOS: Scenarios = &[
-    ("order_100k", order_100k),
-    ("n_then_close_races", n_then_close_races_in_child),
-    ("queued_requests_are_answered", queued_requests_are_answered),
-    ("reply_stream", reply_stream),
-    ("hundred_ports_in_one_message", hundred_ports_in_one_message),
-    (
-        "decode_error_then_good_message",
+msgport_testkit::semantics_suite! {
+    limit: LIMIT,
+    peers: [
+        stream_100k,
+        post_50_then_close,
+        post_50_then_drop,
+        echo_doubled,
+        stream_replies,
+        answer_on_each_port,
+        post_mismatched_then_good,
+        drop_at_once,
+        post_3_then_close,
+    ],
+    scenarios: [
+        order_100k,
+        n_then_close_races,
+        queued_requests_are_answered,
+        reply_stream,
+        hundred_ports_in_one_message,
         decode_error_then_good_message,
-    ),
-    (
-        "posting_to_a_gone_peer_is_silent",
         posting_to_a_gone_peer_is_silent,
-    ),
-    ("callbacks_wait_for_start", callbacks_wait_for_start),
-];
-
-/// Not a test: the entry point of the child processes (returns at once in the test process).
-#[test]
-fn child_entry() {
-    run_child_role(PEERS, SCENARIOS);
-}
-
-/// The suite with both ends of every channel in child processes: the scenario runs in a child,
-/// its peer in that child's child.
-mod ends_in_two_children {
-    use super::*;
-
-    #[test]
-    fn every_scenario() {
-        for (name, _) in SCENARIOS {
-            watchdog(LIMIT, move || scenario_in_child(name));
-        }
-    }
-}
-
-macro_rules! suite {
-    ($($topology:ident => $make:expr, $rounds:expr;)*) => {$(
-        mod $topology {
-            use super::*;
-
-            fn t() -> Box<dyn Topology + Send> {
-                Box::new($make)
-            }
-
-            #[test]
-            fn order_100k() {
-                watchdog(LIMIT, || super::order_100k(&*t()));
-            }
-            #[test]
-            fn n_then_close_races() {
-                watchdog(LIMIT, || super::n_then_close_races(&*t(), $rounds));
-            }
-            #[test]
-            fn queued_requests_are_answered() {
-                watchdog(LIMIT, || super::queued_requests_are_answered(&*t()));
-            }
-            #[test]
-            fn reply_stream() {
-                watchdog(LIMIT, || super::reply_stream(&*t()));
-            }
-            #[test]
-            fn hundred_ports_in_one_message() {
-                watchdog(LIMIT, || super::hundred_ports_in_one_message(&*t()));
-            }
-            #[test]
-            fn decode_error_then_good_message() {
-                watchdog(LIMIT, || super::decode_error_then_good_message(&*t()));
-            }
-            #[test]
-            fn posting_to_a_gone_peer_is_silent() {
-                watchdog(LIMIT, || super::posting_to_a_gone_peer_is_silent(&*t()));
-            }
-            #[test]
-            fn callbacks_wait_for_start() {
-                watchdog(LIMIT, || super::callbacks_wait_for_start(&*t()));
-            }
-        }
-    )*};
-}
-
-suite! {
-    same_thread => SameThread, 1000;
-    two_threads => TwoThreads, 1000;
-    async_tasks => AsyncTasks, 1000;
-    transferred_3_times => Transferred(3), 1000;
-    one_end_in_a_child => InChild(PEERS), 20;
-    end_crossed_three_processes => ViaChildren(PEERS), 10;
+        callbacks_wait_for_start,
+    ],
+    topologies: [
+        same_thread => SameThread,
+        two_threads => TwoThreads,
+        async_tasks => AsyncTasks,
+        transferred_3_times => Transferred(3),
+        one_end_in_a_child => InChild(PEERS),
+        end_crossed_three_processes => ViaChildren(PEERS),
+    ],
 }

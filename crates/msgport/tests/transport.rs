@@ -1,12 +1,12 @@
 //! The cross-process transport under stress: real child processes, signals, leaks, chaos.
 
-mod common;
-
 use std::process::Child;
 use std::time::Duration;
 
-use common::{spawn_child, watchdog, ROLE};
 use msgport::{process, value, Binary, BinaryKind, MessageChannel, MessagePort, Value};
+use msgport_testkit::child::{self, wait_ok};
+use msgport_testkit::fds::open_fds;
+use msgport_testkit::{topology, watchdog};
 use rustix::process::{kill_process, Pid, Signal};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -19,42 +19,31 @@ fn signal(child: &Child, sig: Signal) {
     kill_process(pid(child), sig).expect("kill");
 }
 
-fn wait_ok(mut child: Child) {
-    let status = child.wait().unwrap();
-    assert!(status.success(), "child failed: {status}");
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn child(role: &str) -> (Child, MessagePort) {
-    spawn_child("child_entry", role)
-}
-
 /// Not a test: the entry point of the child roles (returns at once in the test process).
 #[test]
 fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(role) = child::role() else {
         return;
     };
     if role == "garbage" {
         garbage();
     }
-    let boot = process::bootstrap().expect("bootstrap");
+    let boot = child::bootstrap();
     match role.as_str() {
-        "echo" => common::echo(&boot),
-        "serve-ports" => common::serve_ports(&boot),
-        "main" => main_role(boot),
-        "talker" => talker(boot),
-        "ring" => ring(boot),
+        "echo" => topology::echo(&boot),
+        "serve-ports" => topology::serve_ports(&boot),
+        "main" => main_role(&boot),
+        "talker" => talker(&boot),
+        "ring" => {
+            ring(boot);
+            child::finish(None)
+        }
         "idle" => while boot.blocking_recv().is_some() {},
-        "leak-check" => leak_check(boot),
-        "fd-starved" => fd_starved(boot),
+        "leak-check" => leak_check(&boot),
+        "fd-starved" => fd_starved(&boot),
         other => panic!("unknown role {other}"),
     }
-    assert!(process::flush(Duration::from_secs(30)), "flush");
-    std::process::exit(0);
+    child::finish(Some(boot));
 }
 
 /// Writes bytes that are not frames into the inherited socket, without using msgport.
@@ -79,9 +68,9 @@ fn garbage() -> ! {
 
 /// A "main" process: spawns two talkers, gives them the two ends of one channel, and a report
 /// port each to the test process; then it only waits (the test stops it meanwhile).
-fn main_role(boot: MessagePort) {
-    let (a, a_boot) = child("talker");
-    let (b, b_boot) = child("talker");
+fn main_role(boot: &MessagePort) {
+    let (a, a_boot) = child::spawn("talker");
+    let (b, b_boot) = child::spawn("talker");
     let (pa, pb) = MessageChannel::new().into_ports();
     let (ra_test, ra) = MessageChannel::new().into_ports();
     let (rb_test, rb) = MessageChannel::new().into_ports();
@@ -96,7 +85,7 @@ fn main_role(boot: MessagePort) {
 }
 
 /// Exchanges 10,000 messages each way with its peer once told to go, then reports.
-fn talker(boot: MessagePort) {
+fn talker(boot: &MessagePort) {
     let event = boot.blocking_recv().unwrap();
     let [peer, report]: [MessagePort; 2] = event.ports.try_into().unwrap();
     assert_eq!(
@@ -125,7 +114,7 @@ fn talker(boot: MessagePort) {
 #[test]
 fn running_out_of_descriptors_is_a_typed_error_on_the_post_that_needed_one() {
     watchdog(LIMIT, || {
-        let (starved, boot) = child("fd-starved");
+        let (starved, boot) = child::spawn("fd-starved");
         let mut ports = 0;
         let report = loop {
             let event = boot.blocking_recv().expect("the report");
@@ -144,7 +133,7 @@ fn running_out_of_descriptors_is_a_typed_error_on_the_post_that_needed_one() {
 #[test]
 fn main_is_not_on_the_path_between_two_children() {
     watchdog(LIMIT, || {
-        let (main, main_boot) = child("main");
+        let (main, main_boot) = child::spawn("main");
         let [ra, rb]: [MessagePort; 2] =
             main_boot.blocking_recv().unwrap().ports.try_into().unwrap();
         signal(&main, Signal::STOP);
@@ -163,7 +152,7 @@ fn sigkill_closes_and_ten_thousand_cycles_leak_no_descriptor() {
     // Counted in a child of its own: other tests of this binary open descriptors concurrently.
     // 10,000 cross-process round trips take seconds, but minutes on a loaded debug build.
     watchdog(Duration::from_secs(300), || {
-        let (checker, boot) = child("leak-check");
+        let (checker, boot) = child::spawn("leak-check");
         assert_eq!(
             boot.blocking_recv().unwrap().data::<String>().unwrap(),
             "no leak"
@@ -173,8 +162,8 @@ fn sigkill_closes_and_ten_thousand_cycles_leak_no_descriptor() {
     });
 }
 
-fn leak_check(boot: MessagePort) {
-    let (mut server, server_boot) = child("serve-ports");
+fn leak_check(boot: &MessagePort) {
+    let (mut server, server_boot) = child::spawn("serve-ports");
     // Warm up (the reactor's own descriptors), then count.
     let (warm, warm_far) = MessageChannel::new().into_ports();
     server_boot.post_message((), [warm_far]).unwrap();
@@ -210,7 +199,7 @@ fn leak_check(boot: MessagePort) {
 
 /// In a process out of descriptors, the post that needs one fails with a typed error; the ports
 /// that exist keep working.
-fn fd_starved(boot: MessagePort) {
+fn fd_starved(boot: &MessagePort) {
     // The reactor (and its raised limit) exists already: lower the limit under our feet.
     let now = open_fds() as u64;
     rustix::process::setrlimit(
@@ -275,7 +264,7 @@ fn chaos_a_stream_survives_its_reader_circling_four_processes() {
     watchdog(LIMIT, || {
         // The ring: this process → P0 → P1 → P2 → P3 → this process → P0 ... This process only
         // relays the reader; each Pi reads the next 7,919 numbers, checking each.
-        let procs: Vec<(Child, MessagePort)> = (0..4).map(|_| child("ring")).collect();
+        let procs: Vec<(Child, MessagePort)> = (0..4).map(|_| child::spawn("ring")).collect();
         let mut links: Vec<(Option<MessagePort>, Option<MessagePort>)> = (0..5)
             .map(|_| {
                 let (a, b) = MessageChannel::new().into_ports();
@@ -329,7 +318,7 @@ fn chaos_a_stream_survives_its_reader_circling_four_processes() {
 #[test]
 fn a_64_mib_message_and_200_ports_arrive_intact() {
     watchdog(LIMIT, || {
-        let (echo, boot) = child("echo");
+        let (echo, boot) = child::spawn("echo");
         let bytes: Vec<u8> = (0..64u32 << 20)
             .map(|i| (i * 7 + (i >> 13)) as u8)
             .collect();
@@ -342,7 +331,7 @@ fn a_64_mib_message_and_200_ports_arrive_intact() {
         drop(boot);
         wait_ok(echo);
 
-        let (server, boot) = child("serve-ports");
+        let (server, boot) = child::spawn("serve-ports");
         let (near, far): (Vec<_>, Vec<_>) =
             (0..200).map(|_| MessageChannel::new().into_ports()).unzip();
         boot.post_message("200 ports", far).unwrap();
@@ -360,7 +349,7 @@ fn a_64_mib_message_and_200_ports_arrive_intact() {
 #[test]
 fn a_port_in_flight_to_a_process_that_dies_closes_for_its_peer() {
     watchdog(LIMIT, || {
-        let (mut victim, boot) = child("idle");
+        let (mut victim, boot) = child::spawn("idle");
         let (writer, reader) = MessageChannel::new().into_ports();
         // Stopped, the victim cannot read the frame that carries the port.
         signal(&victim, Signal::STOP);
@@ -379,8 +368,8 @@ fn a_port_in_flight_to_a_process_that_dies_closes_for_its_peer() {
 #[test]
 fn garbage_on_a_port_socket_closes_that_port_only() {
     watchdog(LIMIT, || {
-        let (bad, bad_boot) = child("garbage");
-        let (good, good_boot) = child("echo");
+        let (bad, bad_boot) = child::spawn("garbage");
+        let (good, good_boot) = child::spawn("echo");
         assert!(bad_boot.blocking_recv().is_none(), "the bad port closes");
         good_boot
             .post_message(value!({ "still": "working" }), [])

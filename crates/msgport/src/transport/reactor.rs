@@ -6,6 +6,10 @@
 //! The thread never dies of a link: each event is served under `catch_unwind`, and a link whose
 //! service panicked is closed (its port observes close). Should the thread end anyway, every
 //! link it watched is closed and no new one can register (a typed error instead of a hang).
+//!
+//! Proven by: `tests/hostile.rs` (`a_panic_serving_one_port_closes_that_port_only`,
+//! `if_the_reactor_thread_dies_its_ports_close`, `a_closed_port_whose_peer_never_reads_is_released`,
+//! `a_flood_on_one_port_does_not_starve_another`).
 
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;

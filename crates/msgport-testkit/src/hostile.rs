@@ -1,9 +1,7 @@
-//! The hostile-peer harness: a port of this process whose other end is a bare socket in the
+//! The hostile-peer tools: a port of this process whose other end is a bare socket in the
 //! test's hands, to write hand-made frames and descriptors into (the wire format is in
-//! docs/wire-format.md), and a way to run a test alone in a fresh process, so that what it
-//! measures (memory, descriptors, CPU time) or breaks (the reactor) is its own.
-
-#![allow(dead_code)]
+//! docs/wire-format.md), and measures of this process (memory, CPU time). Run such tests with
+//! [`isolated`](crate::child::isolated), so that what they measure or break is their own.
 
 use std::io::{IoSlice, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -23,6 +21,7 @@ pub fn socket_path(tag: &str) -> PathBuf {
 
 /// The bare end of a port's socket.
 pub struct RawPeer {
+    /// The socket.
     pub sock: UnixStream,
 }
 
@@ -112,14 +111,17 @@ pub mod cbor {
         }
     }
 
+    /// A byte string.
     pub fn bytes(b: &[u8]) -> Vec<u8> {
         [head(2, b.len() as u64), b.to_vec()].concat()
     }
 
+    /// An unsigned integer.
     pub fn uint(n: u64) -> Vec<u8> {
         head(0, n)
     }
 
+    /// `null`.
     pub const NULL: &[u8] = &[0xf6];
 
     /// A message body `[data, [records...]]`.
@@ -169,13 +171,9 @@ pub fn dev_null(n: usize) -> Vec<OwnedFd> {
         .collect()
 }
 
+/// The descriptors, borrowed (for [`RawPeer::send`]).
 pub fn borrow(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
     fds.iter().map(|f| f.as_fd()).collect()
-}
-
-/// Descriptors this process has open.
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 /// This process's resident memory, in KiB.
@@ -196,37 +194,4 @@ pub fn cpu_time() -> Duration {
     // Fields 14 and 15 of the line, counted from the state (field 3).
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 10)
-}
-
-const ISOLATED: &str = "MSGPORT_TEST_ISOLATED";
-
-/// Runs the test `name` (this very test) alone in a fresh process of this test binary, with
-/// `env` added; in that process, runs `body`. Fails if the process fails (a panic, an abort, a
-/// signal) or takes longer than `limit`.
-pub fn isolated(name: &str, env: &[(&str, &str)], limit: Duration, body: impl FnOnce()) {
-    if std::env::var(ISOLATED).as_deref() == Ok(name) {
-        body();
-        // Leave without running the rest of the harness (and without waiting for threads).
-        std::process::exit(0);
-    }
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(ISOLATED, name)
-        .env_remove(msgport::process::BOOTSTRAP_ENV);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn the isolated test");
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "isolated test {name} failed: {status}");
-            return;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("isolated test {name} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -1,0 +1,45 @@
+//! msgport's shared test harness (not published).
+//!
+//! Every multi-process test of the workspace is built from these pieces:
+//! - [`child`]: the test binary re-runs itself in a *role* (`child_entry` + an environment
+//!   variable), a role ends with [`child::finish`] (flush, then the descriptor-leak check),
+//!   and [`child::isolated`] runs one test alone in a fresh process;
+//! - [`watchdog`]: a hang fails the test instead of stalling the suite;
+//! - [`fds`]: descriptor counts and the leak check;
+//! - [`topology`]: where a scenario's peer runs (same thread, threads, tasks, transferred,
+//!   child processes), and [`semantics_suite!`], which makes a test per scenario and topology
+//!   from one table;
+//! - [`hostile`]: a port whose other end is a bare socket in the test's hands, to write
+//!   hand-made frames and descriptors into.
+
+pub mod child;
+pub mod fds;
+pub mod hostile;
+pub mod topology;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit` (a hang is a bug).
+pub fn watchdog<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => {
+            worker.join().expect("the body returned");
+            v
+        }
+        Err(_) => {
+            if worker.is_finished() {
+                // The body panicked: surface its panic.
+                if let Err(panic) = worker.join() {
+                    std::panic::resume_unwind(panic);
+                }
+                unreachable!("a body that returned sent its result");
+            }
+            panic!("watchdog: the test did not finish within {limit:?}");
+        }
+    }
+}
