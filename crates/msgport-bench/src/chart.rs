@@ -3,14 +3,13 @@
 
 use std::fmt::Write;
 
-use crate::Figure;
+use crate::measure::{Better, Figure};
 
 /// msgport's advantage over the rival: > 1 means msgport is better, whatever the unit.
-fn advantage(f: &Figure) -> f64 {
-    if f.better == "lower" {
-        f.rival_value / f.msgport
-    } else {
-        f.msgport / f.rival_value
+fn advantage(f: &Figure, rival_value: f64) -> f64 {
+    match f.better {
+        Better::Lower => rival_value / f.msgport,
+        Better::Higher => f.msgport / rival_value,
     }
 }
 
@@ -20,7 +19,9 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-pub(crate) fn svg(figures: &[Figure]) -> String {
+/// Only contests are drawn: figures without a rival are listed in the text output.
+pub(crate) fn svg(all: &[Figure]) -> String {
+    let figures: Vec<&Figure> = all.iter().filter(|f| f.rival_value.is_some()).collect();
     let row = 22.0;
     let label_w = 620.0;
     let bar_w = 420.0;
@@ -40,7 +41,7 @@ pub(crate) fn svg(figures: &[Figure]) -> String {
     );
     for (i, f) in figures.iter().enumerate() {
         let y = 40.0 + row * i as f64;
-        let adv = advantage(f);
+        let adv = advantage(f, f.rival_value.unwrap_or(f.msgport));
         let len = (adv.log2().clamp(-5.0, 5.0)) * scale;
         let (x, w, color) = if len >= 0.0 {
             (center, len, "#2e8b57")
@@ -52,7 +53,7 @@ pub(crate) fn svg(figures: &[Figure]) -> String {
             r#"<text x="10" y="{}">{} — vs {}</text>"#,
             y + 14.0,
             escape(&f.name),
-            escape(&f.rival)
+            escape(f.rival.as_deref().unwrap_or(""))
         );
         let _ = write!(
             s,
@@ -62,9 +63,10 @@ pub(crate) fn svg(figures: &[Figure]) -> String {
         );
         let _ = write!(
             s,
-            r#"<text x="{:.1}" y="{}">{adv:.2}×</text>"#,
+            r#"<text x="{:.1}" y="{}">{adv:.2}×{}</text>"#,
             label_w + bar_w + 8.0,
-            y + 14.0
+            y + 14.0,
+            if f.within_noise { " ~" } else { "" }
         );
     }
     let _ = write!(

@@ -1,6 +1,8 @@
-//! The IPC group: `invoke` round trip and `send` throughput, child → main, msgport-ipc next to
-//! Node.js `child_process.fork` with `serialization: 'advanced'` doing the same, when `node` is
-//! on the machine.
+//! The IPC group: `invoke` round trip and `send` throughput, child → main, msgport-ipc against
+//! Node.js `child_process.fork` doing the same with its two serializations (`advanced`, the
+//! structured clone, and `json`, its default), when `node` is on the machine. The payload is
+//! the same 64 B record on every side (a `Small` struct; an object `{seq, rest: [7 numbers]}`
+//! in JavaScript). One rep is one child process: a warm-up batch, then a timed one.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -8,68 +10,93 @@ use std::time::{Duration, Instant};
 use msgport::Value;
 use msgport_ipc::{IpcChild, IpcMain};
 
-use crate::{median, pin, record, Config, Figure, Placement};
+use crate::measure::{compare, Better, Report};
+use crate::payload::Small;
+use crate::{pin, Config, Placement};
 
-/// The child side of the msgport-ipc figures: measures, then reports to main.
-pub fn child(role: &str, cpu: usize) {
-    pin(cpu);
-    let ipc = IpcChild::connect().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<(u64, usize)>();
-    ipc.on("go", move |e| {
-        let n: u64 = e.data["n"].as_f64().unwrap() as u64;
-        let reps = e.data["reps"].as_f64().unwrap() as usize;
-        tx.send((n, reps)).unwrap();
-    });
-    let (n, reps) = rx.recv().unwrap();
-    let payload = Value::from(&[0xa5u8; 64][..]);
-    let figures: Vec<f64> = (0..=reps)
-        .map(|_| {
-            let t = Instant::now();
-            if role == "mpipc-invoke" {
-                for _ in 0..n {
-                    ipc.invoke_blocking("echo", payload.clone()).unwrap();
-                }
-                t.elapsed().as_secs_f64() * 1e6 / n as f64
-            } else {
-                for _ in 0..n {
-                    ipc.send("data", payload.clone()).unwrap();
-                }
-                // Main answers after it has taken every message sent before.
-                ipc.invoke_blocking("sync", ()).unwrap();
-                n as f64 / t.elapsed().as_secs_f64()
-            }
-        })
-        .skip(1)
-        .collect();
-    ipc.send("figure", median(figures)).unwrap();
-    std::thread::sleep(Duration::from_secs(3600));
+/// The two IPC figures, as one system (main and a child) produces them.
+pub(crate) trait IpcSystem {
+    /// How the figures name it.
+    const NAME: &'static str;
+    /// Microseconds per `invoke` round trip (one rep).
+    fn invoke(placement: Placement, n: u64) -> Option<f64>;
+    /// Messages per second sent child → main (one rep).
+    fn send(placement: Placement, n: u64) -> Option<f64>;
 }
 
-fn msgport_figure(role: &str, cpu: usize, n: u64, reps: usize) -> f64 {
-    let main = IpcMain::new();
-    main.handle("echo", |e| Ok(e.data.clone()));
-    main.handle("sync", |_| Ok(Value::Null));
-    main.on("data", |_| {});
-    let (tx, rx) = std::sync::mpsc::channel();
-    main.on("figure", move |e| {
-        tx.send(e.data.as_f64().unwrap()).unwrap()
-    });
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.arg("--child").arg(role).arg(cpu.to_string());
-    let child = main.spawn(&mut cmd).unwrap();
-    child
-        .send("go", msgport::value!({ "n": n, "reps": reps }))
-        .unwrap();
-    let figure = rx.recv_timeout(Duration::from_secs(600)).unwrap();
-    let _ = child.kill();
-    figure
+/// The child side of the msgport-ipc figures: measures a warm-up batch and a timed one, then
+/// reports to main.
+pub(crate) fn child(role: &str, cpu: usize) {
+    pin(cpu);
+    let ipc = IpcChild::connect().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    ipc.on("go", move |e| tx.send(e.data::<u64>().unwrap()).unwrap());
+    let n = rx.recv().unwrap();
+    let mut figure = 0.0;
+    for _warm_up_then_timed in 0..2 {
+        let t = Instant::now();
+        if role == "mpipc-invoke" {
+            for i in 0..n {
+                let back: Small = ipc.invoke_blocking_as("echo", Small::new(i)).unwrap();
+                assert_eq!(back.seq, i);
+            }
+            figure = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        } else {
+            for i in 0..n {
+                ipc.send("data", Small::new(i)).unwrap();
+            }
+            // Main answers after it has taken every message sent before.
+            ipc.invoke_blocking("sync", ()).unwrap();
+            figure = n as f64 / t.elapsed().as_secs_f64();
+        }
+    }
+    ipc.send("figure", figure).unwrap();
+    ipc.wait_main_gone();
+}
+
+/// msgport-ipc: `invoke_blocking_as` against `handle`, `send` against `on`.
+pub(crate) struct MsgportIpc;
+
+impl MsgportIpc {
+    fn figure(role: &str, placement: Placement, n: u64) -> Option<f64> {
+        let main = IpcMain::new();
+        main.handle("echo", |e| Ok(e.data.clone()));
+        main.handle("sync", |_| Ok(Value::Null));
+        main.on("data", |e| {
+            std::hint::black_box(&e.data);
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        main.on("figure", move |e| {
+            let _ = tx.send(e.data::<f64>().unwrap());
+        });
+        let mut cmd = Command::new(std::env::current_exe().ok()?);
+        cmd.arg("--child")
+            .arg(role)
+            .arg(placement.cpu(1).to_string());
+        let child = main.spawn(&mut cmd).ok()?;
+        child.send("go", n).ok()?;
+        let figure = rx.recv_timeout(Duration::from_secs(600)).ok();
+        main.shutdown();
+        let _ = child.wait();
+        figure
+    }
+}
+
+impl IpcSystem for MsgportIpc {
+    const NAME: &'static str = "msgport-ipc";
+    fn invoke(placement: Placement, n: u64) -> Option<f64> {
+        Self::figure("mpipc-invoke", placement, n)
+    }
+    fn send(placement: Placement, n: u64) -> Option<f64> {
+        Self::figure("mpipc-send", placement, n)
+    }
 }
 
 const NODE_PARENT: &str = r#"
 const { fork } = require('child_process');
-const [n, reps, childCpu, mode] = process.argv.slice(2);
-const child = fork(__dirname + '/child.js', [n, reps, mode], {
-  serialization: 'advanced',
+const [n, childCpu, mode, serialization] = process.argv.slice(2);
+const child = fork(__dirname + '/child.js', [n, mode], {
+  serialization,
   execPath: '/usr/bin/taskset',
   execArgv: ['-c', childCpu, process.execPath],
 });
@@ -81,98 +108,127 @@ child.on('message', (m) => {
 "#;
 
 const NODE_CHILD: &str = r#"
-const [n, reps, mode] = process.argv.slice(2).map((x, i) => i < 2 ? Number(x) : x);
-const payload = Buffer.alloc(64, 0xa5);
+const [n, mode] = process.argv.slice(2).map((x, i) => i < 1 ? Number(x) : x);
+const small = (seq) => ({ seq, rest: [seq, seq, seq, seq, seq, seq, seq] });
 let nextId = 0;
 const waiting = new Map();
 process.on('message', (m) => { const r = waiting.get(m.id); waiting.delete(m.id); r(m.d); });
 const invoke = (t, d) => new Promise((resolve) => { const id = nextId++; waiting.set(id, resolve); process.send({ t, id, d }); });
 (async () => {
-  const figures = [];
-  for (let r = 0; r <= reps; r++) {
+  let figure = 0;
+  for (let r = 0; r < 2; r++) {
     const t0 = process.hrtime.bigint();
     if (mode === 'invoke') {
-      for (let i = 0; i < n; i++) await invoke('invoke', payload);
-      figures.push(Number(process.hrtime.bigint() - t0) / 1000 / n);
+      for (let i = 0; i < n; i++) {
+        const back = await invoke('invoke', small(i));
+        if (back.seq !== i) throw new Error('bad echo');
+      }
+      figure = Number(process.hrtime.bigint() - t0) / 1000 / n;
     } else {
-      for (let i = 0; i < n; i++) process.send({ t: 'data', d: payload });
+      for (let i = 0; i < n; i++) process.send({ t: 'data', d: small(i) });
       await invoke('sync');
-      figures.push(n / (Number(process.hrtime.bigint() - t0) / 1e9));
+      figure = n / (Number(process.hrtime.bigint() - t0) / 1e9);
     }
   }
-  figures.shift();
-  figures.sort((a, b) => a - b);
-  process.send({ t: 'figure', v: figures[Math.floor(figures.length / 2)] });
+  process.send({ t: 'figure', v: figure });
 })();
 "#;
 
-fn node_figure(mode: &str, placement: Placement, n: u64, reps: usize) -> Option<f64> {
-    let dir = std::env::temp_dir().join(format!("msgport-bench-node-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
-    std::fs::write(dir.join("parent.js"), NODE_PARENT).ok()?;
-    std::fs::write(dir.join("child.js"), NODE_CHILD).ok()?;
-    let out = Command::new("taskset")
-        .args(["-c", &placement.cpu(0).to_string(), "node"])
-        .arg(dir.join("parent.js"))
-        .args([
-            n.to_string(),
-            reps.to_string(),
-            placement.cpu(1).to_string(),
-            mode.to_string(),
-        ])
-        .output()
-        .ok()?;
-    let _ = std::fs::remove_dir_all(&dir);
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+/// Node.js `fork` IPC with the serialization `S`.
+pub(crate) struct Node<const ADVANCED: bool>;
+
+impl<const ADVANCED: bool> Node<ADVANCED> {
+    fn figure(mode: &str, placement: Placement, n: u64) -> Option<f64> {
+        let dir = std::env::temp_dir().join(format!("msgport-bench-node-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::write(dir.join("parent.js"), NODE_PARENT).ok()?;
+        std::fs::write(dir.join("child.js"), NODE_CHILD).ok()?;
+        let out = Command::new("taskset")
+            .args(["-c", &placement.cpu(0).to_string(), "node"])
+            .arg(dir.join("parent.js"))
+            .args([
+                n.to_string(),
+                placement.cpu(1).to_string(),
+                mode.to_string(),
+                if ADVANCED { "advanced" } else { "json" }.to_string(),
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    fn available() -> bool {
+        Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
 }
 
-pub fn group(cfg: &Config, out: &mut Vec<Figure>) {
-    let has_node = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_node {
-        println!("ipc      node is not on this machine: the Node.js comparison is skipped");
+impl<const ADVANCED: bool> IpcSystem for Node<ADVANCED> {
+    const NAME: &'static str = if ADVANCED {
+        "Node.js fork IPC (advanced)"
+    } else {
+        "Node.js fork IPC (json)"
+    };
+    fn invoke(placement: Placement, n: u64) -> Option<f64> {
+        Self::figure("invoke", placement, n)
     }
-    let reps = cfg.reps;
-    for placement in [Placement::OneCpu, Placement::TwoCpus] {
+    fn send(placement: Placement, n: u64) -> Option<f64> {
+        Self::figure("send", placement, n)
+    }
+}
+
+pub(crate) fn group(cfg: &Config, report: &mut Report) {
+    if !Node::<true>::available() {
+        println!("ipc     node is not on this machine: the Node.js comparisons are skipped");
+        return;
+    }
+    let n_inv = if cfg.quick { 2_000 } else { 10_000 };
+    let n_send = if cfg.quick { 20_000 } else { 200_000 };
+    let nan = f64::NAN;
+    for placement in Placement::BOTH {
         pin(placement.cpu(0));
         let p = placement.label();
-        let n_inv = if cfg.quick { 2_000 } else { 10_000 };
-        let ours = msgport_figure("mpipc-invoke", placement.cpu(1), n_inv, reps);
-        let n_send = if cfg.quick { 20_000 } else { 200_000 };
-        let ours_send = msgport_figure("mpipc-send", placement.cpu(1), n_send, reps);
-        match (
-            has_node
-                .then(|| node_figure("invoke", placement, n_inv, reps))
-                .flatten(),
-            has_node
-                .then(|| node_figure("send", placement, n_send, reps))
-                .flatten(),
-        ) {
-            (Some(node_inv), Some(node_send)) => {
-                record(
-                    out,
-                    "ipc",
-                    format!("invoke round trip, 64 B, {p}"),
-                    "µs",
-                    "lower",
-                    (ours, node_inv),
-                    "Node.js fork IPC (advanced)",
-                );
-                record(
-                    out,
-                    "ipc",
-                    format!("send throughput child→main, 64 B, {p}"),
-                    "msg/s",
-                    "higher",
-                    (ours_send, node_send),
-                    "Node.js fork IPC (advanced)",
-                );
-            }
-            _ => {
-                println!("ipc      invoke round trip, 64 B, {p}: {ours:.2} µs; send throughput: {ours_send:.0} msg/s (no Node.js figure)");
-            }
+        let s = compare(
+            cfg.reps,
+            &mut [
+                &mut || MsgportIpc::invoke(placement, n_inv).unwrap_or(nan),
+                &mut || Node::<true>::invoke(placement, n_inv).unwrap_or(nan),
+                &mut || Node::<false>::invoke(placement, n_inv).unwrap_or(nan),
+            ],
+        );
+        let name = format!("invoke round trip, 64 B struct, {p}");
+        for (rival, i) in [(Node::<true>::NAME, 1), (Node::<false>::NAME, 2)] {
+            report.versus(
+                "ipc",
+                name.clone(),
+                "µs",
+                Better::Lower,
+                &s[0],
+                rival,
+                &s[i],
+            );
+        }
+        let s = compare(
+            cfg.reps,
+            &mut [
+                &mut || MsgportIpc::send(placement, n_send).unwrap_or(nan),
+                &mut || Node::<true>::send(placement, n_send).unwrap_or(nan),
+                &mut || Node::<false>::send(placement, n_send).unwrap_or(nan),
+            ],
+        );
+        let name = format!("send throughput child→main, 64 B struct, {p}");
+        for (rival, i) in [(Node::<true>::NAME, 1), (Node::<false>::NAME, 2)] {
+            report.versus(
+                "ipc",
+                name.clone(),
+                "msg/s",
+                Better::Higher,
+                &s[0],
+                rival,
+                &s[i],
+            );
         }
     }
 }

@@ -1,67 +1,45 @@
-//! `cargo run --release -p msgport-bench -- [--quick] [--json PATH]`
+//! `cargo run --release -p msgport-bench -- [--quick] [--only GROUP] [--json PATH] [--svg PATH]`
 //!
-//! Every figure is measured next to its comparison in the same run, repeated, and reported as
-//! medians and a ratio. Latencies are reported twice: both threads pinned to one CPU, and split
-//! across two (waking a sleeping CPU costs ≈ 33 µs on the reference machine; DESIGN §4).
+//! Every figure is measured next to its rivals in the same run: each family of contenders
+//! implements one comparator trait ([`inproc::InProc`], [`xproc::Transport`],
+//! [`ipc::IpcSystem`]), [`measure::compare`] runs them interleaved rep by rep, and every figure
+//! is reported through [`measure::Report`] as medians, a ratio and the spread of the per-rep
+//! ratios. Every contender sends the same typed payload (`payload.rs`). Latencies are reported
+//! twice: both sides pinned to one CPU, and split across two (waking a sleeping CPU costs
+//! ≈ 33 µs on the reference machine; DESIGN §4).
 
 mod chart;
+mod inproc;
 mod ipc;
-mod transport;
+mod measure;
+mod payload;
+mod xproc;
 
-use std::hint::black_box;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use msgport::{codec, MessageChannel, Value};
-use serde::Serialize;
-
-/// A small message: 64 bytes of payload.
-#[derive(Clone, Copy, Serialize, serde::Deserialize)]
-struct Small {
-    seq: u64,
-    rest: [u64; 7],
-}
-
-impl Small {
-    fn new(seq: u64) -> Self {
-        Small {
-            seq,
-            rest: [seq; 7],
-        }
-    }
-}
-
-#[derive(Serialize)]
-pub(crate) struct Figure {
-    pub group: &'static str,
-    pub name: String,
-    pub unit: &'static str,
-    pub msgport: f64,
-    pub rival: String,
-    pub rival_value: f64,
-    /// msgport / rival; `better` says which direction is good for this figure.
-    pub ratio: f64,
-    pub better: &'static str,
-}
+use measure::Report;
 
 pub(crate) struct Config {
     pub quick: bool,
     pub reps: usize,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Placement {
     OneCpu,
     TwoCpus,
 }
 
 impl Placement {
+    pub(crate) const BOTH: [Placement; 2] = [Placement::OneCpu, Placement::TwoCpus];
+
     pub(crate) fn label(self) -> &'static str {
         match self {
             Placement::OneCpu => "pinned to one CPU",
             Placement::TwoCpus => "split across two CPUs",
         }
     }
+
     pub(crate) fn cpu(self, side: usize) -> usize {
         match self {
             Placement::OneCpu => 0,
@@ -71,7 +49,8 @@ impl Placement {
 }
 
 /// Pins the calling thread to `cpu` (taken modulo the machine's CPU count, not the current
-/// affinity mask, so a child of a pinned process can still be placed elsewhere).
+/// affinity mask, so a child of a pinned process can still be placed elsewhere). A figure
+/// labelled "pinned" must be pinned: failing to pin ends the run.
 pub(crate) fn pin(cpu: usize) {
     let n = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -79,7 +58,8 @@ pub(crate) fn pin(cpu: usize) {
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu % n);
     if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
-        eprintln!("cannot pin to CPU {cpu}: {e}");
+        eprintln!("cannot pin to CPU {cpu}: {e}; the figures would be mislabelled");
+        std::process::exit(1);
     }
 }
 
@@ -95,302 +75,40 @@ fn num_cpus_online() -> usize {
         .map_or(1, |last| last + 1)
 }
 
-pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    xs[xs.len() / 2]
+/// What a results file says about where it was measured.
+#[derive(serde::Serialize)]
+struct Run<'a> {
+    commit: String,
+    cpu: String,
+    cpus_online: usize,
+    quick: bool,
+    reps: usize,
+    figures: &'a [measure::Figure],
 }
 
-/// Runs `a` and `b` interleaved `reps` times (so drift hits both alike); returns medians.
-fn side_by_side(reps: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (f64, f64) {
-    let (mut xa, mut xb) = (Vec::new(), Vec::new());
-    a();
-    b();
-    for _ in 0..reps {
-        xa.push(a());
-        xb.push(b());
-    }
-    (median(xa), median(xb))
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
 }
 
-/// Messages per second, one producer thread and one consumer thread.
-fn rate(
-    n: u64,
-    placement: Placement,
-    produce: impl FnOnce() + Send,
-    consume: impl FnOnce() + Send,
-) -> f64 {
-    let start = Instant::now();
-    thread::scope(|s| {
-        s.spawn(move || {
-            pin(placement.cpu(0));
-            produce();
-        });
-        s.spawn(move || {
-            pin(placement.cpu(1));
-            consume();
-        });
-    });
-    n as f64 / start.elapsed().as_secs_f64()
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
-fn msgport_rate(n: u64, placement: Placement) -> f64 {
-    let (tx, rx) = MessageChannel::new().into_ports();
-    rate(
-        n,
-        placement,
-        move || {
-            for i in 0..n {
-                tx.post_message(Small::new(i), []).unwrap();
-            }
-        },
-        move || {
-            for i in 0..n {
-                let mut e = rx.blocking_recv().unwrap();
-                let s: Small = e.take_data().unwrap();
-                assert_eq!(s.seq, i);
-            }
-        },
-    )
-}
-
-fn msgport_encoded_rate(n: u64, placement: Placement) -> f64 {
-    // What a message would cost if it were encoded even within the process.
-    let (tx, rx) = MessageChannel::new().into_ports();
-    rate(
-        n,
-        placement,
-        move || {
-            for i in 0..n {
-                let bytes = codec::encode(&msgport::to_value(&Small::new(i)).unwrap());
-                tx.post_message(bytes, []).unwrap();
-            }
-        },
-        move || {
-            for i in 0..n {
-                let mut e = rx.blocking_recv().unwrap();
-                let bytes: Vec<u8> = e.take_data().unwrap();
-                let s: Small = msgport::from_value(codec::decode(&bytes).unwrap()).unwrap();
-                assert_eq!(s.seq, i);
-            }
-        },
-    )
-}
-
-fn tokio_rate(n: u64, placement: Placement) -> f64 {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Small>();
-    rate(
-        n,
-        placement,
-        move || {
-            for i in 0..n {
-                tx.send(Small::new(i)).unwrap();
-            }
-        },
-        move || {
-            for i in 0..n {
-                assert_eq!(rx.blocking_recv().unwrap().seq, i);
-            }
-        },
-    )
-}
-
-fn crossbeam_rate(n: u64, placement: Placement) -> f64 {
-    let (tx, rx) = crossbeam_channel::unbounded::<Small>();
-    rate(
-        n,
-        placement,
-        move || {
-            for i in 0..n {
-                tx.send(Small::new(i)).unwrap();
-            }
-        },
-        move || {
-            for i in 0..n {
-                assert_eq!(rx.recv().unwrap().seq, i);
-            }
-        },
-    )
-}
-
-/// Microseconds per round trip between two threads.
-fn round_trip(
-    n: u64,
-    placement: Placement,
-    ping: impl FnOnce() + Send,
-    pong: impl FnOnce() + Send,
-) -> f64 {
-    let start = Instant::now();
-    thread::scope(|s| {
-        s.spawn(move || {
-            pin(placement.cpu(1));
-            pong();
-        });
-        s.spawn(move || {
-            pin(placement.cpu(0));
-            ping();
-        });
-    });
-    start.elapsed().as_secs_f64() * 1e6 / n as f64
-}
-
-fn msgport_rtt(n: u64, placement: Placement) -> f64 {
-    let (a, b) = MessageChannel::new().into_ports();
-    round_trip(
-        n,
-        placement,
-        move || {
-            for i in 0..n {
-                a.post_message(Small::new(i), []).unwrap();
-                black_box(a.blocking_recv().unwrap());
-            }
-        },
-        move || {
-            for _ in 0..n {
-                let mut e = b.blocking_recv().unwrap();
-                let m: Small = e.take_data().unwrap();
-                b.post_message(m, []).unwrap();
-            }
-        },
-    )
-}
-
-fn tokio_rtt(n: u64, placement: Placement) -> f64 {
-    let (tx1, mut rx1) = tokio::sync::mpsc::unbounded_channel::<Small>();
-    let (tx2, mut rx2) = tokio::sync::mpsc::unbounded_channel::<Small>();
-    round_trip(
-        n,
-        placement,
-        move || {
-            for i in 0..n {
-                tx1.send(Small::new(i)).unwrap();
-                black_box(rx2.blocking_recv().unwrap());
-            }
-        },
-        move || {
-            for _ in 0..n {
-                let m = rx1.blocking_recv().unwrap();
-                tx2.send(m).unwrap();
-            }
-        },
-    )
-}
-
-fn crossbeam_rtt(n: u64, placement: Placement) -> f64 {
-    let (tx1, rx1) = crossbeam_channel::unbounded::<Small>();
-    let (tx2, rx2) = crossbeam_channel::unbounded::<Small>();
-    round_trip(
-        n,
-        placement,
-        move || {
-            for i in 0..n {
-                tx1.send(Small::new(i)).unwrap();
-                black_box(rx2.recv().unwrap());
-            }
-        },
-        move || {
-            for _ in 0..n {
-                tx2.send(rx1.recv().unwrap()).unwrap();
-            }
-        },
-    )
-}
-
-pub(crate) fn record(
-    out: &mut Vec<Figure>,
-    group: &'static str,
-    name: String,
-    unit: &'static str,
-    better: &'static str,
-    (ours, theirs): (f64, f64),
-    rival: &str,
-) {
-    let ratio = ours / theirs;
-    println!(
-        "{group:<8} {name:<58} msgport {ours:>12.3} {unit:<7} {rival:<22} {theirs:>12.3}  ratio {ratio:>6.2} ({better} is better)"
-    );
-    out.push(Figure {
-        group,
-        name,
-        unit,
-        msgport: ours,
-        rival: rival.to_owned(),
-        rival_value: theirs,
-        ratio,
-        better,
-    });
-}
-
-fn inproc(cfg: &Config, out: &mut Vec<Figure>) {
-    let n = if cfg.quick { 200_000 } else { 1_000_000 };
-    let rtt_n = if cfg.quick { 5_000 } else { 20_000 };
-    for placement in [Placement::OneCpu, Placement::TwoCpus] {
-        let p = placement.label();
-        let name = format!("throughput, 64 B messages, {p}");
-        let m = side_by_side(
-            cfg.reps,
-            || msgport_rate(n, placement),
-            || tokio_rate(n, placement),
-        );
-        record(
-            out,
-            "inproc",
-            name.clone(),
-            "msg/s",
-            "higher",
-            m,
-            "tokio::sync::mpsc",
-        );
-        let c = side_by_side(
-            cfg.reps,
-            || msgport_rate(n, placement),
-            || crossbeam_rate(n, placement),
-        );
-        record(
-            out,
-            "inproc",
-            name.clone(),
-            "msg/s",
-            "higher",
-            c,
-            "crossbeam-channel",
-        );
-        let e = side_by_side(
-            cfg.reps,
-            || msgport_encoded_rate(n, placement),
-            || msgport_rate(n, placement),
-        );
-        record(
-            out,
-            "inproc",
-            format!("{name}, CBOR-encoded vs moved"),
-            "msg/s",
-            "higher",
-            e,
-            "msgport (moved)",
-        );
-        let name = format!("round trip, 64 B, {p}");
-        let t = side_by_side(
-            cfg.reps,
-            || msgport_rtt(rtt_n, placement),
-            || tokio_rtt(rtt_n, placement),
-        );
-        record(
-            out,
-            "inproc",
-            name.clone(),
-            "µs",
-            "lower",
-            t,
-            "tokio::sync::mpsc",
-        );
-        let c = side_by_side(
-            cfg.reps,
-            || msgport_rtt(rtt_n, placement),
-            || crossbeam_rtt(rtt_n, placement),
-        );
-        record(out, "inproc", name, "µs", "lower", c, "crossbeam-channel");
-    }
-}
+const USAGE: &str =
+    "usage: msgport-bench [--quick] [--only inproc|xproc|ipc] [--json PATH] [--svg PATH]";
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
@@ -399,7 +117,7 @@ fn main() {
         if argv[2].starts_with("mpipc-") {
             ipc::child(&argv[2], cpu);
         } else {
-            transport::child(&argv[2], cpu, argv.get(4).cloned());
+            xproc::child(&argv[2], cpu, argv.get(4).cloned());
         }
         return;
     }
@@ -415,13 +133,11 @@ fn main() {
             "--only" => only = args.next(),
             "--svg" => svg = args.next(),
             "-h" | "--help" => {
-                println!("usage: msgport-bench [--quick] [--json PATH] [--svg PATH] [--only inproc|xproc|ipc]");
+                println!("{USAGE}");
                 return;
             }
             other => {
-                eprintln!(
-                    "unknown argument {other:?}; usage: msgport-bench [--quick] [--json PATH]"
-                );
+                eprintln!("unknown argument {other:?}; {USAGE}");
                 std::process::exit(2);
             }
         }
@@ -433,27 +149,40 @@ fn main() {
         quick,
         reps: if quick { 3 } else { 9 },
     };
+    println!(
+        "commit {}, {} ({} CPUs), {} reps per figure, interleaved; [min–max] of the per-rep ratios, ~ when they straddle 1",
+        commit(),
+        cpu_model(),
+        num_cpus_online(),
+        cfg.reps
+    );
     let started = Instant::now();
-    let mut figures = Vec::new();
-    // Keep the payload type honest: `Value` must stay usable as data too.
-    black_box(Value::Null);
+    let mut report = Report::default();
     let wants = |g: &str| only.as_deref().is_none_or(|o| o == g);
     if wants("inproc") {
-        inproc(&cfg, &mut figures);
+        inproc::group(&cfg, &mut report);
     }
     if wants("xproc") {
-        transport::group(&cfg, &mut figures);
+        xproc::group(&cfg, &mut report);
     }
     if wants("ipc") {
-        ipc::group(&cfg, &mut figures);
+        ipc::group(&cfg, &mut report);
     }
     println!(
         "{} figures in {:.1?}",
-        figures.len(),
-        started.elapsed().max(Duration::ZERO)
+        report.figures.len(),
+        started.elapsed()
     );
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&figures).expect("figures serialize");
+        let run = Run {
+            commit: commit(),
+            cpu: cpu_model(),
+            cpus_online: num_cpus_online(),
+            quick,
+            reps: cfg.reps,
+            figures: &report.figures,
+        };
+        let text = serde_json::to_string_pretty(&run).expect("figures serialize");
         if let Err(e) = std::fs::write(&path, text) {
             eprintln!("cannot write {path}: {e}");
             std::process::exit(1);
@@ -461,7 +190,7 @@ fn main() {
         println!("wrote {path}");
     }
     if let Some(path) = svg {
-        if let Err(e) = std::fs::write(&path, chart::svg(&figures)) {
+        if let Err(e) = std::fs::write(&path, chart::svg(&report.figures)) {
             eprintln!("cannot write {path}: {e}");
             std::process::exit(1);
         }

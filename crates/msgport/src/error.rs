@@ -54,6 +54,35 @@ pub enum PostError {
     Resources(String),
 }
 
+/// A message [`MessagePort::try_post_message`](crate::MessagePort::try_post_message) refused,
+/// with the ports of its transfer list that it did not take (see that method for which).
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub error: PostError,
+    /// The ports handed back, open and usable (in transfer-list order).
+    pub ports: Vec<crate::MessagePort>,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({} port(s) handed back)",
+            self.error,
+            self.ports.len()
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl From<Refused> for PostError {
+    fn from(refused: Refused) -> PostError {
+        refused.error
+    }
+}
+
 /// Returned by [`MessagePort::try_recv`](crate::MessagePort::try_recv).
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
 pub enum TryRecvError {

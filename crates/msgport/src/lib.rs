@@ -76,7 +76,7 @@ mod sys;
 mod transport;
 mod value;
 
-pub use error::{DecodeError, PostError, RecvTimeoutError, TryRecvError, ValueError};
+pub use error::{DecodeError, PostError, RecvTimeoutError, Refused, TryRecvError, ValueError};
 pub use event::MessageEvent;
 pub use port::{MessageChannel, MessagePort, Recv};
 

@@ -341,3 +341,63 @@ fn close_callback_runs_once_when_dropped_peer_and_close_race() {
         assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 }
+
+/// A refused message hands its ports back when none was touched (as tokio's `SendError` hands
+/// back its value): usable, entangled, in order.
+#[test]
+fn a_refused_message_hands_its_ports_back() {
+    struct Unserializable;
+    impl Serialize for Unserializable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no way"))
+        }
+    }
+    watchdog(LIMIT, || {
+        // A port slot past the transfer list, in process and across a socket.
+        let (near, far) = msgport_testkit::hostile::socket_pair();
+        for (a, _b) in [MessageChannel::new().into_ports(), (near, far)] {
+            let (x, x_far) = MessageChannel::new().into_ports();
+            let (y, y_far) = MessageChannel::new().into_ports();
+            let refused = a.try_post_message(Value::Port(2), [x, y]).unwrap_err();
+            assert!(matches!(
+                refused.error,
+                PostError::PortNotTransferred {
+                    slot: 2,
+                    transferred: 2
+                }
+            ));
+            let [x, y]: [MessagePort; 2] = refused.ports.try_into().unwrap();
+            x.post_message("still x", []).unwrap();
+            y.post_message("still y", []).unwrap();
+            assert_eq!(
+                x_far.blocking_recv().unwrap().data::<String>().unwrap(),
+                "still x"
+            );
+            assert_eq!(
+                y_far.blocking_recv().unwrap().data::<String>().unwrap(),
+                "still y"
+            );
+        }
+        // Data that does not serialize, on a port whose peer is in another process.
+        let (a, _b) = msgport_testkit::hostile::socket_pair();
+        let (x, x_far) = MessageChannel::new().into_ports();
+        let refused = a.try_post_message(Unserializable, [x]).unwrap_err();
+        assert!(matches!(refused.error, PostError::Serialize(ref m) if m.contains("no way")));
+        refused.ports[0].post_message(1u8, []).unwrap();
+        assert_eq!(x_far.blocking_recv().unwrap().data::<u8>().unwrap(), 1);
+        // The peer in the transfer list: the others come back, the channel is closed.
+        let (a, b) = MessageChannel::new().into_ports();
+        let (x, x_far) = MessageChannel::new().into_ports();
+        let refused = a.try_post_message((), [x, b]).unwrap_err();
+        assert_eq!(refused.error, PostError::PeerTransferred);
+        assert_eq!(refused.ports.len(), 1);
+        refused.ports[0].post_message(2u8, []).unwrap();
+        assert_eq!(x_far.blocking_recv().unwrap().data::<u8>().unwrap(), 2);
+        assert!(a.blocking_recv().is_none(), "the channel is closed");
+        // `post_message` still closes them.
+        let (a, _b) = MessageChannel::new().into_ports();
+        let (x, x_far) = MessageChannel::new().into_ports();
+        assert!(a.post_message(Value::Port(1), [x]).is_err());
+        assert!(x_far.blocking_recv().is_none());
+    });
+}

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::{PostError, RecvTimeoutError, TryRecvError};
+use crate::error::{PostError, RecvTimeoutError, Refused, TryRecvError};
 use crate::event::{MessageEvent, Payload};
 use crate::sync::Arc;
 use crate::value::Value;
@@ -178,7 +178,8 @@ impl MessagePort {
     ///
     /// # Errors
     /// - [`PostError::PortNotTransferred`]: `data` is a [`Value`] holding a [`Value::Port`] slot
-    ///   that indexes past the transfer list; nothing is sent, the ports of `transfer` close.
+    ///   that indexes past the transfer list; nothing is sent, the ports of `transfer` close
+    ///   ([`try_post_message`](Self::try_post_message) hands them back instead).
     /// - [`PostError::PeerTransferred`]: `transfer` holds this port's own peer; the message is
     ///   dropped and the channel is closed for good.
     pub fn post_message<T, I>(&self, data: T, transfer: I) -> Result<(), PostError>
@@ -186,23 +187,63 @@ impl MessagePort {
         T: Serialize + Send + 'static,
         I: IntoIterator<Item = MessagePort>,
     {
-        let ports: Vec<MessagePort> = transfer.into_iter().collect();
+        // The ports handed back are dropped: they close, as documented.
+        self.post(data, transfer.into_iter().collect())
+            .map_err(|refused| refused.error)
+    }
+
+    /// [`post_message`](Self::post_message) that hands back the ports of `transfer` when the
+    /// message is refused before any of them was touched, as `tokio`'s `SendError` hands back
+    /// its value: on [`PostError::PortNotTransferred`] and [`PostError::Serialize`] every port
+    /// comes back, open and usable; on [`PostError::PeerTransferred`] every port but the peer
+    /// (the channel is closed). The other errors happen once the ports have left ([`Refused`]'s
+    /// `ports` is empty then: they are closed).
+    ///
+    /// ```
+    /// use msgport::{MessageChannel, PostError, Value};
+    ///
+    /// let (a, _b) = MessageChannel::new().into_ports();
+    /// let (keep, _far) = MessageChannel::new().into_ports();
+    /// // Slot 1 names a second port that the transfer list lacks.
+    /// let refused = a.try_post_message(Value::Port(1), [keep]).unwrap_err();
+    /// assert!(matches!(refused.error, PostError::PortNotTransferred { slot: 1, transferred: 1 }));
+    /// let keep = refused.ports.into_iter().next().unwrap();
+    /// assert!(!keep.is_closed());
+    /// ```
+    pub fn try_post_message<T, I>(&self, data: T, transfer: I) -> Result<(), Refused>
+    where
+        T: Serialize + Send + 'static,
+        I: IntoIterator<Item = MessagePort>,
+    {
+        self.post(data, transfer.into_iter().collect())
+    }
+
+    #[inline]
+    fn post<T>(&self, data: T, ports: Vec<MessagePort>) -> Result<(), Refused>
+    where
+        T: Serialize + Send + 'static,
+    {
         if let Some(v) = (&data as &dyn std::any::Any).downcast_ref::<Value>() {
             if let Some(slot) = v.max_port_slot() {
                 if slot as usize >= ports.len() {
-                    return Err(PostError::PortNotTransferred {
+                    let error = PostError::PortNotTransferred {
                         slot,
                         transferred: ports.len(),
-                    });
+                    };
+                    return Err(Refused { error, ports });
                 }
             }
         }
         match &self.peer {
             Peer::Local(peer) => {
                 if ports.iter().any(|p| Arc::ptr_eq(&p.ep, peer)) {
-                    // Dropping the transfer list closes the peer; this end sees the close next.
-                    drop(ports);
-                    return Err(PostError::PeerTransferred);
+                    // Dropping the peer closes it; this end sees the close next.
+                    let ports = ports
+                        .into_iter()
+                        .filter(|p| !Arc::ptr_eq(&p.ep, peer))
+                        .collect();
+                    let error = PostError::PeerTransferred;
+                    return Err(Refused { error, ports });
                 }
                 for port in &ports {
                     port.ep.detach_for_transfer();
@@ -225,12 +266,20 @@ impl MessagePort {
                     match (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Value>>() {
                         Some(v) => v.take().unwrap_or(Value::Undefined),
                         None => match slot.as_ref() {
-                            Some(data) => crate::value::to_value(data)
-                                .map_err(|e| PostError::Serialize(e.to_string()))?,
+                            Some(data) => match crate::value::to_value(data) {
+                                Ok(value) => value,
+                                Err(e) => {
+                                    let error = PostError::Serialize(e.to_string());
+                                    return Err(Refused { error, ports });
+                                }
+                            },
                             None => Value::Undefined,
                         },
                     };
-                out.post(value, ports)
+                out.post(value, ports).map_err(|error| Refused {
+                    error,
+                    ports: Vec::new(),
+                })
             }
         }
     }

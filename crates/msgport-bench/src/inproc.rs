@@ -1,0 +1,282 @@
+//! The in-process group: msgport's ports against tokio's and crossbeam's channels, two threads
+//! of one process, the same typed payload ([`Small`]).
+
+use std::hint::black_box;
+use std::thread;
+use std::time::Instant;
+
+use msgport::{codec, MessageChannel};
+
+use crate::measure::{compare, Better, Report};
+use crate::payload::Small;
+use crate::{pin, Config, Placement};
+
+/// A channel between two threads of one process, as its users write it.
+pub(crate) trait InProc {
+    /// How the figures name it.
+    const NAME: &'static str;
+    /// Messages per second, one producer thread and one consumer thread.
+    fn throughput(n: u64, placement: Placement) -> f64;
+    /// Microseconds per round trip between two threads.
+    fn round_trip(n: u64, placement: Placement) -> f64;
+}
+
+fn two_threads(placement: Placement, a: impl FnOnce() + Send, b: impl FnOnce() + Send) -> f64 {
+    let start = Instant::now();
+    thread::scope(|s| {
+        s.spawn(move || {
+            pin(placement.cpu(1));
+            b();
+        });
+        s.spawn(move || {
+            pin(placement.cpu(0));
+            a();
+        });
+    });
+    start.elapsed().as_secs_f64()
+}
+
+/// msgport: the value is moved (never encoded) within a process.
+pub(crate) struct Msgport;
+impl InProc for Msgport {
+    const NAME: &'static str = "msgport";
+    fn throughput(n: u64, placement: Placement) -> f64 {
+        let (tx, rx) = MessageChannel::new().into_ports();
+        let secs = two_threads(
+            placement,
+            move || {
+                for i in 0..n {
+                    tx.post_message(Small::new(i), []).unwrap();
+                }
+            },
+            move || {
+                for i in 0..n {
+                    let s: Small = rx.blocking_recv().unwrap().take_data().unwrap();
+                    assert_eq!(s.seq, i);
+                }
+            },
+        );
+        n as f64 / secs
+    }
+    fn round_trip(n: u64, placement: Placement) -> f64 {
+        let (a, b) = MessageChannel::new().into_ports();
+        let secs = two_threads(
+            placement,
+            move || {
+                for i in 0..n {
+                    a.post_message(Small::new(i), []).unwrap();
+                    black_box(a.blocking_recv().unwrap());
+                }
+            },
+            move || {
+                for _ in 0..n {
+                    let m: Small = b.blocking_recv().unwrap().take_data().unwrap();
+                    b.post_message(m, []).unwrap();
+                }
+            },
+        );
+        secs * 1e6 / n as f64
+    }
+}
+
+/// msgport, the payload encoded to CBOR and back on every message (what leaving the process
+/// costs in CPU, without the socket).
+pub(crate) struct MsgportEncoded;
+impl InProc for MsgportEncoded {
+    const NAME: &'static str = "msgport, CBOR-encoded";
+    fn throughput(n: u64, placement: Placement) -> f64 {
+        let (tx, rx) = MessageChannel::new().into_ports();
+        let secs = two_threads(
+            placement,
+            move || {
+                for i in 0..n {
+                    let bytes = codec::encode(&msgport::to_value(&Small::new(i)).unwrap());
+                    tx.post_message(bytes, []).unwrap();
+                }
+            },
+            move || {
+                for i in 0..n {
+                    let bytes: Vec<u8> = rx.blocking_recv().unwrap().take_data().unwrap();
+                    let s: Small = msgport::from_value(codec::decode(&bytes).unwrap()).unwrap();
+                    assert_eq!(s.seq, i);
+                }
+            },
+        );
+        n as f64 / secs
+    }
+    fn round_trip(n: u64, placement: Placement) -> f64 {
+        let (a, b) = MessageChannel::new().into_ports();
+        let secs = two_threads(
+            placement,
+            move || {
+                for i in 0..n {
+                    let bytes = codec::encode(&msgport::to_value(&Small::new(i)).unwrap());
+                    a.post_message(bytes, []).unwrap();
+                    black_box(a.blocking_recv().unwrap());
+                }
+            },
+            move || {
+                for _ in 0..n {
+                    let bytes: Vec<u8> = b.blocking_recv().unwrap().take_data().unwrap();
+                    let m: Small = msgport::from_value(codec::decode(&bytes).unwrap()).unwrap();
+                    let bytes = codec::encode(&msgport::to_value(&m).unwrap());
+                    b.post_message(bytes, []).unwrap();
+                }
+            },
+        );
+        secs * 1e6 / n as f64
+    }
+}
+
+/// `tokio::sync::mpsc`, unbounded, read with `blocking_recv` (threads, not tasks).
+pub(crate) struct Tokio;
+impl InProc for Tokio {
+    const NAME: &'static str = "tokio::sync::mpsc";
+    fn throughput(n: u64, placement: Placement) -> f64 {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Small>();
+        let secs = two_threads(
+            placement,
+            move || {
+                for i in 0..n {
+                    tx.send(Small::new(i)).unwrap();
+                }
+            },
+            move || {
+                for i in 0..n {
+                    assert_eq!(rx.blocking_recv().unwrap().seq, i);
+                }
+            },
+        );
+        n as f64 / secs
+    }
+    fn round_trip(n: u64, placement: Placement) -> f64 {
+        let (tx1, mut rx1) = tokio::sync::mpsc::unbounded_channel::<Small>();
+        let (tx2, mut rx2) = tokio::sync::mpsc::unbounded_channel::<Small>();
+        let secs = two_threads(
+            placement,
+            move || {
+                for i in 0..n {
+                    tx1.send(Small::new(i)).unwrap();
+                    black_box(rx2.blocking_recv().unwrap());
+                }
+            },
+            move || {
+                for _ in 0..n {
+                    tx2.send(rx1.blocking_recv().unwrap()).unwrap();
+                }
+            },
+        );
+        secs * 1e6 / n as f64
+    }
+}
+
+/// `crossbeam-channel`, unbounded.
+pub(crate) struct Crossbeam;
+impl InProc for Crossbeam {
+    const NAME: &'static str = "crossbeam-channel";
+    fn throughput(n: u64, placement: Placement) -> f64 {
+        let (tx, rx) = crossbeam_channel::unbounded::<Small>();
+        let secs = two_threads(
+            placement,
+            move || {
+                for i in 0..n {
+                    tx.send(Small::new(i)).unwrap();
+                }
+            },
+            move || {
+                for i in 0..n {
+                    assert_eq!(rx.recv().unwrap().seq, i);
+                }
+            },
+        );
+        n as f64 / secs
+    }
+    fn round_trip(n: u64, placement: Placement) -> f64 {
+        let (tx1, rx1) = crossbeam_channel::unbounded::<Small>();
+        let (tx2, rx2) = crossbeam_channel::unbounded::<Small>();
+        let secs = two_threads(
+            placement,
+            move || {
+                for i in 0..n {
+                    tx1.send(Small::new(i)).unwrap();
+                    black_box(rx2.recv().unwrap());
+                }
+            },
+            move || {
+                for _ in 0..n {
+                    tx2.send(rx1.recv().unwrap()).unwrap();
+                }
+            },
+        );
+        secs * 1e6 / n as f64
+    }
+}
+
+/// msgport against every rival, each metric's reps interleaved across all of them.
+pub(crate) fn group(cfg: &Config, report: &mut Report) {
+    let n = if cfg.quick { 200_000 } else { 1_000_000 };
+    let rtt_n = if cfg.quick { 5_000 } else { 20_000 };
+    for placement in Placement::BOTH {
+        let p = placement.label();
+        let s = compare(
+            cfg.reps,
+            &mut [
+                &mut || Msgport::throughput(n, placement),
+                &mut || Tokio::throughput(n, placement),
+                &mut || Crossbeam::throughput(n, placement),
+                &mut || MsgportEncoded::throughput(n, placement),
+            ],
+        );
+        let name = format!("throughput, 64 B struct, {p}");
+        for (rival, i) in [(Tokio::NAME, 1), (Crossbeam::NAME, 2)] {
+            report.versus(
+                "inproc",
+                name.clone(),
+                "msg/s",
+                Better::Higher,
+                &s[0],
+                rival,
+                &s[i],
+            );
+        }
+        report.versus(
+            "inproc",
+            format!("{name}, CBOR-encoded vs moved"),
+            "msg/s",
+            Better::Higher,
+            &s[3],
+            "msgport (moved)",
+            &s[0],
+        );
+        let s = compare(
+            cfg.reps,
+            &mut [
+                &mut || Msgport::round_trip(rtt_n, placement),
+                &mut || Tokio::round_trip(rtt_n, placement),
+                &mut || Crossbeam::round_trip(rtt_n, placement),
+                &mut || MsgportEncoded::round_trip(rtt_n, placement),
+            ],
+        );
+        let name = format!("round trip, 64 B struct, {p}");
+        for (rival, i) in [(Tokio::NAME, 1), (Crossbeam::NAME, 2)] {
+            report.versus(
+                "inproc",
+                name.clone(),
+                "µs",
+                Better::Lower,
+                &s[0],
+                rival,
+                &s[i],
+            );
+        }
+        report.versus(
+            "inproc",
+            format!("{name}, CBOR-encoded vs moved"),
+            "µs",
+            Better::Lower,
+            &s[3],
+            "msgport (moved)",
+            &s[0],
+        );
+    }
+}

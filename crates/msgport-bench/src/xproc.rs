@@ -1,0 +1,1024 @@
+//! The cross-process group: msgport against what a Rust user would pick instead, each written as
+//! its own users write it and doing the same work on the same typed payload: Servo's
+//! ipc-channel (`IpcSender<T>`), and a raw `AF_UNIX` socket pair carrying the same structs
+//! encoded with postcard (ipc-channel's format), one `write` per message or batched through a
+//! `BufWriter`, its reader decoding every message. Each contender talks to a child process of
+//! this binary (`msgport-bench --child ROLE CPU [NAME]`) that does the same in its own terms.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use ipc_channel::ipc::{
+    self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender,
+};
+use msgport::{process, MessagePort, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::measure::{compare, Better, Report, Samples};
+use crate::payload::{frame, unframe, Blob, Small};
+use crate::{pin, Config, Placement};
+
+/// What a contender's child does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Sends every [`Small`] back.
+    Echo,
+    /// Reads a count, then that many messages of the kind, decoding each; then acknowledges.
+    Sink(Kind),
+}
+
+/// The payload kinds a sink decodes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Small,
+    Blob,
+}
+
+impl Role {
+    fn tag(self) -> &'static str {
+        match self {
+            Role::Echo => "echo",
+            Role::Sink(Kind::Small) => "sink-small",
+            Role::Sink(Kind::Blob) => "sink-blob",
+        }
+    }
+}
+
+/// A typed payload every contender can carry.
+pub(crate) trait Payload: Serialize + DeserializeOwned + Clone + Send + 'static {
+    const KIND: Kind;
+}
+impl Payload for Small {
+    const KIND: Kind = Kind::Small;
+}
+impl Payload for Blob {
+    const KIND: Kind = Kind::Blob;
+}
+
+/// A way to talk to another process, as its users write it.
+pub(crate) trait Transport: Sized {
+    /// How the figures name it.
+    const NAME: &'static str;
+    /// Spawns a child of this binary running `role` in this transport's terms, pinned to `cpu`.
+    fn spawn(role: Role, cpu: usize) -> Self;
+    /// One round trip of `m` (the child is an echo).
+    fn round_trip(&mut self, m: Small) -> Small;
+    /// Sends every message of `batch` (taking them, or reading them, as the transport's API
+    /// wants) and waits until the child has decoded them all (the child is a sink).
+    fn one_way<T: Payload>(&mut self, batch: &mut Vec<T>);
+}
+
+fn child_cmd(role: &str, cpu: usize, name: Option<&str>) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+    cmd.arg("--child").arg(role).arg(cpu.to_string());
+    if let Some(name) = name {
+        cmd.arg(name);
+    }
+    cmd
+}
+
+fn finish(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// ---- msgport -------------------------------------------------------------------------------
+
+/// msgport: posts the structs as they are; the child takes them with `take_data`.
+pub(crate) struct Msgport {
+    child: Option<Child>,
+    port: Option<MessagePort>,
+}
+
+impl Msgport {
+    fn spawn_role(role: &str, cpu: usize) -> Self {
+        let (child, port) = process::spawn(&mut child_cmd(role, cpu, None)).expect("spawn");
+        Msgport {
+            child: Some(child),
+            port: Some(port),
+        }
+    }
+    pub(crate) fn port(&self) -> &MessagePort {
+        self.port.as_ref().expect("open")
+    }
+}
+
+impl Drop for Msgport {
+    fn drop(&mut self) {
+        self.port.take();
+        if let Some(child) = self.child.take() {
+            finish(child);
+        }
+    }
+}
+
+impl Transport for Msgport {
+    const NAME: &'static str = "msgport";
+    fn spawn(role: Role, cpu: usize) -> Self {
+        Self::spawn_role(&format!("msgport-{}", role.tag()), cpu)
+    }
+    fn round_trip(&mut self, m: Small) -> Small {
+        self.port().post_message(m, []).unwrap();
+        self.port().blocking_recv().unwrap().take_data().unwrap()
+    }
+    fn one_way<T: Payload>(&mut self, batch: &mut Vec<T>) {
+        let port = self.port();
+        port.post_message(batch.len() as u64, []).unwrap();
+        for m in batch.drain(..) {
+            port.post_message(m, []).unwrap();
+        }
+        port.blocking_recv().unwrap();
+    }
+}
+
+// ---- raw sockets ---------------------------------------------------------------------------
+
+/// A raw `AF_UNIX` stream socket: postcard frames (u32 length, body), one `write` per message
+/// (`BATCHED = false`) or through a 64 KiB `BufWriter` flushed at the end of a batch.
+pub(crate) struct Raw<const BATCHED: bool> {
+    child: Option<Child>,
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+    buf: Vec<u8>,
+}
+
+impl<const BATCHED: bool> Raw<BATCHED> {
+    fn spawn_role(role: &str, cpu: usize) -> Self {
+        let (child, here) = process::spawn_socket(&mut child_cmd(role, cpu, None)).expect("spawn");
+        let stream = UnixStream::from(here);
+        stream.set_nonblocking(false).unwrap();
+        let reader = BufReader::with_capacity(64 << 10, stream.try_clone().unwrap());
+        Raw {
+            child: Some(child),
+            stream,
+            reader,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl<const BATCHED: bool> Drop for Raw<BATCHED> {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads one frame's body into `body`; `false` at the end of the stream.
+fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> bool {
+    let mut len = [0u8; 4];
+    if r.read_exact(&mut len).is_err() {
+        return false;
+    }
+    body.resize(u32::from_le_bytes(len) as usize, 0);
+    r.read_exact(body).is_ok()
+}
+
+fn write_frame<T: Serialize>(w: &mut impl Write, m: &T, buf: &mut Vec<u8>) {
+    buf.clear();
+    frame(m, buf);
+    w.write_all(buf).unwrap();
+}
+
+impl<const BATCHED: bool> Transport for Raw<BATCHED> {
+    const NAME: &'static str = if BATCHED {
+        "raw AF_UNIX, postcard, BufWriter"
+    } else {
+        "raw AF_UNIX, postcard, a write each"
+    };
+    fn spawn(role: Role, cpu: usize) -> Self {
+        Self::spawn_role(&format!("raw-{}", role.tag()), cpu)
+    }
+    fn round_trip(&mut self, m: Small) -> Small {
+        write_frame(&mut self.stream, &m, &mut self.buf);
+        assert!(read_frame(&mut self.reader, &mut self.buf));
+        unframe(&self.buf)
+    }
+    fn one_way<T: Payload>(&mut self, batch: &mut Vec<T>) {
+        let n = batch.len() as u64;
+        if BATCHED {
+            let mut w = BufWriter::with_capacity(64 << 10, &self.stream);
+            write_frame(&mut w, &n, &mut self.buf);
+            for m in batch.iter() {
+                write_frame(&mut w, m, &mut self.buf);
+            }
+            w.flush().unwrap();
+        } else {
+            write_frame(&mut self.stream, &n, &mut self.buf);
+            for m in batch.iter() {
+                write_frame(&mut self.stream, m, &mut self.buf);
+            }
+        }
+        let mut ack = [0u8; 1];
+        self.reader.read_exact(&mut ack).unwrap();
+    }
+}
+
+// ---- ipc-channel ---------------------------------------------------------------------------
+
+/// What an ipc-channel child sends its parent once connected: its data sender, its control
+/// sender (counts), and where the parent sends the senders for the replies (echoed `Small`s,
+/// acknowledged counts).
+type IpcBoot<T> = (
+    IpcSender<T>,
+    IpcSender<u64>,
+    IpcSender<(IpcSender<Small>, IpcSender<u64>)>,
+);
+
+/// Servo's ipc-channel: typed `IpcSender<T>` / `IpcReceiver<T>` (postcard inside).
+pub(crate) struct IpcChannel {
+    child: Option<Child>,
+    small: Option<IpcSender<Small>>,
+    blob: Option<IpcSender<Blob>>,
+    control: IpcSender<u64>,
+    replies: IpcReceiver<Small>,
+    acks: IpcReceiver<u64>,
+}
+
+impl Drop for IpcChannel {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            finish(child);
+        }
+    }
+}
+
+/// Spawns an ipc-channel child and connects: (child, its data sender, its control sender,
+/// replies, acknowledgements).
+fn ipc_connect<T: Payload>(
+    role: &str,
+    cpu: usize,
+) -> (
+    Child,
+    IpcSender<T>,
+    IpcSender<u64>,
+    IpcReceiver<Small>,
+    IpcReceiver<u64>,
+) {
+    let (server, name) = IpcOneShotServer::<IpcBoot<T>>::new().unwrap();
+    let child = child_cmd(role, cpu, Some(&name)).spawn().unwrap();
+    let (_rx, (data, control, setup)): (IpcReceiver<IpcBoot<T>>, IpcBoot<T>) =
+        server.accept().unwrap();
+    let (reply_tx, replies) = ipc::channel::<Small>().unwrap();
+    let (ack_tx, acks) = ipc::channel::<u64>().unwrap();
+    setup.send((reply_tx, ack_tx)).unwrap();
+    (child, data, control, replies, acks)
+}
+
+impl Transport for IpcChannel {
+    const NAME: &'static str = "ipc-channel";
+    fn spawn(role: Role, cpu: usize) -> Self {
+        let name = format!("ipc-{}", role.tag());
+        match role {
+            Role::Echo | Role::Sink(Kind::Small) => {
+                let (child, data, control, replies, acks) = ipc_connect::<Small>(&name, cpu);
+                IpcChannel {
+                    child: Some(child),
+                    small: Some(data),
+                    blob: None,
+                    control,
+                    replies,
+                    acks,
+                }
+            }
+            Role::Sink(Kind::Blob) => {
+                let (child, data, control, replies, acks) = ipc_connect::<Blob>(&name, cpu);
+                IpcChannel {
+                    child: Some(child),
+                    small: None,
+                    blob: Some(data),
+                    control,
+                    replies,
+                    acks,
+                }
+            }
+        }
+    }
+    fn round_trip(&mut self, m: Small) -> Small {
+        self.small.as_ref().expect("an echo").send(m).unwrap();
+        self.replies.recv().unwrap()
+    }
+    fn one_way<T: Payload>(&mut self, batch: &mut Vec<T>) {
+        self.control.send(batch.len() as u64).unwrap();
+        let any: &dyn std::any::Any = match T::KIND {
+            Kind::Small => self.small.as_ref().expect("a small sink"),
+            Kind::Blob => self.blob.as_ref().expect("a blob sink"),
+        };
+        let sender = any.downcast_ref::<IpcSender<T>>().expect("the sink's type");
+        for m in batch.drain(..) {
+            sender.send(m).unwrap();
+        }
+        self.acks.recv().unwrap();
+    }
+}
+
+// ---- the children --------------------------------------------------------------------------
+
+fn raw_inherited() -> UnixStream {
+    let s = UnixStream::from(process::bootstrap_socket().unwrap());
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+fn msgport_sink<T: Payload>(port: &MessagePort) {
+    while let Some(e) = port.blocking_recv() {
+        let n: u64 = e.data().unwrap();
+        for _ in 0..n {
+            let m: T = port.blocking_recv().unwrap().take_data().unwrap();
+            std::hint::black_box(m);
+        }
+        port.post_message("done", []).unwrap();
+    }
+}
+
+fn raw_sink<T: Payload>(stream: UnixStream) {
+    let mut ack = stream.try_clone().unwrap();
+    let mut r = BufReader::with_capacity(64 << 10, stream);
+    let mut body = Vec::new();
+    while read_frame(&mut r, &mut body) {
+        let n: u64 = unframe(&body);
+        for _ in 0..n {
+            assert!(read_frame(&mut r, &mut body));
+            std::hint::black_box(unframe::<T>(&body));
+        }
+        ack.write_all(&[1]).unwrap();
+    }
+}
+
+fn ipc_child<T: Payload>(
+    name: String,
+) -> (
+    IpcReceiver<T>,
+    IpcReceiver<u64>,
+    IpcSender<Small>,
+    IpcSender<u64>,
+) {
+    let boot = IpcSender::<IpcBoot<T>>::connect(name).unwrap();
+    let (data_tx, data_rx) = ipc::channel::<T>().unwrap();
+    let (ctl_tx, ctl_rx) = ipc::channel::<u64>().unwrap();
+    let (setup_tx, setup_rx) = ipc::channel::<(IpcSender<Small>, IpcSender<u64>)>().unwrap();
+    boot.send((data_tx, ctl_tx, setup_tx)).unwrap();
+    let (reply, ack) = setup_rx.recv().unwrap();
+    (data_rx, ctl_rx, reply, ack)
+}
+
+fn ipc_sink<T: Payload>(name: String) {
+    let (data, control, _reply, ack) = ipc_child::<T>(name);
+    while let Ok(n) = control.recv() {
+        for _ in 0..n {
+            std::hint::black_box(data.recv().unwrap());
+        }
+        ack.send(n).unwrap();
+    }
+}
+
+/// The child side: runs `role` pinned to `cpu`.
+pub(crate) fn child(role: &str, cpu: usize, name: Option<String>) {
+    pin(cpu);
+    match role {
+        "msgport-echo" | "msgport-echo-ll" | "msgport-echo-value" => {
+            let port = process::bootstrap().unwrap();
+            port.set_low_latency(role == "msgport-echo-ll");
+            while let Some(mut e) = port.blocking_recv() {
+                if role == "msgport-echo-value" {
+                    let v: Value = e.take_data().unwrap();
+                    port.post_message(v, []).unwrap();
+                } else {
+                    let m: Small = e.take_data().unwrap();
+                    port.post_message(m, []).unwrap();
+                }
+            }
+        }
+        "msgport-sink-small" => msgport_sink::<Small>(&process::bootstrap().unwrap()),
+        "msgport-sink-blob" => msgport_sink::<Blob>(&process::bootstrap().unwrap()),
+        "msgport-drop" => {
+            // Takes ports and drops them; after each batch of n (announced first), acks.
+            let port = process::bootstrap().unwrap();
+            while let Some(e) = port.blocking_recv() {
+                let n: u64 = e.data().unwrap();
+                for _ in 0..n {
+                    drop(port.blocking_recv().unwrap());
+                }
+                port.post_message("done", []).unwrap();
+            }
+        }
+        "msgport-keep" => {
+            // Keeps every port it is given, echoing on each (callbacks, no thread per port).
+            let port = process::bootstrap().unwrap();
+            let mut kept = Vec::new();
+            while let Some(e) = port.blocking_recv() {
+                for p in e.ports {
+                    let p = std::sync::Arc::new(p);
+                    let echo = std::sync::Arc::downgrade(&p);
+                    p.on_message(move |mut m| {
+                        if let Some(p) = echo.upgrade() {
+                            let _ = p.post_message(m.take_data::<Value>().unwrap(), []);
+                        }
+                    });
+                    p.start();
+                    kept.push(p);
+                }
+            }
+        }
+        "msgport-hold" => {
+            let port = process::bootstrap().unwrap();
+            let held = port.blocking_recv().unwrap().ports;
+            port.post_message("holding", []).unwrap();
+            std::thread::sleep(Duration::from_secs(3600));
+            drop(held);
+        }
+        "raw-hold" => {
+            let mut s = raw_inherited();
+            s.write_all(&[1]).unwrap();
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        "raw-echo" => {
+            let s = raw_inherited();
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::with_capacity(64 << 10, s);
+            let (mut body, mut buf) = (Vec::new(), Vec::new());
+            while read_frame(&mut r, &mut body) {
+                let m: Small = unframe(&body);
+                write_frame(&mut w, &m, &mut buf);
+            }
+        }
+        "raw-echo-spin" => {
+            // Busy-polls its socket: the latency floor of two processes on two CPUs.
+            let mut s = raw_inherited();
+            s.set_nonblocking(true).unwrap();
+            let (mut body, mut buf) = (Vec::new(), Vec::new());
+            loop {
+                let mut len = [0u8; 4];
+                if !spin_read(&mut s, &mut len) {
+                    return;
+                }
+                body.resize(u32::from_le_bytes(len) as usize, 0);
+                if !spin_read(&mut s, &mut body) {
+                    return;
+                }
+                let m: Small = unframe(&body);
+                buf.clear();
+                frame(&m, &mut buf);
+                s.set_nonblocking(false).unwrap();
+                s.write_all(&buf).unwrap();
+                s.set_nonblocking(true).unwrap();
+            }
+        }
+        "raw-sink-small" => raw_sink::<Small>(raw_inherited()),
+        "raw-sink-blob" => raw_sink::<Blob>(raw_inherited()),
+        "ipc-echo" => {
+            let (data, _control, reply, _ack) = ipc_child::<Small>(name.expect("server name"));
+            while let Ok(m) = data.recv() {
+                reply.send(m).unwrap();
+            }
+        }
+        "ipc-sink-small" => ipc_sink::<Small>(name.expect("server name")),
+        "ipc-sink-blob" => ipc_sink::<Blob>(name.expect("server name")),
+        "ipc-bytes" => {
+            // Echoes byte messages, or sinks them after a count (`[n; 8]`, then n messages).
+            let boot = IpcSender::<(IpcBytesSender, IpcSender<IpcBytesSender>)>::connect(
+                name.expect("server name"),
+            )
+            .unwrap();
+            let (data_tx, data_rx) = ipc::bytes_channel().unwrap();
+            let (reply_tx_tx, reply_tx_rx) = ipc::channel::<IpcBytesSender>().unwrap();
+            boot.send((data_tx, reply_tx_tx)).unwrap();
+            let reply = reply_tx_rx.recv().unwrap();
+            while let Ok(m) = data_rx.recv() {
+                if m.len() == 9 && m[8] == 0xff {
+                    let n = u64::from_le_bytes(m[..8].try_into().unwrap());
+                    for _ in 0..n {
+                        data_rx.recv().unwrap();
+                    }
+                    reply.send(b"done").unwrap();
+                } else {
+                    reply.send(&m).unwrap();
+                }
+            }
+        }
+        "ipc-drop" => {
+            let boot = IpcSender::<(IpcBytesSender, IpcSender<IpcBytesSender>)>::connect(
+                name.expect("server name"),
+            )
+            .unwrap();
+            let (data_tx, data_rx) = ipc::bytes_channel().unwrap();
+            let (senders_tx, senders_rx) = ipc::channel::<IpcBytesSender>().unwrap();
+            boot.send((data_tx, senders_tx)).unwrap();
+            let reply = senders_rx.recv().unwrap();
+            while let Ok(head) = data_rx.recv() {
+                let n = u64::from_le_bytes(head[..8].try_into().unwrap());
+                for _ in 0..n {
+                    drop(senders_rx.recv().unwrap());
+                }
+                reply.send(b"done").unwrap();
+            }
+        }
+        other => panic!("unknown child role {other}"),
+    }
+    // Best effort: the parent may already have hung up.
+    let _ = process::flush(Duration::from_secs(10));
+}
+
+/// Reads exactly `buf.len()` bytes from a non-blocking socket, spinning; `false` at the end.
+fn spin_read(s: &mut UnixStream, buf: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return false,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// ipc-channel's byte channels (`IpcBytesSender`), its fastest way to move a buffer.
+struct IpcBytes {
+    child: Option<Child>,
+    data: IpcBytesSender,
+    replies: IpcBytesReceiver,
+}
+
+impl IpcBytes {
+    fn spawn(cpu: usize) -> Self {
+        let (server, name) =
+            IpcOneShotServer::<(IpcBytesSender, IpcSender<IpcBytesSender>)>::new().unwrap();
+        let child = child_cmd("ipc-bytes", cpu, Some(&name)).spawn().unwrap();
+        let (_rx, (data, reply_tx_tx)) = server.accept().unwrap();
+        let (reply_tx, replies) = ipc::bytes_channel().unwrap();
+        reply_tx_tx.send(reply_tx).unwrap();
+        IpcBytes {
+            child: Some(child),
+            data,
+            replies,
+        }
+    }
+    fn sink(&self, batch: &[Vec<u8>]) {
+        let mut head = (batch.len() as u64).to_le_bytes().to_vec();
+        head.push(0xff);
+        self.data.send(&head).unwrap();
+        for m in batch {
+            self.data.send(m).unwrap();
+        }
+        self.replies.recv().unwrap();
+    }
+}
+
+impl Drop for IpcBytes {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            finish(child);
+        }
+    }
+}
+
+// ---- the group -----------------------------------------------------------------------------
+
+/// Microseconds per round trip: one rep is a batch of `n`.
+fn rtt_rep(n: usize, mut one: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        one();
+    }
+    t.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+fn rtt_of<T: Transport>(c: &mut T, n: usize) -> f64 {
+    let mut seq = 0u64;
+    rtt_rep(n, || {
+        seq += 1;
+        let back = c.round_trip(Small::new(seq));
+        assert_eq!(back.seq, seq);
+    })
+}
+
+/// Messages (or bytes, with `per = size`) per second of one batch; the batch is made before
+/// the clock starts.
+fn one_way_of<T: Transport, P: Payload>(c: &mut T, n: usize, make: impl Fn(u64) -> P) -> f64 {
+    let mut batch: Vec<P> = (0..n as u64).map(&make).collect();
+    let t = Instant::now();
+    c.one_way(&mut batch);
+    let secs = t.elapsed().as_secs_f64();
+    drop(batch);
+    n as f64 / secs
+}
+
+pub(crate) fn group(cfg: &Config, report: &mut Report) {
+    let reps = cfg.reps;
+    let n_rtt = if cfg.quick { 2_000 } else { 10_000 };
+    // MSGPORT_BENCH_CASE=rtt|rtt-binary|rtt-callback|rtt-ll|throughput|16mib|create|live|close
+    // runs one case (for profiling).
+    let case = std::env::var("MSGPORT_BENCH_CASE").ok();
+    let runs = |c: &str| case.as_deref().is_none_or(|x| x == c);
+    for placement in Placement::BOTH {
+        pin(placement.cpu(0));
+        let cpu = placement.cpu(1);
+        let p = placement.label();
+
+        if runs("rtt") {
+            let mut m = Msgport::spawn(Role::Echo, cpu);
+            let mut raw = Raw::<false>::spawn(Role::Echo, cpu);
+            let mut ipc = IpcChannel::spawn(Role::Echo, cpu);
+            let s = compare(
+                reps,
+                &mut [
+                    &mut || rtt_of(&mut m, n_rtt),
+                    &mut || rtt_of(&mut raw, n_rtt),
+                    &mut || rtt_of(&mut ipc, n_rtt),
+                ],
+            );
+            let name = format!("round trip, 64 B struct, {p}");
+            for (rival, i) in [(Raw::<false>::NAME, 1), (IpcChannel::NAME, 2)] {
+                report.versus(
+                    "xproc",
+                    name.clone(),
+                    "µs",
+                    Better::Lower,
+                    &s[0],
+                    rival,
+                    &s[i],
+                );
+            }
+        }
+
+        if runs("rtt-binary") {
+            // The one kind msgport carries without serde: bytes, against ipc-channel's bytes.
+            let m = Msgport::spawn_role("msgport-echo-value", cpu);
+            let ipc = IpcBytes::spawn(cpu);
+            let msg = Value::from(&[0xa5u8; 64][..]);
+            let s = compare(
+                reps,
+                &mut [
+                    &mut || {
+                        rtt_rep(n_rtt, || {
+                            m.port().post_message(msg.clone(), []).unwrap();
+                            m.port().blocking_recv().unwrap();
+                        })
+                    },
+                    &mut || {
+                        rtt_rep(n_rtt, || {
+                            ipc.data.send(&[0xa5; 64]).unwrap();
+                            ipc.replies.recv().unwrap();
+                        })
+                    },
+                ],
+            );
+            report.versus(
+                "xproc",
+                format!("round trip, 64 B as bytes (Value::Binary), {p}"),
+                "µs",
+                Better::Lower,
+                &s[0],
+                "ipc-channel, IpcBytesSender",
+                &s[1],
+            );
+        }
+
+        if runs("rtt-callback") {
+            // Electron's style: the reply arrives in an `on_message` callback (run on msgport's
+            // callback pool, never on the I/O thread) against the same echo read with
+            // `blocking_recv`, each on a child of its own.
+            let mut pulled = Msgport::spawn(Role::Echo, cpu);
+            let called = Msgport::spawn(Role::Echo, cpu);
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            called.port().on_message(move |_| {
+                let _ = tx.send(());
+            });
+            called.port().start();
+            let s = compare(
+                reps,
+                &mut [
+                    &mut || {
+                        rtt_rep(n_rtt, || {
+                            called.port().post_message(Small::new(1), []).unwrap();
+                            rx.recv().unwrap();
+                        })
+                    },
+                    &mut || rtt_of(&mut pulled, n_rtt),
+                ],
+            );
+            report.versus(
+                "xproc",
+                format!("round trip, 64 B struct, reply by callback, {p}"),
+                "µs",
+                Better::Lower,
+                &s[0],
+                "msgport, blocking_recv",
+                &s[1],
+            );
+        }
+
+        // Busy-polling two processes on one CPU only burns time slices: measured split only.
+        // A busy-polling child burns its CPU while idle too: each rep has children of its own,
+        // so that one contender's spinner never runs during the other's turn.
+        if runs("rtt-ll") && placement == Placement::TwoCpus {
+            let s = compare(
+                reps,
+                &mut [
+                    &mut || {
+                        let mut m = Msgport::spawn_role("msgport-echo-ll", cpu);
+                        m.port().set_low_latency(true);
+                        rtt_of(&mut m, n_rtt / 10);
+                        rtt_of(&mut m, n_rtt)
+                    },
+                    &mut || {
+                        let mut raw = Raw::<false>::spawn_role("raw-echo-spin", cpu);
+                        let (mut buf, mut body) = (Vec::new(), Vec::new());
+                        let mut one = || {
+                            buf.clear();
+                            frame(&Small::new(1), &mut buf);
+                            raw.stream.write_all(&buf).unwrap();
+                            raw.stream.set_nonblocking(true).unwrap();
+                            let mut len = [0u8; 4];
+                            assert!(spin_read(&mut raw.stream, &mut len));
+                            body.resize(u32::from_le_bytes(len) as usize, 0);
+                            assert!(spin_read(&mut raw.stream, &mut body));
+                            raw.stream.set_nonblocking(false).unwrap();
+                            std::hint::black_box(unframe::<Small>(&body));
+                        };
+                        rtt_rep(n_rtt / 10, &mut one);
+                        rtt_rep(n_rtt, &mut one)
+                    },
+                ],
+            );
+            report.versus(
+                "xproc",
+                format!("round trip, 64 B struct, low-latency option, {p}"),
+                "µs",
+                Better::Lower,
+                &s[0],
+                "raw AF_UNIX, busy-polling",
+                &s[1],
+            );
+        }
+
+        if runs("throughput") {
+            let n = if cfg.quick { 20_000 } else { 200_000 };
+            let mut m = Msgport::spawn(Role::Sink(Kind::Small), cpu);
+            let mut raw = Raw::<false>::spawn(Role::Sink(Kind::Small), cpu);
+            let mut rawb = Raw::<true>::spawn(Role::Sink(Kind::Small), cpu);
+            let mut ipc = IpcChannel::spawn(Role::Sink(Kind::Small), cpu);
+            let s = compare(
+                reps,
+                &mut [
+                    &mut || one_way_of(&mut m, n, Small::new),
+                    &mut || one_way_of(&mut raw, n, Small::new),
+                    &mut || one_way_of(&mut rawb, n, Small::new),
+                    &mut || one_way_of(&mut ipc, n, Small::new),
+                ],
+            );
+            let name = format!("one-way throughput, 64 B struct, {p}");
+            for (rival, i) in [
+                (Raw::<false>::NAME, 1),
+                (Raw::<true>::NAME, 2),
+                (IpcChannel::NAME, 3),
+            ] {
+                report.versus(
+                    "xproc",
+                    name.clone(),
+                    "msg/s",
+                    Better::Higher,
+                    &s[0],
+                    rival,
+                    &s[i],
+                );
+            }
+            drop((m, raw, rawb, ipc));
+
+            let n = n / 4;
+            let blob = |_| Blob::new(4096);
+            let mut m = Msgport::spawn(Role::Sink(Kind::Blob), cpu);
+            let mut rawb = Raw::<true>::spawn(Role::Sink(Kind::Blob), cpu);
+            let mut ipc = IpcChannel::spawn(Role::Sink(Kind::Blob), cpu);
+            let s = compare(
+                reps,
+                &mut [
+                    &mut || one_way_of(&mut m, n, blob),
+                    &mut || one_way_of(&mut rawb, n, blob),
+                    &mut || one_way_of(&mut ipc, n, blob),
+                ],
+            );
+            let name = format!("one-way throughput, 4 KiB struct, {p}");
+            for (rival, i) in [(Raw::<true>::NAME, 1), (IpcChannel::NAME, 2)] {
+                report.versus(
+                    "xproc",
+                    name.clone(),
+                    "msg/s",
+                    Better::Higher,
+                    &s[0],
+                    rival,
+                    &s[i],
+                );
+            }
+        }
+
+        if runs("16mib") {
+            let size = 16 << 20;
+            let k = if cfg.quick { 4 } else { 16 };
+            let mut m = Msgport::spawn(Role::Sink(Kind::Blob), cpu);
+            let ipc = IpcBytes::spawn(cpu);
+            let src = vec![0x5au8; size];
+            let mut dst = vec![0u8; size];
+            let gbps = |msgs: f64| msgs * size as f64 / 1e9;
+            let s = compare(
+                reps,
+                &mut [
+                    &mut || gbps(one_way_of(&mut m, k, |_| Blob::new(size))),
+                    &mut || {
+                        let batch: Vec<Vec<u8>> = (0..k).map(|_| src.clone()).collect();
+                        let t = Instant::now();
+                        ipc.sink(&batch);
+                        gbps(k as f64 / t.elapsed().as_secs_f64())
+                    },
+                    &mut || {
+                        let t = Instant::now();
+                        for _ in 0..k {
+                            dst.copy_from_slice(std::hint::black_box(&src));
+                        }
+                        gbps(k as f64 / t.elapsed().as_secs_f64())
+                    },
+                ],
+            );
+            let name = format!("16 MiB struct (serde_bytes), {p}");
+            report.versus(
+                "xproc",
+                name.clone(),
+                "GB/s",
+                Better::Higher,
+                &s[0],
+                "ipc-channel, IpcBytesSender",
+                &s[1],
+            );
+            report.versus(
+                "xproc",
+                name,
+                "GB/s",
+                Better::Higher,
+                &s[0],
+                "memcpy, one thread",
+                &s[2],
+            );
+        }
+
+        if runs("create") {
+            let n: u64 = if cfg.quick { 2_000 } else { 20_000 };
+            let m = Msgport::spawn_role("msgport-drop", cpu);
+            let (server, name) =
+                IpcOneShotServer::<(IpcBytesSender, IpcSender<IpcBytesSender>)>::new().unwrap();
+            let ipc_child = child_cmd("ipc-drop", cpu, Some(&name)).spawn().unwrap();
+            let (_rx, (data, senders)) = server.accept().unwrap();
+            let (reply_tx, replies) = ipc::bytes_channel().unwrap();
+            senders.send(reply_tx).unwrap();
+            let s = compare(
+                reps,
+                &mut [
+                    &mut || {
+                        let t = Instant::now();
+                        m.port().post_message(n, []).unwrap();
+                        for _ in 0..n {
+                            let (_here, there) = msgport::MessageChannel::new().into_ports();
+                            m.port().post_message((), [there]).unwrap();
+                        }
+                        m.port().blocking_recv().unwrap();
+                        n as f64 / t.elapsed().as_secs_f64()
+                    },
+                    &mut || {
+                        let t = Instant::now();
+                        data.send(&n.to_le_bytes()).unwrap();
+                        for _ in 0..n {
+                            let (tx, _rx) = ipc::bytes_channel().unwrap();
+                            senders.send(tx).unwrap();
+                        }
+                        replies.recv().unwrap();
+                        n as f64 / t.elapsed().as_secs_f64()
+                    },
+                ],
+            );
+            finish(ipc_child);
+            drop(m);
+            report.versus(
+                "xproc",
+                format!("create a channel and transfer one end, {p}"),
+                "1/s",
+                Better::Higher,
+                &s[0],
+                "ipc-channel",
+                &s[1],
+            );
+        }
+
+        if runs("live") && placement == Placement::TwoCpus {
+            live_ports(cfg, cpu, report);
+        }
+
+        if runs("close") {
+            // Close observed after the peer process is SIGKILLed, against the kernel's own end
+            // of stream on a raw socket whose holder is killed the same way.
+            let s = compare(
+                reps.max(5),
+                &mut [
+                    &mut || {
+                        let mut h = Msgport::spawn_role("msgport-hold", cpu);
+                        let (mine, theirs) = msgport::MessageChannel::new().into_ports();
+                        h.port().post_message((), [theirs]).unwrap();
+                        h.port().blocking_recv().unwrap();
+                        let mut child = h.child.take().unwrap();
+                        let t = Instant::now();
+                        child.kill().unwrap();
+                        assert!(mine.blocking_recv().is_none());
+                        let us = t.elapsed().as_secs_f64() * 1e6;
+                        let _ = child.wait();
+                        us
+                    },
+                    &mut || {
+                        let mut h = Raw::<false>::spawn_role("raw-hold", cpu);
+                        let mut ready = [0u8; 1];
+                        h.stream.read_exact(&mut ready).unwrap();
+                        let mut child = h.child.take().unwrap();
+                        let t = Instant::now();
+                        child.kill().unwrap();
+                        assert_eq!(h.stream.read(&mut ready).unwrap(), 0);
+                        let us = t.elapsed().as_secs_f64() * 1e6;
+                        let _ = child.wait();
+                        us
+                    },
+                ],
+            );
+            report.versus(
+                "xproc",
+                format!("close observed after SIGKILL, {p}"),
+                "µs",
+                Better::Lower,
+                &s[0],
+                "raw AF_UNIX end of stream",
+                &s[1],
+            );
+        }
+    }
+}
+
+/// How many cross-process ports one process holds before the descriptor limit stops it, and
+/// whether a message costs more on the last of them than on the first.
+fn live_ports(cfg: &Config, cpu: usize, report: &mut Report) {
+    let m = Msgport::spawn_role("msgport-keep", cpu);
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(0) as f64;
+    let mut ports = Vec::new();
+    let cap = if cfg.quick { 2_000 } else { 100_000 };
+    while ports.len() < cap {
+        let (here, there) = msgport::MessageChannel::new().into_ports();
+        match m.port().post_message((), [there]) {
+            Ok(()) => ports.push(here),
+            Err(_) => break,
+        }
+    }
+    // The child may have hit its own limit first: keep the ports that answer.
+    let probe = Value::from(&[0xa5u8; 64][..]);
+    let answers = |p: &MessagePort| {
+        p.post_message(probe.clone(), []).is_ok() && p.recv_timeout(Duration::from_secs(5)).is_ok()
+    };
+    while let Some(last) = ports.last() {
+        if answers(last) {
+            break;
+        }
+        ports.pop();
+    }
+    let live = ports.len();
+    let n = 2_000;
+    let one = |p: &MessagePort| {
+        rtt_rep(n, || {
+            p.post_message(probe.clone(), []).unwrap();
+            p.blocking_recv().unwrap();
+        })
+    };
+    let s = compare(
+        cfg.reps,
+        &mut [&mut || one(&ports[live - 1]), &mut || one(&ports[0])],
+    );
+    report.solo(
+        "xproc",
+        "live cross-process ports in one process".into(),
+        "ports",
+        Better::Higher,
+        &Samples(vec![live as f64]),
+        &format!("of a descriptor limit of {limit}"),
+    );
+    report.versus(
+        "xproc",
+        format!("round trip on port #{live} against port #1"),
+        "µs",
+        Better::Lower,
+        &s[0],
+        "port #1",
+        &s[1],
+    );
+    drop(ports);
+    drop(m);
+}
