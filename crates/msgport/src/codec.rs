@@ -73,6 +73,25 @@ pub fn encode(value: &Value) -> Vec<u8> {
     out
 }
 
+/// Encodes any `Serialize` value straight to CBOR, without building a [`Value`]: the same
+/// bytes as `encode(&to_value(value)?)`, and the same errors, in one pass (what a message
+/// leaving the process costs its sender).
+///
+/// ```
+/// use msgport::{codec, to_value};
+///
+/// #[derive(serde::Serialize)]
+/// struct Job { id: u32, tags: Vec<&'static str> }
+///
+/// let job = Job { id: 7, tags: vec!["a"] };
+/// assert_eq!(codec::to_vec(&job).unwrap(), codec::encode(&to_value(&job).unwrap()));
+/// ```
+pub fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, crate::ValueError> {
+    let mut out = Vec::with_capacity(64);
+    crate::value::cbor::to_cbor(value, &mut out)?;
+    Ok(out)
+}
+
 /// Appends the CBOR encoding of `value` to `out`.
 pub fn encode_into(value: &Value, out: &mut Vec<u8>) {
     let mut e = Encoder::new(out);

@@ -384,3 +384,189 @@ fn a_decoding_error_names_the_path_to_the_value_that_did_not_fit() {
     let ok: HashMap<String, Owner> = from_value(value!({ "a b": { "id": 1 } })).unwrap();
     assert_eq!(ok["a b"].id, 1);
 }
+
+mod direct {
+    //! `codec::to_vec` (serde straight to CBOR) against the `Value` path it replaces on the
+    //! sender: byte for byte, error for error.
+
+    use super::*;
+    use msgport::codec;
+
+    #[derive(Serialize, Debug, Clone)]
+    struct Unit;
+
+    #[derive(Serialize, Debug, Clone)]
+    struct Newtype(i64);
+
+    #[derive(Serialize, Debug, Clone)]
+    enum Shape {
+        Empty,
+        Circle(f64),
+        Pair(u8, String),
+        Rect { w: u32, h: Option<u32> },
+    }
+
+    #[derive(Serialize, Debug, Clone)]
+    struct Everything {
+        a: u8,
+        b: i8,
+        c: u16,
+        d: i16,
+        e: u32,
+        f: i32,
+        g: u64,
+        h: i64,
+        i: u128,
+        j: i128,
+        k: f32,
+        l: f64,
+        m: bool,
+        n: char,
+        o: String,
+        p: Option<Option<u8>>,
+        q: Vec<u8>,
+        #[serde(with = "serde_bytes_like")]
+        r: Vec<u8>,
+        s: BTreeMap<String, i64>,
+        t: BTreeMap<u32, String>,
+        u: BTreeMap<(u8, u8), bool>,
+        v: (),
+        w: Unit,
+        x: Newtype,
+        y: (u8, String),
+        z: Vec<Shape>,
+        value: Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        maybe: Option<u8>,
+        #[serde(flatten)]
+        extra: BTreeMap<String, u8>,
+    }
+
+    fn arb_shape() -> impl Strategy<Value = Shape> {
+        prop_oneof![
+            Just(Shape::Empty),
+            any::<f64>().prop_map(Shape::Circle),
+            (any::<u8>(), ".{0,4}").prop_map(|(a, b)| Shape::Pair(a, b)),
+            (any::<u32>(), any::<Option<u32>>()).prop_map(|(w, h)| Shape::Rect { w, h }),
+        ]
+    }
+
+    prop_compose! {
+        fn arb_everything()(
+            ints in (any::<u8>(), any::<i8>(), any::<u16>(), any::<i16>(), any::<u32>(), any::<i32>()),
+            wide in (any::<u64>(), any::<i64>(), any::<u128>(), any::<i128>()),
+            floats in (any::<f32>(), any::<f64>(), prop_oneof![Just(f64::NAN), Just(-0.0), Just(9_007_199_254_740_993.0), Just(1e300), Just(-3.0)]),
+            m in any::<bool>(),
+            n in any::<char>(),
+            o in ".{0,40}",
+            p in any::<Option<Option<u8>>>(),
+            q in proptest::collection::vec(any::<u8>(), 0..30),
+            r in proptest::collection::vec(any::<u8>(), 0..300),
+            s in proptest::collection::btree_map(".{0,6}", any::<i64>(), 0..4),
+            t in proptest::collection::btree_map(any::<u32>(), ".{0,3}", 0..4),
+            u in proptest::collection::btree_map(any::<(u8, u8)>(), any::<bool>(), 0..3),
+            x in any::<i64>(),
+            y in (any::<u8>(), ".{0,3}"),
+            z in proptest::collection::vec(arb_shape(), 0..4),
+            value in arb_value(),
+            maybe in any::<Option<u8>>(),
+            extra in proptest::collection::btree_map("[a-c]{1,2}", any::<u8>(), 0..3),
+        ) -> Everything {
+            let (a, b, c, d, e, f) = ints;
+            let (g, h, i, j) = wide;
+            let (k, l, special) = floats;
+            let l = if l.is_finite() && (l as i64) % 3 == 0 { special } else { l };
+            Everything {
+                a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u,
+                v: (), w: Unit, x: Newtype(x), y, z, value, maybe, extra,
+            }
+        }
+    }
+
+    fn same<T: Serialize + ?Sized>(x: &T) {
+        let direct = codec::to_vec(x);
+        let via_value = to_value(x).map(|v| encode(&v));
+        assert_eq!(direct, via_value);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn direct_cbor_is_the_value_path(x in arb_everything()) {
+            same(&x);
+        }
+
+        #[test]
+        fn direct_cbor_of_a_value_is_its_encoding(v in arb_value()) {
+            same(&v);
+            prop_assert_eq!(codec::to_vec(&v).unwrap(), encode(&v));
+        }
+
+        #[test]
+        fn integers_at_every_edge(n in prop_oneof![
+            Just(i128::MIN), Just(i128::MAX), Just(1i128 << 53), Just((1i128 << 53) + 1),
+            Just(-(1i128 << 53)), Just(-(1i128 << 53) - 1), Just(u64::MAX as i128), Just(i64::MIN as i128),
+            any::<i64>().prop_map(i128::from),
+        ]) {
+            same(&n);
+            if let Ok(n64) = i64::try_from(n) { same(&n64); }
+            if let Ok(u) = u64::try_from(n) { same(&u); }
+            if let Ok(u) = u128::try_from(n) { same(&u); }
+        }
+    }
+
+    /// Serializers whose lengths lie or are unknown, and one that fails: the head is fixed up,
+    /// the error is the same, and nothing half-written is left.
+    #[test]
+    fn lengths_that_lie_or_are_unknown_and_errors() {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct Seq(Option<usize>, usize);
+        impl Serialize for Seq {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(self.0)?;
+                for i in 0..self.1 {
+                    seq.serialize_element(&i)?;
+                }
+                seq.end()
+            }
+        }
+        struct Map(Option<usize>, usize, bool);
+        impl Serialize for Map {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(self.0)?;
+                for i in 0..self.1 {
+                    if self.2 && i == 1 {
+                        map.serialize_entry(&i, &i)?;
+                    } else {
+                        map.serialize_entry(&format!("k{i}"), &i)?;
+                    }
+                }
+                map.end()
+            }
+        }
+        struct Fails;
+        impl Serialize for Fails {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("refused"))
+            }
+        }
+        for (declared, actual) in [
+            (None, 0),
+            (None, 30),
+            (Some(3), 2),
+            (Some(1), 300),
+            (Some(0), 0),
+        ] {
+            same(&Seq(declared, actual));
+            same(&vec![Seq(declared, actual), Seq(None, 1)]);
+            for mixed in [false, true] {
+                same(&Map(declared, actual, mixed));
+                same(&(Map(declared, actual, mixed), 5u8));
+            }
+        }
+        same(&Fails);
+        same(&(1u8, Fails));
+        assert!(codec::to_vec(&vec![Value::Null; 2]).is_ok());
+    }
+}

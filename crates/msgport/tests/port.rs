@@ -401,3 +401,39 @@ fn a_refused_message_hands_its_ports_back() {
         assert!(x_far.blocking_recv().is_none());
     });
 }
+
+/// A port slot inside a struct's `Value` field, with nothing transferred, is refused at the
+/// sender across processes too (it used to leave, and the receiver closed the port on it).
+#[test]
+fn a_port_slot_inside_typed_data_is_checked_at_the_sender() {
+    #[derive(Serialize)]
+    struct Wrapper {
+        name: &'static str,
+        inner: Value,
+    }
+    watchdog(LIMIT, || {
+        let (a, b) = msgport_testkit::hostile::socket_pair();
+        let bad = Wrapper {
+            name: "x",
+            inner: Value::Array(vec![Value::Port(0)]),
+        };
+        assert_eq!(
+            a.post_message(bad, []),
+            Err(PostError::PortNotTransferred {
+                slot: 0,
+                transferred: 0
+            })
+        );
+        // The channel is intact, and a slot that is transferred goes through.
+        let (x, x_far) = MessageChannel::new().into_ports();
+        let good = Wrapper {
+            name: "y",
+            inner: Value::Port(0),
+        };
+        a.post_message(good, [x]).unwrap();
+        let mut event = b.blocking_recv().unwrap();
+        assert_eq!(event.value().unwrap()["name"], Value::from("y"));
+        event.ports.remove(0).post_message(3u8, []).unwrap();
+        assert_eq!(x_far.blocking_recv().unwrap().data::<u8>().unwrap(), 3);
+    });
+}

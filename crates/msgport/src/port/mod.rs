@@ -30,7 +30,7 @@ use crate::event::{MessageEvent, Payload};
 use crate::sync::Arc;
 use crate::value::Value;
 pub(crate) use endpoint::{Endpoint, Pulled};
-pub(crate) use outbound::Outbound;
+pub(crate) use outbound::{Outbound, WireData};
 
 /// A connected pair of ports: a message posted on one arrives on the other.
 ///
@@ -259,24 +259,21 @@ impl MessagePort {
                 Ok(())
             }
             Peer::Remote(out) => {
-                // A `Value` is taken as is (no allocation to find out); anything else goes
-                // through serde.
+                // A `Value` is taken as is (no allocation to find out); anything else is
+                // serialized straight to CBOR (the bytes the `Value` would have made).
                 let mut slot = Some(data);
-                let value =
+                let data =
                     match (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Value>>() {
-                        Some(v) => v.take().unwrap_or(Value::Undefined),
+                        Some(v) => WireData::Value(v.take().unwrap_or(Value::Undefined)),
                         None => match slot.as_ref() {
-                            Some(data) => match crate::value::to_value(data) {
-                                Ok(value) => value,
-                                Err(e) => {
-                                    let error = PostError::Serialize(e.to_string());
-                                    return Err(Refused { error, ports });
-                                }
+                            Some(data) => match encode_direct(data, ports.len()) {
+                                Ok(cbor) => WireData::Cbor(cbor),
+                                Err(error) => return Err(Refused { error, ports }),
                             },
-                            None => Value::Undefined,
+                            None => WireData::Value(Value::Undefined),
                         },
                     };
-                out.post(value, ports).map_err(|error| Refused {
+                out.post(data, ports).map_err(|error| Refused {
                     error,
                     ports: Vec::new(),
                 })
@@ -307,9 +304,16 @@ impl MessagePort {
         T: Serialize + ?Sized,
         I: IntoIterator<Item = MessagePort>,
     {
-        match crate::value::to_value(data) {
-            Ok(value) => self.post_message(value, transfer),
-            Err(e) => Err(PostError::Serialize(e.to_string())),
+        let ports: Vec<MessagePort> = transfer.into_iter().collect();
+        match &self.peer {
+            Peer::Remote(out) => {
+                let cbor = encode_direct(data, ports.len())?;
+                out.post(WireData::Cbor(cbor), ports)
+            }
+            Peer::Local(_) => match crate::value::to_value(data) {
+                Ok(value) => self.post_message(value, ports),
+                Err(e) => Err(PostError::Serialize(e.to_string())),
+            },
         }
     }
 
@@ -488,5 +492,21 @@ impl futures_core::Stream for MessagePort {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<MessageEvent>> {
         self.poll_recv(cx)
+    }
+}
+
+/// Serializes `data` straight to CBOR for a message with `transferred` ports, checking that
+/// the port slots it holds (a [`Value`] inside it) are in the transfer list.
+fn encode_direct<T: Serialize + ?Sized>(
+    data: &T,
+    transferred: usize,
+) -> Result<Vec<u8>, PostError> {
+    let mut cbor = Vec::with_capacity(64);
+    match crate::value::cbor::to_cbor(data, &mut cbor) {
+        Ok(Some(slot)) if slot as usize >= transferred => {
+            Err(PostError::PortNotTransferred { slot, transferred })
+        }
+        Ok(_) => Ok(cbor),
+        Err(e) => Err(PostError::Serialize(e.to_string())),
     }
 }

@@ -13,15 +13,26 @@ use crate::error::PostError;
 use crate::event::MessageEvent;
 use crate::value::Value;
 
+/// A message's data, ready to leave the process: a [`Value`] (posted as one, or forwarded), or
+/// already encoded (a Rust value serialized straight to CBOR by `codec::to_vec`'s path: the same
+/// bytes the `Value` would have made).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum WireData {
+    Value(Value),
+    Cbor(Vec<u8>),
+}
+
 pub(crate) trait Outbound: Send + Sync + 'static {
     /// Sends a message to the peer; the ports leave with it. Never blocks.
-    fn post(&self, data: Value, ports: Vec<MessagePort>) -> Result<(), PostError>;
+    fn post(&self, data: WireData, ports: Vec<MessagePort>) -> Result<(), PostError>;
 
     /// Forwards a message posted to an end that has left (the poster is long gone: a message
     /// that cannot be sent is logged and dropped, with its ports).
     fn forward(&self, message: MessageEvent) {
         let sent = match message.into_wire() {
-            Ok((data, ports)) => self.post(data, ports).map_err(|e| e.to_string()),
+            Ok((data, ports)) => self
+                .post(WireData::Value(data), ports)
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = sent {

@@ -33,7 +33,7 @@ use super::link::Link;
 use super::wire::MAX_PORTS;
 use crate::error::PostError;
 use crate::event::{MessageEvent, Payload};
-use crate::port::{Endpoint, MessagePort, Outbound, Peer};
+use crate::port::{Endpoint, MessagePort, Outbound, Peer, WireData};
 use crate::sync::Arc;
 use crate::sys;
 use crate::value::Value;
@@ -68,13 +68,16 @@ pub(crate) struct Handover {
 
 /// A message as it crosses a process boundary: data, and its ports as handovers.
 pub(crate) struct Outgoing {
-    pub data: Value,
+    pub data: WireData,
     pub ports: Vec<Handover>,
 }
 
 /// Exports the ports of a message about to leave the process. More than [`MAX_PORTS`] is
 /// refused before any port is touched.
-pub(crate) fn export_message(data: Value, ports: Vec<MessagePort>) -> Result<Outgoing, PostError> {
+pub(crate) fn export_message(
+    data: WireData,
+    ports: Vec<MessagePort>,
+) -> Result<Outgoing, PostError> {
     if ports.len() > MAX_PORTS {
         return Err(PostError::TooManyPorts {
             count: ports.len(),
@@ -171,7 +174,10 @@ fn export_queued(queued: Vec<MessageEvent>) -> Vec<Outgoing> {
                     }
                 })
                 .collect();
-            Outgoing { data, ports }
+            Outgoing {
+                data: WireData::Value(data),
+                ports,
+            }
         })
         .collect()
 }
@@ -183,7 +189,18 @@ pub(crate) fn import_message(message: Outgoing) -> MessageEvent {
     } else {
         message.ports.into_iter().map(import).collect()
     };
-    MessageEvent::new(Payload::Value(message.data), ports)
+    MessageEvent::new(payload(message.data), ports)
+}
+
+/// The payload of a message that arrived (decoded frames hold `Value`s; CBOR of our own making
+/// is decoded here, which only a test does).
+pub(crate) fn payload(data: WireData) -> Payload {
+    match data {
+        WireData::Value(v) => Payload::Value(v),
+        WireData::Cbor(bytes) => {
+            Payload::Value(crate::codec::decode(&bytes).unwrap_or(Value::Undefined))
+        }
+    }
 }
 
 /// Rebuilds a port that arrived from another process.

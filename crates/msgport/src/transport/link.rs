@@ -32,10 +32,10 @@ use super::handoff::{self, Backlog, Handover, Outgoing, Segment};
 use super::reactor::{self, reactor, SharedFd};
 use super::wire::{self, Frame, WireError};
 use crate::error::PostError;
-use crate::event::{MessageEvent, Payload};
+use crate::event::MessageEvent;
+use crate::port::WireData;
 use crate::port::{Endpoint, MessagePort, Outbound, Pulled};
 use crate::sys;
-use crate::value::Value;
 
 /// One socket end: what we write to it, and the endpoint that gets what we read.
 pub(crate) struct Link {
@@ -203,7 +203,7 @@ impl Link {
     }
 
     /// Exports the ports, encodes and writes a message.
-    fn send(&self, data: Value, ports: Vec<MessagePort>) -> Result<(), PostError> {
+    fn send(&self, data: WireData, ports: Vec<MessagePort>) -> Result<(), PostError> {
         let message = handoff::export_message(data, ports)?;
         self.send_frame(wire::encode_frame(message)?);
         Ok(())
@@ -592,7 +592,7 @@ impl Link {
             if !handovers.is_empty() {
                 ports.push((events.len(), handovers));
             }
-            events.push((MessageEvent::new(Payload::Value(data), Vec::new()), cost));
+            events.push((MessageEvent::new(handoff::payload(data), Vec::new()), cost));
             start += wire::HEADER + len;
         }
         if start > 0 {
@@ -754,7 +754,7 @@ impl Io {
 }
 
 impl Outbound for Link {
-    fn post(&self, data: Value, ports: Vec<MessagePort>) -> Result<(), PostError> {
+    fn post(&self, data: WireData, ports: Vec<MessagePort>) -> Result<(), PostError> {
         self.send(data, ports)
     }
 

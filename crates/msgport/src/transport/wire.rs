@@ -32,6 +32,7 @@ use minicbor::{Decoder, Encoder};
 use super::handoff::{Backlog, Handover, Outgoing, Segment};
 use crate::codec::{self, ok, CodecError};
 use crate::error::PostError;
+use crate::port::WireData;
 use crate::sys;
 use crate::value::Value;
 
@@ -187,7 +188,12 @@ impl FrameWriter {
 
     fn body(&mut self, message: Outgoing) -> Result<(), PostError> {
         let _ = ok(self.enc().array(2));
-        self.value(message.data);
+        match message.data {
+            WireData::Value(v) => self.value(v),
+            // Already the codec's bytes: large ones become a part of their own (moved).
+            WireData::Cbor(bytes) if bytes.len() >= ZERO_COPY_MIN => self.part(bytes),
+            WireData::Cbor(bytes) => self.cur.extend_from_slice(&bytes),
+        }
         let _ = ok(self.enc().array(message.ports.len() as u64));
         self.records += message.ports.len();
         if self.records > MAX_PORTS {
@@ -342,7 +348,10 @@ impl Reader<'_> {
                 return Err(WireError::BadSlot(slot));
             }
         }
-        Ok(Outgoing { data, ports })
+        Ok(Outgoing {
+            data: WireData::Value(data),
+            ports,
+        })
     }
 
     fn take_fds(&mut self, n: u64, carried_by: usize) -> Result<Vec<OwnedFd>, WireError> {
@@ -462,7 +471,7 @@ mod tests {
             peer_gone: false,
             closed: false,
             queued: vec![Outgoing {
-                data: Value::from("queued"),
+                data: WireData::Value(Value::from("queued")),
                 ports: vec![inner],
             }],
             backlog: Backlog {
@@ -486,7 +495,7 @@ mod tests {
         });
         let data = Value::Array(vec![Value::Port(0), big.clone()]);
         let frame = encode_frame(Outgoing {
-            data: data.clone(),
+            data: WireData::Value(data.clone()),
             ports: vec![port],
         })
         .unwrap();
@@ -500,10 +509,10 @@ mod tests {
         assert_eq!((HEADER + len, nfds), (bytes.len(), 5));
         let decoded = decode_body(&bytes[HEADER..], frame.fds.into()).unwrap();
         assert_eq!(decoded.records, 2);
-        assert_eq!(decoded.message.data, data);
+        assert_eq!(decoded.message.data, WireData::Value(data));
         let port = &decoded.message.ports[0];
         assert!(port.socket.is_some() && !port.peer_gone && !port.closed);
-        assert_eq!(port.queued[0].data, Value::from("queued"));
+        assert_eq!(port.queued[0].data, WireData::Value(Value::from("queued")));
         assert!(port.queued[0].ports[0].socket.is_some());
         assert_eq!(port.backlog.prefix, prefix);
         assert_eq!(port.backlog.prefix_fds.len(), 1);
@@ -530,7 +539,7 @@ mod tests {
             ("n".into(), Value::from(-1.5)),
         ]);
         let frame = encode_frame(Outgoing {
-            data: data.clone(),
+            data: WireData::Value(data.clone()),
             ports: Vec::new(),
         })
         .unwrap();
@@ -539,5 +548,19 @@ mod tests {
         expected.extend(codec::encode(&data));
         expected.push(0x80);
         assert_eq!(&bytes[HEADER..], &expected[..]);
+        // Data serialized straight to CBOR makes the same frame, large or small.
+        for data in [data, Value::from("small")] {
+            let direct = encode_frame(Outgoing {
+                data: WireData::Cbor(codec::to_vec(&data).unwrap()),
+                ports: Vec::new(),
+            })
+            .unwrap();
+            let via_value = encode_frame(Outgoing {
+                data: WireData::Value(data),
+                ports: Vec::new(),
+            })
+            .unwrap();
+            assert_eq!(direct.parts.concat(), via_value.parts.concat());
+        }
     }
 }

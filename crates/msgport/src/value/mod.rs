@@ -7,6 +7,7 @@
 //! `Value` serializer recognises (other serializers, such as JSON, see just the inner data).
 
 mod bigint;
+pub(crate) mod cbor;
 mod de;
 mod macros;
 mod ser;

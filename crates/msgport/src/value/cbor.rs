@@ -1,0 +1,434 @@
+//! Rust → CBOR straight through serde, without building a [`Value`] first: what a message
+//! leaving the process costs on the sender.
+//!
+//! The bytes are exactly those of `codec::encode(&to_value(x)?)` (and the errors those of
+//! `to_value`): the same mapping (`docs/wire-format.md`), written in one pass. Where `to_value`
+//! decides a container's kind only at its end (a map is an `Object` if every key is a string,
+//! else a `Map`; a sequence of unknown length), the head is put in front once the entries are
+//! written. Kinds serde lacks (the reserved newtype names of `Value`'s own `Serialize`) go
+//! through `to_value` for that one item. Proven by the differential property tests in
+//! `tests/codec.rs` (`direct_cbor_is_the_value_path`).
+
+use serde::ser::{self, Serialize};
+
+use super::ser::{from_magic, is_magic, to_value, UNDEFINED};
+use super::BigInt;
+use crate::codec;
+use crate::error::ValueError;
+
+/// Appends the CBOR encoding of `value` to `out` (on error, `out` is left as it was). Returns
+/// the highest port slot ([`Value::Port`](super::Value::Port)) the data holds, if any.
+pub(crate) fn to_cbor<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<Option<u32>, ValueError> {
+    let start = out.len();
+    let mut max_slot = None;
+    let result = value.serialize(Cbor {
+        out,
+        max_slot: &mut max_slot,
+    });
+    match result {
+        Ok(()) => Ok(max_slot),
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+const MAX_SAFE: f64 = 9_007_199_254_740_992.0; // 2^53
+
+/// A head: major type and argument, in the shortest form (RFC 8949 §4.2.1).
+fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+fn head_len(n: u64) -> usize {
+    match n {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// A number as `codec` writes a `Value::Number`: integers within ±2⁵³ (but not −0) in the
+/// integer form, everything else as a double.
+fn number(out: &mut Vec<u8>, n: f64) {
+    if n.fract() == 0.0 && n.abs() <= MAX_SAFE && !(n == 0.0 && n.is_sign_negative()) {
+        if n >= 0.0 {
+            head(out, 0, n as u64);
+        } else {
+            head(out, 1, (-1.0 - n) as u64);
+        }
+    } else {
+        out.push(0xfb);
+        out.extend_from_slice(&n.to_bits().to_be_bytes());
+    }
+}
+
+/// An integer as `Value::from` takes it: a number within ±2⁵³, a bigint beyond.
+fn integer(out: &mut Vec<u8>, n: i128) {
+    const SAFE: i128 = 1 << 53;
+    if (-SAFE..=SAFE).contains(&n) {
+        if n >= 0 {
+            head(out, 0, n as u64);
+        } else {
+            head(out, 1, (-1 - n) as u64);
+        }
+    } else {
+        codec::encode_into(&super::Value::BigInt(BigInt::from(n)), out);
+    }
+}
+
+fn text(out: &mut Vec<u8>, s: &str) {
+    head(out, 3, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Cbor<'a> {
+    out: &'a mut Vec<u8>,
+    max_slot: &'a mut Option<u32>,
+}
+
+impl<'a> Cbor<'a> {
+    /// One item through `to_value` (the kinds serde lacks).
+    fn via_value(self, v: super::Value) -> Result<(), ValueError> {
+        if let Some(slot) = v.max_port_slot() {
+            *self.max_slot = Some(self.max_slot.map_or(slot, |m| m.max(slot)));
+        }
+        codec::encode_into(&v, self.out);
+        Ok(())
+    }
+
+    /// `{variant: ...}`: the externally tagged form of a variant with data.
+    fn variant(&mut self, variant: &str) {
+        self.out.push(0xa1);
+        text(self.out, variant);
+    }
+
+    fn container(mut self, major: u8, len: Option<usize>, variant: Option<&str>) -> Container<'a> {
+        if let Some(v) = variant {
+            self.variant(v);
+        }
+        let start = self.out.len();
+        if let Some(n) = len {
+            head(self.out, major, n as u64);
+        }
+        Container {
+            out: self.out,
+            max_slot: self.max_slot,
+            major,
+            start,
+            declared: len,
+            count: 0,
+            all_text_keys: true,
+        }
+    }
+}
+
+/// An array or a map being written: its head goes in front at the end when its length was not
+/// declared, or was declared wrong, or (for a map) when a key is not a string.
+pub(crate) struct Container<'a> {
+    out: &'a mut Vec<u8>,
+    max_slot: &'a mut Option<u32>,
+    /// 4 (array) or 5 (map).
+    major: u8,
+    /// Where the head is (or goes).
+    start: usize,
+    declared: Option<usize>,
+    count: usize,
+    all_text_keys: bool,
+}
+
+impl Container<'_> {
+    fn item<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), ValueError> {
+        value.serialize(Cbor {
+            out: &mut *self.out,
+            max_slot: &mut *self.max_slot,
+        })
+    }
+
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), ValueError> {
+        self.count += 1;
+        self.item(value)
+    }
+
+    fn key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), ValueError> {
+        let at = self.out.len();
+        self.item(key)?;
+        // A key that became a string (major type 3) keeps the container an object.
+        if self.out.get(at).is_none_or(|b| b >> 5 != 3) {
+            self.all_text_keys = false;
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), ValueError> {
+        text(self.out, key);
+        self.count += 1;
+        self.item(value)
+    }
+
+    fn finish(self) -> Result<(), ValueError> {
+        let tagged = self.major == 5 && !self.all_text_keys;
+        if self.declared == Some(self.count) && !tagged {
+            return Ok(());
+        }
+        let mut front = Vec::with_capacity(head_len(self.count as u64) + 3);
+        if tagged {
+            head(&mut front, 6, codec::TAG_MAP);
+        }
+        head(&mut front, self.major, self.count as u64);
+        let written = self.declared.map_or(0, |n| head_len(n as u64));
+        self.out
+            .splice(self.start..self.start + written, front)
+            .for_each(drop);
+        Ok(())
+    }
+}
+
+impl<'a> ser::Serializer for Cbor<'a> {
+    type Ok = ();
+    type Error = ValueError;
+    type SerializeSeq = Container<'a>;
+    type SerializeTuple = Container<'a>;
+    type SerializeTupleStruct = Container<'a>;
+    type SerializeTupleVariant = Container<'a>;
+    type SerializeMap = Container<'a>;
+    type SerializeStruct = Container<'a>;
+    type SerializeStructVariant = Container<'a>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), ValueError> {
+        self.out.push(if v { 0xf5 } else { 0xf4 });
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), ValueError> {
+        integer(self.out, v.into());
+        Ok(())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), ValueError> {
+        integer(self.out, v.into());
+        Ok(())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), ValueError> {
+        integer(self.out, v.into());
+        Ok(())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), ValueError> {
+        integer(self.out, v.into());
+        Ok(())
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), ValueError> {
+        integer(self.out, v);
+        Ok(())
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), ValueError> {
+        integer(self.out, v.into());
+        Ok(())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), ValueError> {
+        integer(self.out, v.into());
+        Ok(())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), ValueError> {
+        integer(self.out, v.into());
+        Ok(())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), ValueError> {
+        integer(self.out, v.into());
+        Ok(())
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), ValueError> {
+        if v <= 1 << 53 {
+            head(self.out, 0, v as u64);
+        } else {
+            codec::encode_into(&super::Value::BigInt(BigInt::from(v)), self.out);
+        }
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), ValueError> {
+        number(self.out, f64::from(v));
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), ValueError> {
+        number(self.out, v);
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), ValueError> {
+        text(self.out, v.encode_utf8(&mut [0; 4]));
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> Result<(), ValueError> {
+        text(self.out, v);
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), ValueError> {
+        head(self.out, 2, v.len() as u64);
+        self.out.extend_from_slice(v);
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), ValueError> {
+        self.out.push(0xf6);
+        Ok(())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), ValueError> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), ValueError> {
+        self.out.push(0xf6);
+        Ok(())
+    }
+    fn serialize_unit_struct(self, name: &'static str) -> Result<(), ValueError> {
+        self.out.push(if name == UNDEFINED { 0xf7 } else { 0xf6 });
+        Ok(())
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), ValueError> {
+        text(self.out, variant);
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), ValueError> {
+        if is_magic(name) {
+            let v = from_magic(name, to_value(value)?)?;
+            self.via_value(v)
+        } else {
+            value.serialize(self)
+        }
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        mut self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), ValueError> {
+        self.variant(variant);
+        value.serialize(self)
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Container<'a>, ValueError> {
+        Ok(self.container(4, len, None))
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Container<'a>, ValueError> {
+        Ok(self.container(4, Some(len), None))
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        len: usize,
+    ) -> Result<Container<'a>, ValueError> {
+        Ok(self.container(4, Some(len), None))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Container<'a>, ValueError> {
+        Ok(self.container(4, Some(len), Some(variant)))
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<Container<'a>, ValueError> {
+        Ok(self.container(5, len, None))
+    }
+    fn serialize_struct(
+        self,
+        _name: &'static str,
+        len: usize,
+    ) -> Result<Container<'a>, ValueError> {
+        Ok(self.container(5, Some(len), None))
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Container<'a>, ValueError> {
+        Ok(self.container(5, Some(len), Some(variant)))
+    }
+}
+
+macro_rules! sequence {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for Container<'_> {
+            type Ok = ();
+            type Error = ValueError;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), ValueError> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), ValueError> {
+                self.finish()
+            }
+        }
+    )*};
+}
+
+sequence!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
+
+impl ser::SerializeMap for Container<'_> {
+    type Ok = ();
+    type Error = ValueError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), ValueError> {
+        self.key(key)
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), ValueError> {
+        self.item(value)
+    }
+    fn end(self) -> Result<(), ValueError> {
+        self.finish()
+    }
+}
+
+macro_rules! record {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for Container<'_> {
+            type Ok = ();
+            type Error = ValueError;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), ValueError> {
+                self.field(key, value)
+            }
+            fn end(self) -> Result<(), ValueError> {
+                self.finish()
+            }
+        }
+    )*};
+}
+
+record!(SerializeStruct, SerializeStructVariant);
