@@ -79,8 +79,9 @@ impl InProc for Msgport {
     }
 }
 
-/// msgport, the payload encoded to CBOR and back on every message (what leaving the process
-/// costs in CPU, without the socket).
+/// msgport, the payload encoded to CBOR and back on every message with the codec's serde paths
+/// (`codec::to_vec`, `codec::from_slice`): what leaving the process costs in CPU, without the
+/// socket.
 pub(crate) struct MsgportEncoded;
 impl InProc for MsgportEncoded {
     const NAME: &'static str = "msgport, CBOR-encoded";
@@ -90,14 +91,14 @@ impl InProc for MsgportEncoded {
             placement,
             move || {
                 for i in 0..n {
-                    let bytes = codec::encode(&msgport::to_value(&Small::new(i)).unwrap());
+                    let bytes = codec::to_vec(&Small::new(i)).unwrap();
                     tx.post_message(bytes, []).unwrap();
                 }
             },
             move || {
                 for i in 0..n {
                     let bytes: Vec<u8> = rx.blocking_recv().unwrap().take_data().unwrap();
-                    let s: Small = msgport::from_value(codec::decode(&bytes).unwrap()).unwrap();
+                    let s: Small = codec::from_slice(&bytes).unwrap();
                     assert_eq!(s.seq, i);
                 }
             },
@@ -110,7 +111,7 @@ impl InProc for MsgportEncoded {
             placement,
             move || {
                 for i in 0..n {
-                    let bytes = codec::encode(&msgport::to_value(&Small::new(i)).unwrap());
+                    let bytes = codec::to_vec(&Small::new(i)).unwrap();
                     a.post_message(bytes, []).unwrap();
                     black_box(a.blocking_recv().unwrap());
                 }
@@ -118,8 +119,8 @@ impl InProc for MsgportEncoded {
             move || {
                 for _ in 0..n {
                     let bytes: Vec<u8> = b.blocking_recv().unwrap().take_data().unwrap();
-                    let m: Small = msgport::from_value(codec::decode(&bytes).unwrap()).unwrap();
-                    let bytes = codec::encode(&msgport::to_value(&m).unwrap());
+                    let m: Small = codec::from_slice(&bytes).unwrap();
+                    let bytes = codec::to_vec(&m).unwrap();
                     b.post_message(bytes, []).unwrap();
                 }
             },

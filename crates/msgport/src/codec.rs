@@ -290,6 +290,214 @@ fn typed_array_kind(tag: u64) -> Option<(BinaryKind, Option<usize>)> {
     })
 }
 
+/// Decodes CBOR straight into any `Deserialize` type, without building a [`Value`] when the
+/// bytes hold only the shapes serde makes (definite arrays, objects with text keys, scalars):
+/// the same result as `from_value(decode(bytes)?)`, the same errors' meaning (a decoding
+/// failure reads as a [`ValueError`](crate::ValueError) naming it). What a message from another process costs its
+/// receiver.
+///
+/// ```
+/// use msgport::{codec, value};
+///
+/// #[derive(serde::Deserialize, Debug, PartialEq)]
+/// struct Job { id: u32, tags: Vec<String> }
+///
+/// let bytes = codec::encode(&value!({ "id": 7, "tags": ["a"] }));
+/// let job: Job = codec::from_slice(&bytes).unwrap();
+/// assert_eq!(job, Job { id: 7, tags: vec!["a".into()] });
+/// ```
+pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, crate::ValueError> {
+    let invalid = |e: CodecError| crate::ValueError::new(e.to_string());
+    let scanned = scan(bytes, 0).map_err(invalid)?;
+    if scanned.end != bytes.len() {
+        return Err(invalid(CodecError::TrailingBytes(
+            bytes.len() - scanned.end,
+        )));
+    }
+    if scanned.plain {
+        crate::value::cbor_de::from_cbor(bytes)
+    } else {
+        crate::value::from_value(decode(bytes).map_err(invalid)?)
+    }
+}
+
+/// What [`scan`] found of one data item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scan {
+    /// Where the item ends.
+    pub end: usize,
+    /// The highest port slot (tag [`TAG_PORT`]) in it, if any.
+    pub max_slot: Option<u32>,
+    /// Only definite-length items, no tag, every map key a definite text string: the shapes
+    /// serde's data model makes, which `value::cbor_de` reads without building a `Value`.
+    pub plain: bool,
+}
+
+/// How deep [`scan`] lets arrays, maps and tags nest: looser than [`decode`]'s limit, so that
+/// nothing `decode` accepts is refused here (what `scan` lets through and `decode` refuses is
+/// an error for that one message, when it is read).
+const SCAN_DEPTH: usize = 2 * MAX_DEPTH + 8;
+
+/// Finds the extent of the data item at `start` without building it (no allocation but a
+/// small stack, no recursion): its well-formedness (heads, lengths within the input, breaks
+/// only in indefinite items, only the simple values msgport defines), its port slots, and
+/// whether it is [plain](Scan::plain). Text is not checked for UTF-8 nor tags for meaning
+/// here: that is the reader's work.
+pub(crate) fn scan(input: &[u8], start: usize) -> Result<Scan, CodecError> {
+    /// What an open container still expects.
+    #[derive(Clone, Copy)]
+    enum Open {
+        /// Items left in a definite array or map (a map counts keys and values).
+        Items { left: u64, map: bool },
+        /// Items until a break (`chunks`: string chunks of this major type only).
+        UntilBreak { chunks: Option<u8> },
+        /// The one item a tag applies to (`port`: it must be a u32 slot).
+        Tagged { port: bool },
+    }
+    let malformed = |what: &str| CodecError::Malformed(what.to_owned());
+    let mut pos = start;
+    let mut stack: Vec<Open> = Vec::new();
+    let mut max_slot: Option<u32> = None;
+    let mut plain = true;
+    loop {
+        let ib = *input.get(pos).ok_or_else(|| malformed("truncated item"))?;
+        pos += 1;
+        let (major, info) = (ib >> 5, ib & 0x1f);
+        // A key position of a definite map (for `plain`).
+        let at_key = matches!(stack.last(), Some(Open::Items { left, map: true }) if left % 2 == 0);
+        if let Some(Open::UntilBreak { chunks: Some(m) }) = stack.last() {
+            if ib != 0xff && (major != *m || info == 31) {
+                return Err(malformed(
+                    "a chunk of an indefinite string is not a definite string",
+                ));
+            }
+        }
+        let arg = match info {
+            0..=23 => u64::from(info),
+            24..=27 => {
+                let n = 1usize << (info - 24);
+                let bytes = input
+                    .get(pos..pos + n)
+                    .ok_or_else(|| malformed("truncated head"))?;
+                pos += n;
+                bytes.iter().fold(0u64, |a, b| a << 8 | u64::from(*b))
+            }
+            28..=30 => return Err(malformed("reserved additional information")),
+            _ => u64::MAX,
+        };
+        let indefinite = info == 31;
+        if at_key && (major != 3 || indefinite) {
+            plain = false;
+        }
+        if let Some(Open::Tagged { port: true }) = stack.last() {
+            match u32::try_from(arg) {
+                Ok(slot) if major == 0 => max_slot = Some(max_slot.map_or(slot, |m| m.max(slot))),
+                _ => {
+                    return Err(CodecError::Invalid(
+                        "a port slot must be an unsigned 32-bit index",
+                    ))
+                }
+            }
+        }
+        // Whether this head completes an item (else it opened a container or a tag).
+        let complete = match major {
+            0 | 1 => {
+                if indefinite {
+                    return Err(malformed("an integer has no indefinite form"));
+                }
+                true
+            }
+            2 | 3 if indefinite => {
+                plain = false;
+                stack.push(Open::UntilBreak {
+                    chunks: Some(major),
+                });
+                false
+            }
+            2 | 3 => {
+                let len = usize::try_from(arg).map_err(|_| malformed("string past the end"))?;
+                if len > input.len() - pos {
+                    return Err(malformed("string past the end"));
+                }
+                pos += len;
+                true
+            }
+            4 | 5 if indefinite => {
+                plain = false;
+                stack.push(Open::UntilBreak { chunks: None });
+                false
+            }
+            4 | 5 => {
+                let map = major == 5;
+                let left = if map { arg.checked_mul(2) } else { Some(arg) }
+                    .filter(|n| *n <= (input.len() - pos) as u64)
+                    .ok_or_else(|| malformed("container length past the end"))?;
+                if left == 0 {
+                    true
+                } else {
+                    stack.push(Open::Items { left, map });
+                    false
+                }
+            }
+            6 => {
+                if indefinite {
+                    return Err(malformed("a tag has no indefinite form"));
+                }
+                plain = false;
+                stack.push(Open::Tagged {
+                    port: arg == TAG_PORT,
+                });
+                false
+            }
+            _ => match info {
+                20..=23 | 25..=27 => true,
+                31 => match stack.pop() {
+                    Some(Open::UntilBreak { .. }) => true,
+                    _ => {
+                        return Err(CodecError::Invalid(
+                            "unsupported simple value or stray break",
+                        ))
+                    }
+                },
+                _ => {
+                    return Err(CodecError::Invalid(
+                        "unsupported simple value or stray break",
+                    ))
+                }
+            },
+        };
+        if stack.len() > SCAN_DEPTH {
+            return Err(CodecError::TooDeep);
+        }
+        if !complete {
+            continue;
+        }
+        // An item is complete: count it in the containers it closes.
+        loop {
+            match stack.last_mut() {
+                None => {
+                    return Ok(Scan {
+                        end: pos,
+                        max_slot,
+                        plain,
+                    })
+                }
+                Some(Open::Items { left, .. }) => {
+                    *left -= 1;
+                    if *left > 0 {
+                        break;
+                    }
+                    stack.pop();
+                }
+                Some(Open::Tagged { .. }) => {
+                    stack.pop();
+                }
+                Some(Open::UntilBreak { .. }) => break,
+            }
+        }
+    }
+}
+
 /// Decodes exactly one CBOR data item into a [`Value`].
 pub fn decode(bytes: &[u8]) -> Result<Value, CodecError> {
     let mut d = Decoder::new(bytes);
@@ -338,7 +546,8 @@ pub(crate) fn read_value(d: &mut Decoder<'_>, depth: usize) -> Result<Value, Cod
         | Type::I64
         | Type::Int => {
             let n = i128::from(d.int()?);
-            if (n.unsigned_abs() as f64) <= MAX_SAFE {
+            // Compared as integers: ±(2⁵³ + 1) as f64 would round to ±2⁵³.
+            if n.unsigned_abs() <= 1 << 53 {
                 Value::Number(n as f64)
             } else {
                 Value::BigInt(BigInt::from(n))
@@ -546,6 +755,67 @@ fn read_tagged(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn is_plain(v: &Value) -> bool {
+        match v {
+            Value::Undefined | Value::Null | Value::Bool(_) | Value::Number(_) => true,
+            Value::String(_) => true,
+            Value::Binary(b) => b.kind == BinaryKind::ArrayBuffer,
+            Value::Array(items) => items.iter().all(is_plain),
+            Value::Object(entries) => entries.iter().all(|(_, v)| is_plain(v)),
+            _ => false,
+        }
+    }
+
+    /// `scan` finds the extent, the port slots and the plainness of every encoding, and
+    /// refuses none that `decode` accepts.
+    #[test]
+    fn scan_sees_what_decode_sees() {
+        let cases = [
+            Value::Null,
+            Value::Array(vec![Value::Port(3), Value::Port(1), Value::from("x")]),
+            Value::Object(vec![("a".into(), Value::Array(vec![Value::Number(1.5)]))]),
+            Value::Map(vec![(Value::Number(1.0), Value::Null)]),
+            Value::BigInt(BigInt::from(u64::MAX)),
+            Value::Set(vec![Value::Port(7)]),
+            Value::Date(1.5),
+            Value::Object(Vec::new()),
+            Value::Array(Vec::new()),
+        ];
+        for v in cases {
+            let mut bytes = encode(&v);
+            let scanned = scan(&bytes, 0).unwrap();
+            assert_eq!(scanned.end, bytes.len(), "{v:?}");
+            assert_eq!(scanned.max_slot, v.max_port_slot(), "{v:?}");
+            assert_eq!(scanned.plain, is_plain(&v), "{v:?}");
+            // Followed by more: the extent is the item's own.
+            bytes.push(0xf6);
+            assert_eq!(scan(&bytes, 0).unwrap().end, bytes.len() - 1);
+        }
+        // Indefinite items are well-formed but not plain; a stray break or a reserved head is
+        // refused; so is a port slot that is not a u32.
+        assert_eq!(
+            scan(&[0x9f, 0x01, 0x7f, 0x61, b'a', 0xff, 0xff], 0).unwrap(),
+            Scan {
+                end: 7,
+                max_slot: None,
+                plain: false
+            }
+        );
+        assert!(scan(&[0xff], 0).is_err());
+        assert!(scan(&[0x1c], 0).is_err());
+        assert!(scan(&[0x82, 0x01], 0).is_err());
+        assert!(scan(&[0xda, 0x6d, 0x70, 0x00, 0x01, 0x61, b'a'], 0).is_err());
+        assert!(
+            scan(&[0x7f, 0x41, 0x00, 0xff], 0).is_err(),
+            "a byte chunk in a text string"
+        );
+        // Nesting: deeper than decode allows is still scanned (up to the scan limit).
+        let deep = [vec![0x81; MAX_DEPTH + 1], vec![0x01]].concat();
+        assert!(decode(&deep).is_err());
+        assert_eq!(scan(&deep, 0).unwrap().end, deep.len());
+        assert!(scan(&[vec![0x81; SCAN_DEPTH + 1], vec![0x01]].concat(), 0).is_err());
+    }
 
     #[test]
     fn bignum_edges() {

@@ -119,6 +119,11 @@ pub enum DecodeError {
     /// The sender's `Serialize` implementation failed.
     #[error("message data could not be serialized: {0}")]
     Serialize(String),
+    /// Data from another process is well-formed CBOR but not a valid msgport value (invalid
+    /// UTF-8, an unknown tag, a malformed bigint or date, nesting too deep...). The port stays
+    /// open; the message carries no data.
+    #[error("message data is not a valid value: {0}")]
+    Malformed(String),
 }
 
 /// An error converting between a Rust value and a [`Value`](crate::Value) through serde.

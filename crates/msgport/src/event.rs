@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::error::DecodeError;
 use crate::inline::Inline;
 use crate::native::NativeData;
-use crate::port::MessagePort;
+use crate::port::{MessagePort, WireData};
 use crate::value::{self, Value};
 
 /// The data of a message: a moved Rust value, a value decoded from another process, or nothing
@@ -18,6 +18,12 @@ pub(crate) enum Payload {
     Inline(Inline),
     Native(Box<dyn NativeData>),
     Value(Value),
+    /// Data from another process, still encoded (`plain`: readable without building a
+    /// `Value`, see `codec::scan`).
+    Cbor {
+        bytes: Vec<u8>,
+        plain: bool,
+    },
     Taken,
 }
 
@@ -60,6 +66,12 @@ impl MessageEvent {
     /// type). When `T` is the sender's own type this still goes through serde; use
     /// [`take_data`](Self::take_data) to move it out for free.
     pub fn data<T: DeserializeOwned + 'static>(&self) -> Result<T, DecodeError> {
+        if let Payload::Cbor { bytes, plain } = &self.payload {
+            if TypeId::of::<T>() != TypeId::of::<Value>() && *plain {
+                return value::cbor_de::from_cbor(bytes)
+                    .map_err(|e| DecodeError::Mismatch(e.to_string()));
+            }
+        }
         let v = self.value()?;
         if TypeId::of::<T>() == TypeId::of::<Value>() {
             let boxed: Box<dyn Any> = Box::new(v);
@@ -96,7 +108,7 @@ impl MessageEvent {
                     .downcast::<T>()
                     .expect("type checked above"))
             }
-            Payload::Native(_) => {
+            Payload::Native(_) | Payload::Cbor { .. } => {
                 let v = self.data::<T>()?;
                 self.payload = Payload::Taken;
                 Ok(v)
@@ -134,20 +146,25 @@ impl MessageEvent {
             Payload::Inline(inline) => inline.to_value(),
             Payload::Native(native) => native.to_value(),
             Payload::Value(v) => Ok(v.clone()),
+            Payload::Cbor { bytes, .. } => {
+                crate::codec::decode(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+            }
             Payload::Taken => Err(DecodeError::Taken),
         }
     }
 
-    /// Splits the event for encoding: its data as a [`Value`] and its ports.
-    pub(crate) fn into_wire(mut self) -> Result<(Value, Vec<MessagePort>), DecodeError> {
+    /// Splits the event for encoding: its data ready to leave (encoded data goes as it came,
+    /// not decoded) and its ports.
+    pub(crate) fn into_wire(mut self) -> Result<(WireData, Vec<MessagePort>), DecodeError> {
         let ports = std::mem::take(&mut self.ports);
-        let v = match std::mem::replace(&mut self.payload, Payload::Taken) {
-            Payload::Value(v) => v,
-            Payload::Inline(inline) => inline.to_value()?,
-            Payload::Native(native) => native.to_value()?,
+        let data = match std::mem::replace(&mut self.payload, Payload::Taken) {
+            Payload::Value(v) => WireData::Value(v),
+            Payload::Cbor { bytes, plain } => WireData::Cbor { bytes, plain },
+            Payload::Inline(inline) => WireData::Value(inline.to_value()?),
+            Payload::Native(native) => WireData::Value(native.to_value()?),
             Payload::Taken => return Err(DecodeError::Taken),
         };
-        Ok((v, ports))
+        Ok((data, ports))
     }
 
     /// Whether the data was posted as a `T` (and not yet taken): a cheap type test, no decoding.

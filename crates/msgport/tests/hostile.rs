@@ -163,6 +163,41 @@ fn lying_counts_inside_records_close_the_port() {
     });
 }
 
+/// Data that is well-formed CBOR but not a valid value (invalid UTF-8, an unknown tag, a
+/// bigint that is not a byte string) is an error for that message only, the web's
+/// `messageerror`: the port stays open and the next message arrives. Structurally broken data
+/// (a truncated item, a stray break) still closes the port.
+#[test]
+fn invalid_data_is_an_error_for_that_message_only() {
+    watchdog(LIMIT, || {
+        let (port, peer) = hostile_pair();
+        let invalid: [&[u8]; 3] = [
+            &[0x62, 0xff, 0xfe],
+            &[0xd9, 0x12, 0x34, 0xf6],
+            &[0xc2, 0x01],
+        ];
+        for data in invalid {
+            peer.frame(&cbor::body(data, &[]), 0, &[]).unwrap();
+        }
+        peer.frame(&cbor::body(&cbor::uint(7), &[]), 0, &[])
+            .unwrap();
+        for _ in 0..3 {
+            let mut event = port.recv_timeout(LIMIT).expect("the message arrives");
+            assert!(matches!(
+                event.value(),
+                Err(msgport::DecodeError::Malformed(_))
+            ));
+            assert!(event.take_data::<String>().is_err());
+        }
+        let good = port.recv_timeout(LIMIT).unwrap();
+        assert_eq!(good.data::<u32>().unwrap(), 7);
+        // A broken item closes the port, as any malformed frame does.
+        peer.frame(&cbor::body(&[0x82, 0x01, 0xff], &[]), 0, &[])
+            .unwrap();
+        assert!(port.blocking_recv().is_none(), "the port closes");
+    });
+}
+
 /// Row 3: a header announcing a 256 MiB frame, then nothing, used to grow the receive buffer to
 /// 64 MiB and zero it (per connection); now the buffer grows only with what arrives.
 #[test]

@@ -267,7 +267,7 @@ impl MessagePort {
                         Some(v) => WireData::Value(v.take().unwrap_or(Value::Undefined)),
                         None => match slot.as_ref() {
                             Some(data) => match encode_direct(data, ports.len()) {
-                                Ok(cbor) => WireData::Cbor(cbor),
+                                Ok(encoded) => WireData::Encoded(encoded),
                                 Err(error) => return Err(Refused { error, ports }),
                             },
                             None => WireData::Value(Value::Undefined),
@@ -307,8 +307,8 @@ impl MessagePort {
         let ports: Vec<MessagePort> = transfer.into_iter().collect();
         match &self.peer {
             Peer::Remote(out) => {
-                let cbor = encode_direct(data, ports.len())?;
-                out.post(WireData::Cbor(cbor), ports)
+                let encoded = encode_direct(data, ports.len())?;
+                out.post(WireData::Encoded(encoded), ports)
             }
             Peer::Local(_) => match crate::value::to_value(data) {
                 Ok(value) => self.post_message(value, ports),
@@ -500,13 +500,14 @@ impl futures_core::Stream for MessagePort {
 fn encode_direct<T: Serialize + ?Sized>(
     data: &T,
     transferred: usize,
-) -> Result<Vec<u8>, PostError> {
-    let mut cbor = Vec::with_capacity(64);
-    match crate::value::cbor::to_cbor(data, &mut cbor) {
-        Ok(Some(slot)) if slot as usize >= transferred => {
-            Err(PostError::PortNotTransferred { slot, transferred })
-        }
-        Ok(_) => Ok(cbor),
+) -> Result<crate::value::cbor::Encoded, PostError> {
+    match crate::value::cbor::to_parts(data) {
+        Ok(encoded) => match encoded.max_slot {
+            Some(slot) if slot as usize >= transferred => {
+                Err(PostError::PortNotTransferred { slot, transferred })
+            }
+            _ => Ok(encoded),
+        },
         Err(e) => Err(PostError::Serialize(e.to_string())),
     }
 }

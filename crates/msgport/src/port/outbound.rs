@@ -19,7 +19,14 @@ use crate::value::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum WireData {
     Value(Value),
-    Cbor(Vec<u8>),
+    /// Encoded data: `plain` when [`codec::scan`](crate::codec) found it so (only a received
+    /// message knows; a sender's says `false`).
+    Cbor {
+        bytes: Vec<u8>,
+        plain: bool,
+    },
+    /// A Rust value serialized straight to CBOR by the sender, large byte strings apart.
+    Encoded(crate::value::cbor::Encoded),
 }
 
 pub(crate) trait Outbound: Send + Sync + 'static {
@@ -30,9 +37,7 @@ pub(crate) trait Outbound: Send + Sync + 'static {
     /// that cannot be sent is logged and dropped, with its ports).
     fn forward(&self, message: MessageEvent) {
         let sent = match message.into_wire() {
-            Ok((data, ports)) => self
-                .post(WireData::Value(data), ports)
-                .map_err(|e| e.to_string()),
+            Ok((data, ports)) => self.post(data, ports).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = sent {

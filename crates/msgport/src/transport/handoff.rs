@@ -163,7 +163,7 @@ fn export_queued(queued: Vec<MessageEvent>) -> Vec<Outgoing> {
         .map(|message| {
             let (data, ports) = message
                 .into_wire()
-                .unwrap_or((Value::Undefined, Vec::new()));
+                .unwrap_or((WireData::Value(Value::Undefined), Vec::new()));
             let ports = ports
                 .into_iter()
                 .filter_map(|p| match export(p) {
@@ -174,10 +174,7 @@ fn export_queued(queued: Vec<MessageEvent>) -> Vec<Outgoing> {
                     }
                 })
                 .collect();
-            Outgoing {
-                data: WireData::Value(data),
-                ports,
-            }
+            Outgoing { data, ports }
         })
         .collect()
 }
@@ -192,13 +189,22 @@ pub(crate) fn import_message(message: Outgoing) -> MessageEvent {
     MessageEvent::new(payload(message.data), ports)
 }
 
-/// The payload of a message that arrived (decoded frames hold `Value`s; CBOR of our own making
-/// is decoded here, which only a test does).
+/// The payload of a message that arrived: its data still encoded (decoded on demand, into the
+/// type the receiver asks for), or already a `Value` (large data).
 pub(crate) fn payload(data: WireData) -> Payload {
     match data {
         WireData::Value(v) => Payload::Value(v),
-        WireData::Cbor(bytes) => {
-            Payload::Value(crate::codec::decode(&bytes).unwrap_or(Value::Undefined))
+        WireData::Cbor { bytes, plain } => Payload::Cbor { bytes, plain },
+        // Only a sender holds these; a frame's data arrives as the two above.
+        WireData::Encoded(encoded) => {
+            let mut bytes = encoded.head;
+            for (pos, hole) in encoded.holes.into_iter().rev() {
+                bytes.splice(pos..pos, hole).for_each(drop);
+            }
+            Payload::Cbor {
+                bytes,
+                plain: false,
+            }
         }
     }
 }

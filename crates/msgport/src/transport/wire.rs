@@ -191,8 +191,17 @@ impl FrameWriter {
         match message.data {
             WireData::Value(v) => self.value(v),
             // Already the codec's bytes: large ones become a part of their own (moved).
-            WireData::Cbor(bytes) if bytes.len() >= ZERO_COPY_MIN => self.part(bytes),
-            WireData::Cbor(bytes) => self.cur.extend_from_slice(&bytes),
+            WireData::Cbor { bytes, .. } if bytes.len() >= ZERO_COPY_MIN => self.part(bytes),
+            WireData::Cbor { bytes, .. } => self.cur.extend_from_slice(&bytes),
+            WireData::Encoded(encoded) => {
+                let mut at = 0;
+                for (pos, bytes) in encoded.holes {
+                    self.cur.extend_from_slice(&encoded.head[at..pos]);
+                    self.part(bytes);
+                    at = pos;
+                }
+                self.cur.extend_from_slice(&encoded.head[at..]);
+            }
         }
         let _ = ok(self.enc().array(message.ports.len() as u64));
         self.records += message.ports.len();
@@ -332,7 +341,27 @@ impl Reader<'_> {
         if self.d.array().map_err(CodecError::from)? != Some(2) {
             return Err(CodecError::Invalid("a message body is [data, ports]").into());
         }
-        let data = codec::read_value(&mut self.d, 0)?;
+        // The data is found, not decoded: the receiver decodes it into the type it asks for
+        // (`value::cbor_de`), straight from these bytes. Large data is decoded now, so that its
+        // byte strings move into the message instead of being copied twice.
+        let start = self.d.position();
+        let scanned = codec::scan(self.d.input(), start)?;
+        let bytes = &self.d.input()[start..scanned.end];
+        let data = if bytes.len() >= ZERO_COPY_MIN {
+            match codec::read_value(&mut self.d, 0) {
+                Ok(v) => WireData::Value(v),
+                Err(_) => WireData::Cbor {
+                    bytes: bytes.to_vec(),
+                    plain: false,
+                },
+            }
+        } else {
+            WireData::Cbor {
+                bytes: bytes.to_vec(),
+                plain: scanned.plain,
+            }
+        };
+        self.d.set_position(scanned.end);
         // A record takes at least 6 bytes.
         let n = self.array("ports must be a definite array within the frame", 6)?;
         self.records += n;
@@ -343,15 +372,12 @@ impl Reader<'_> {
         for _ in 0..n {
             ports.push(self.record(depth)?);
         }
-        if let Some(slot) = data.max_port_slot() {
+        if let Some(slot) = scanned.max_slot {
             if slot as usize >= ports.len() {
                 return Err(WireError::BadSlot(slot));
             }
         }
-        Ok(Outgoing {
-            data: WireData::Value(data),
-            ports,
-        })
+        Ok(Outgoing { data, ports })
     }
 
     fn take_fds(&mut self, n: u64, carried_by: usize) -> Result<Vec<OwnedFd>, WireError> {
@@ -451,6 +477,14 @@ mod tests {
     use super::*;
     use crate::value::Value;
 
+    fn as_value(data: &WireData) -> Value {
+        match data {
+            WireData::Value(v) => v.clone(),
+            WireData::Cbor { bytes, .. } => codec::decode(bytes).unwrap(),
+            WireData::Encoded(_) => panic!("a decoded frame holds no sender's encoding"),
+        }
+    }
+
     fn socket() -> OwnedFd {
         crate::sys::socketpair().unwrap().0
     }
@@ -509,10 +543,17 @@ mod tests {
         assert_eq!((HEADER + len, nfds), (bytes.len(), 5));
         let decoded = decode_body(&bytes[HEADER..], frame.fds.into()).unwrap();
         assert_eq!(decoded.records, 2);
-        assert_eq!(decoded.message.data, WireData::Value(data));
+        assert_eq!(as_value(&decoded.message.data), data);
         let port = &decoded.message.ports[0];
         assert!(port.socket.is_some() && !port.peer_gone && !port.closed);
-        assert_eq!(port.queued[0].data, WireData::Value(Value::from("queued")));
+        assert_eq!(
+            port.queued[0].data,
+            WireData::Cbor {
+                bytes: codec::encode(&Value::from("queued")),
+                plain: true
+            },
+            "small data stays encoded until the receiver reads it"
+        );
         assert!(port.queued[0].ports[0].socket.is_some());
         assert_eq!(port.backlog.prefix, prefix);
         assert_eq!(port.backlog.prefix_fds.len(), 1);
@@ -551,7 +592,7 @@ mod tests {
         // Data serialized straight to CBOR makes the same frame, large or small.
         for data in [data, Value::from("small")] {
             let direct = encode_frame(Outgoing {
-                data: WireData::Cbor(codec::to_vec(&data).unwrap()),
+                data: WireData::Encoded(crate::value::cbor::to_parts(&data).unwrap()),
                 ports: Vec::new(),
             })
             .unwrap();

@@ -22,22 +22,41 @@ pub(crate) fn to_cbor<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<Option<u32>, ValueError> {
-    let start = out.len();
-    let mut max_slot = None;
-    let result = value.serialize(Cbor {
-        out,
-        max_slot: &mut max_slot,
-    });
-    match result {
-        Ok(()) => Ok(max_slot),
-        Err(e) => {
-            out.truncate(start);
-            Err(e)
-        }
+    let encoded = to_parts(value)?;
+    let mut at = 0;
+    for (pos, bytes) in &encoded.holes {
+        out.extend_from_slice(&encoded.head[at..*pos]);
+        out.extend_from_slice(bytes);
+        at = *pos;
     }
+    out.extend_from_slice(&encoded.head[at..]);
+    Ok(encoded.max_slot)
+}
+
+/// A value's encoding in parts: `head`, with each large byte string's content (its own
+/// buffer, copied once from the caller's data) to be put at its position in `head`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Encoded {
+    pub head: Vec<u8>,
+    pub holes: Vec<(usize, Vec<u8>)>,
+    pub max_slot: Option<u32>,
+}
+
+/// Encodes `value`, large byte strings apart (see [`Encoded`]): a frame sends them as parts of
+/// their own, never copied into one buffer with the rest.
+pub(crate) fn to_parts<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, ValueError> {
+    let mut sink = Encoded {
+        head: Vec::with_capacity(64),
+        ..Encoded::default()
+    };
+    value.serialize(Cbor { s: &mut sink })?;
+    Ok(sink)
 }
 
 const MAX_SAFE: f64 = 9_007_199_254_740_992.0; // 2^53
+
+/// Byte strings at least this large get a buffer of their own size (see `serialize_bytes`).
+const LARGE: usize = 64 * 1024;
 
 /// A head: major type and argument, in the shortest form (RFC 8949 §4.2.1).
 fn head(out: &mut Vec<u8>, major: u8, n: u64) {
@@ -105,37 +124,35 @@ fn text(out: &mut Vec<u8>, s: &str) {
 }
 
 struct Cbor<'a> {
-    out: &'a mut Vec<u8>,
-    max_slot: &'a mut Option<u32>,
+    s: &'a mut Encoded,
 }
 
 impl<'a> Cbor<'a> {
     /// One item through `to_value` (the kinds serde lacks).
     fn via_value(self, v: super::Value) -> Result<(), ValueError> {
         if let Some(slot) = v.max_port_slot() {
-            *self.max_slot = Some(self.max_slot.map_or(slot, |m| m.max(slot)));
+            self.s.max_slot = Some(self.s.max_slot.map_or(slot, |m| m.max(slot)));
         }
-        codec::encode_into(&v, self.out);
+        codec::encode_into(&v, &mut self.s.head);
         Ok(())
     }
 
     /// `{variant: ...}`: the externally tagged form of a variant with data.
     fn variant(&mut self, variant: &str) {
-        self.out.push(0xa1);
-        text(self.out, variant);
+        self.s.head.push(0xa1);
+        text(&mut self.s.head, variant);
     }
 
     fn container(mut self, major: u8, len: Option<usize>, variant: Option<&str>) -> Container<'a> {
         if let Some(v) = variant {
             self.variant(v);
         }
-        let start = self.out.len();
+        let start = self.s.head.len();
         if let Some(n) = len {
-            head(self.out, major, n as u64);
+            head(&mut self.s.head, major, n as u64);
         }
         Container {
-            out: self.out,
-            max_slot: self.max_slot,
+            s: self.s,
             major,
             start,
             declared: len,
@@ -148,8 +165,7 @@ impl<'a> Cbor<'a> {
 /// An array or a map being written: its head goes in front at the end when its length was not
 /// declared, or was declared wrong, or (for a map) when a key is not a string.
 pub(crate) struct Container<'a> {
-    out: &'a mut Vec<u8>,
-    max_slot: &'a mut Option<u32>,
+    s: &'a mut Encoded,
     /// 4 (array) or 5 (map).
     major: u8,
     /// Where the head is (or goes).
@@ -161,10 +177,7 @@ pub(crate) struct Container<'a> {
 
 impl Container<'_> {
     fn item<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), ValueError> {
-        value.serialize(Cbor {
-            out: &mut *self.out,
-            max_slot: &mut *self.max_slot,
-        })
+        value.serialize(Cbor { s: &mut *self.s })
     }
 
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), ValueError> {
@@ -173,10 +186,10 @@ impl Container<'_> {
     }
 
     fn key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), ValueError> {
-        let at = self.out.len();
+        let at = self.s.head.len();
         self.item(key)?;
         // A key that became a string (major type 3) keeps the container an object.
-        if self.out.get(at).is_none_or(|b| b >> 5 != 3) {
+        if self.s.head.get(at).is_none_or(|b| b >> 5 != 3) {
             self.all_text_keys = false;
         }
         self.count += 1;
@@ -184,7 +197,7 @@ impl Container<'_> {
     }
 
     fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), ValueError> {
-        text(self.out, key);
+        text(&mut self.s.head, key);
         self.count += 1;
         self.item(value)
     }
@@ -200,9 +213,17 @@ impl Container<'_> {
         }
         head(&mut front, self.major, self.count as u64);
         let written = self.declared.map_or(0, |n| head_len(n as u64));
-        self.out
+        let grown = front.len() as isize - written as isize;
+        self.s
+            .head
             .splice(self.start..self.start + written, front)
             .for_each(drop);
+        // Large byte strings after the head moved with it.
+        for (pos, _) in &mut self.s.holes {
+            if *pos > self.start {
+                *pos = pos.wrapping_add_signed(grown);
+            }
+        }
         Ok(())
     }
 }
@@ -219,87 +240,95 @@ impl<'a> ser::Serializer for Cbor<'a> {
     type SerializeStructVariant = Container<'a>;
 
     fn serialize_bool(self, v: bool) -> Result<(), ValueError> {
-        self.out.push(if v { 0xf5 } else { 0xf4 });
+        self.s.head.push(if v { 0xf5 } else { 0xf4 });
         Ok(())
     }
     fn serialize_i8(self, v: i8) -> Result<(), ValueError> {
-        integer(self.out, v.into());
+        integer(&mut self.s.head, v.into());
         Ok(())
     }
     fn serialize_i16(self, v: i16) -> Result<(), ValueError> {
-        integer(self.out, v.into());
+        integer(&mut self.s.head, v.into());
         Ok(())
     }
     fn serialize_i32(self, v: i32) -> Result<(), ValueError> {
-        integer(self.out, v.into());
+        integer(&mut self.s.head, v.into());
         Ok(())
     }
     fn serialize_i64(self, v: i64) -> Result<(), ValueError> {
-        integer(self.out, v.into());
+        integer(&mut self.s.head, v.into());
         Ok(())
     }
     fn serialize_i128(self, v: i128) -> Result<(), ValueError> {
-        integer(self.out, v);
+        integer(&mut self.s.head, v);
         Ok(())
     }
     fn serialize_u8(self, v: u8) -> Result<(), ValueError> {
-        integer(self.out, v.into());
+        integer(&mut self.s.head, v.into());
         Ok(())
     }
     fn serialize_u16(self, v: u16) -> Result<(), ValueError> {
-        integer(self.out, v.into());
+        integer(&mut self.s.head, v.into());
         Ok(())
     }
     fn serialize_u32(self, v: u32) -> Result<(), ValueError> {
-        integer(self.out, v.into());
+        integer(&mut self.s.head, v.into());
         Ok(())
     }
     fn serialize_u64(self, v: u64) -> Result<(), ValueError> {
-        integer(self.out, v.into());
+        integer(&mut self.s.head, v.into());
         Ok(())
     }
     fn serialize_u128(self, v: u128) -> Result<(), ValueError> {
         if v <= 1 << 53 {
-            head(self.out, 0, v as u64);
+            head(&mut self.s.head, 0, v as u64);
         } else {
-            codec::encode_into(&super::Value::BigInt(BigInt::from(v)), self.out);
+            codec::encode_into(&super::Value::BigInt(BigInt::from(v)), &mut self.s.head);
         }
         Ok(())
     }
     fn serialize_f32(self, v: f32) -> Result<(), ValueError> {
-        number(self.out, f64::from(v));
+        number(&mut self.s.head, f64::from(v));
         Ok(())
     }
     fn serialize_f64(self, v: f64) -> Result<(), ValueError> {
-        number(self.out, v);
+        number(&mut self.s.head, v);
         Ok(())
     }
     fn serialize_char(self, v: char) -> Result<(), ValueError> {
-        text(self.out, v.encode_utf8(&mut [0; 4]));
+        text(&mut self.s.head, v.encode_utf8(&mut [0; 4]));
         Ok(())
     }
     fn serialize_str(self, v: &str) -> Result<(), ValueError> {
-        text(self.out, v);
+        text(&mut self.s.head, v);
         Ok(())
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<(), ValueError> {
-        head(self.out, 2, v.len() as u64);
-        self.out.extend_from_slice(v);
+        head(&mut self.s.head, 2, v.len() as u64);
+        if v.len() >= LARGE {
+            // A buffer of its own, as `to_value` makes, that a frame sends as a part of its
+            // own (one buffer holding everything measured 0.74x on 16 MiB split across CPUs).
+            self.s.holes.push((self.s.head.len(), v.to_vec()));
+        } else {
+            self.s.head.extend_from_slice(v);
+        }
         Ok(())
     }
     fn serialize_none(self) -> Result<(), ValueError> {
-        self.out.push(0xf6);
+        self.s.head.push(0xf6);
         Ok(())
     }
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), ValueError> {
         value.serialize(self)
     }
     fn serialize_unit(self) -> Result<(), ValueError> {
-        self.out.push(0xf6);
+        self.s.head.push(0xf6);
         Ok(())
     }
     fn serialize_unit_struct(self, name: &'static str) -> Result<(), ValueError> {
-        self.out.push(if name == UNDEFINED { 0xf7 } else { 0xf6 });
+        self.s
+            .head
+            .push(if name == UNDEFINED { 0xf7 } else { 0xf6 });
         Ok(())
     }
     fn serialize_unit_variant(
@@ -308,7 +337,7 @@ impl<'a> ser::Serializer for Cbor<'a> {
         _index: u32,
         variant: &'static str,
     ) -> Result<(), ValueError> {
-        text(self.out, variant);
+        text(&mut self.s.head, variant);
         Ok(())
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(

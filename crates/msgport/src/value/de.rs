@@ -186,11 +186,14 @@ impl Value {
 
     fn deserialize_integer<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
         match self {
+            // The narrowest form that holds it: a u128 above u64::MAX used to be cut to an i64.
             Value::BigInt(b) => match (b.to_i128(), b.to_u128()) {
                 (_, Some(u)) if u <= u128::from(u64::MAX) => visitor.visit_u64(u as u64),
-                (Some(i), _) if i >= i128::from(i64::MIN) => visitor.visit_i64(i as i64),
+                (Some(i), _) if (i128::from(i64::MIN)..0).contains(&i) => {
+                    visitor.visit_i64(i as i64)
+                }
+                (_, Some(u)) => visitor.visit_u128(u),
                 (Some(i), _) => visitor.visit_i128(i),
-                (None, Some(u)) => visitor.visit_u128(u),
                 _ => Err(de::Error::custom(format!(
                     "bigint {b} does not fit the integer type"
                 ))),
@@ -659,7 +662,13 @@ impl<'de> EnumAccess<'de> for Enum {
 }
 
 /// The data of an enum variant, if any.
-struct Content(Option<Value>);
+pub(crate) struct Content(Option<Value>);
+
+impl Content {
+    pub(crate) fn new(v: Option<Value>) -> Content {
+        Content(v)
+    }
+}
 
 impl<'de> VariantAccess<'de> for Content {
     type Error = ValueError;

@@ -8,6 +8,7 @@
 
 mod bigint;
 pub(crate) mod cbor;
+pub(crate) mod cbor_de;
 mod de;
 mod macros;
 mod ser;
