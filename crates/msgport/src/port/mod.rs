@@ -20,6 +20,7 @@ mod outbound;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use crate::event::{MessageEvent, Payload};
 use crate::sync::Arc;
 use crate::value::Value;
 pub(crate) use endpoint::{Endpoint, Pulled};
-pub(crate) use outbound::{Outbound, WireData};
+pub(crate) use outbound::{Outbound, PullMode, WireData};
 
 /// A connected pair of ports: a message posted on one arrives on the other.
 ///
@@ -115,6 +116,9 @@ pub struct MessagePort {
     /// Blocking pulls on a socket-backed port read the socket themselves and spin briefly
     /// before sleeping ([`set_low_latency`](Self::set_low_latency)).
     low_latency: std::sync::atomic::AtomicBool,
+    /// This port posted to a peer elsewhere since its last blocking pull: the next pull waits
+    /// for an answer, and reads the socket itself ([`PullMode::Answer`]).
+    awaiting_answer: std::sync::atomic::AtomicBool,
 }
 
 /// Where a port's peer is: the backing of the channel, switched when an end leaves the process.
@@ -147,6 +151,7 @@ impl MessagePort {
             ep,
             peer,
             low_latency: std::sync::atomic::AtomicBool::new(false),
+            awaiting_answer: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -154,10 +159,12 @@ impl MessagePort {
     /// when its peer is in another process: the pulling thread reads the socket itself (no
     /// hand-off from the I/O thread) and looks again a few times, for some microseconds,
     /// before it sleeps. Off by default: it makes a round trip across CPUs several times
-    /// faster, but a receiver that keeps up with a stream then reads message by message, which
-    /// costs throughput (figures in the project's notes). Within one process it changes
-    /// nothing (local pulls always spin briefly). The setting stays with this process: a
-    /// transferred port arrives with it off.
+    /// faster, but burns CPU while it looks. Without it, a blocking pull that follows a post
+    /// on the same port (a request waiting for its answer) already reads the socket itself,
+    /// without looking again; a pull that follows no post (a consumer of a stream) is fed by
+    /// the I/O thread, which reads ahead while the consumer works. Within one process it
+    /// changes nothing (local pulls always spin briefly). The setting stays with this process:
+    /// a transferred port arrives with it off.
     pub fn set_low_latency(&self, on: bool) {
         self.low_latency
             .store(on, std::sync::atomic::Ordering::Relaxed);
@@ -273,6 +280,9 @@ impl MessagePort {
                             None => WireData::Value(Value::Undefined),
                         },
                     };
+                if !self.awaiting_answer.load(Ordering::Relaxed) {
+                    self.awaiting_answer.store(true, Ordering::Relaxed);
+                }
                 out.post(data, ports).map_err(|error| Refused {
                     error,
                     ports: Vec::new(),
@@ -308,6 +318,7 @@ impl MessagePort {
         match &self.peer {
             Peer::Remote(out) => {
                 let encoded = encode_direct(data, ports.len())?;
+                self.awaiting_answer.store(true, Ordering::Relaxed);
                 out.post(WireData::Encoded(encoded), ports)
             }
             Peer::Local(_) => match crate::value::to_value(data) {
@@ -433,11 +444,17 @@ impl MessagePort {
     fn pull_blocking(&self, deadline: Option<Instant>) -> Pulled {
         match &self.peer {
             Peer::Local(_) => self.ep.pull_blocking(deadline),
-            Peer::Remote(out) => out.pull_blocking(
-                &self.ep,
-                deadline,
-                self.low_latency.load(std::sync::atomic::Ordering::Relaxed),
-            ),
+            Peer::Remote(out) => {
+                let answer = self.awaiting_answer.swap(false, Ordering::Relaxed);
+                let how = if self.low_latency.load(Ordering::Relaxed) {
+                    PullMode::Spin
+                } else if answer {
+                    PullMode::Answer
+                } else {
+                    PullMode::Fed
+                };
+                out.pull_blocking(&self.ep, deadline, how)
+            }
         }
     }
 

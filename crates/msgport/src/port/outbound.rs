@@ -29,6 +29,19 @@ pub(crate) enum WireData {
     Encoded(crate::value::cbor::Encoded),
 }
 
+/// How a blocking pull on a port whose peer is elsewhere waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PullMode {
+    /// On the endpoint, fed by the I/O thread: a consumer of a stream, whose reads the I/O
+    /// thread does while it works on the last message.
+    Fed,
+    /// The pulling thread reads the socket itself: it posted on this port since its last pull,
+    /// so it waits for an answer (one wake-up per message instead of two).
+    Answer,
+    /// [`Answer`](Self::Answer), looking again a few times before sleeping (low-latency mode).
+    Spin,
+}
+
 pub(crate) trait Outbound: Send + Sync + 'static {
     /// Sends a message to the peer; the ports leave with it. Never blocks.
     fn post(&self, data: WireData, ports: Vec<MessagePort>) -> Result<(), PostError>;
@@ -56,7 +69,7 @@ pub(crate) trait Outbound: Send + Sync + 'static {
     fn resume(&self);
 
     /// Blocks for the next event of `ep` (which this backing feeds), as the backing sees fit.
-    fn pull_blocking(&self, ep: &Endpoint, deadline: Option<Instant>, low_latency: bool) -> Pulled;
+    fn pull_blocking(&self, ep: &Endpoint, deadline: Option<Instant>, how: PullMode) -> Pulled;
 
     /// A non-blocking pull found nothing: take in what has already arrived.
     fn poll_now(&self);

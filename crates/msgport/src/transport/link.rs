@@ -34,7 +34,7 @@ use super::wire::{self, Frame, WireError};
 use crate::error::PostError;
 use crate::event::MessageEvent;
 use crate::port::WireData;
-use crate::port::{Endpoint, MessagePort, Outbound, Pulled};
+use crate::port::{Endpoint, MessagePort, Outbound, PullMode, Pulled};
 use crate::sys;
 
 /// One socket end: what we write to it, and the endpoint that gets what we read.
@@ -776,8 +776,8 @@ impl Outbound for Link {
     /// The remote pull policy. By default the reactor delivers and this thread waits on the
     /// endpoint. In low-latency mode this thread reads the socket itself (one wake-up per
     /// message, not two) and looks again a few times before it sleeps in `poll`.
-    fn pull_blocking(&self, ep: &Endpoint, deadline: Option<Instant>, low_latency: bool) -> Pulled {
-        if !low_latency {
+    fn pull_blocking(&self, ep: &Endpoint, deadline: Option<Instant>, how: PullMode) -> Pulled {
+        if how == PullMode::Fed {
             // A message already queued needs nothing of the link.
             match ep.pull(None) {
                 Pulled::Empty => {}
@@ -788,7 +788,11 @@ impl Outbound for Link {
         }
         // Wake now and then to notice a close made by another thread on this port.
         const SLICE: Duration = Duration::from_millis(50);
-        let mut spins = 0;
+        let mut spins = if how == PullMode::Spin {
+            0
+        } else {
+            REMOTE_SPINS
+        };
         loop {
             match ep.pull(None) {
                 Pulled::Empty => {}
