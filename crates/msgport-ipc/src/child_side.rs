@@ -144,7 +144,17 @@ impl ConnectOptions {
     /// Connects to the main process that spawned this one with
     /// [`IpcMain::spawn`](crate::IpcMain::spawn).
     pub fn connect(&self) -> std::io::Result<IpcChild> {
-        let (port, creds) = process::bootstrap_with_credentials()?;
+        let (port, creds) = process::bootstrap_with_credentials().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                std::io::Error::new(
+                    e.kind(),
+                    "this process was not started by IpcMain::spawn (for a main process that \
+                     listens on a path, use IpcChild::connect_to)",
+                )
+            } else {
+                e
+            }
+        })?;
         Ok(IpcChild::serve_over(port, Some(creds.pid), self))
     }
 

@@ -30,6 +30,8 @@
 //! `post_message` take any `Serialize` (`&str`, `&MyStruct`), and msgport's
 //! [`MessagePort::post_message_ref`] does the same on a bare port.
 
+#![warn(missing_debug_implementations)]
+
 mod child_side;
 mod envelope;
 mod event;
@@ -46,6 +48,11 @@ pub use msgport::{
     from_value, to_value, value, DecodeError, MessageChannel, MessageEvent, MessagePort, PostError,
     Value,
 };
+
+/// The crate README's example, compiled as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()

@@ -953,3 +953,14 @@ fn main_listeners_can_remove_themselves_and_add_up() {
     );
     child.kill().unwrap();
 }
+
+/// `IpcChild::connect` in a process main did not spawn names the API the user called.
+#[test]
+fn connecting_outside_a_spawned_child_says_why() {
+    if msgport_testkit::child::role().is_some() {
+        return;
+    }
+    let e = IpcChild::connect().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    assert!(e.to_string().contains("IpcMain::spawn"), "{e}");
+}

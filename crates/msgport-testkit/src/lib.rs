@@ -43,3 +43,9 @@ pub fn watchdog<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send
         }
     }
 }
+
+/// The repository README's examples, compiled and run as doc tests (here, in a crate that is
+/// not published, since the README is outside every published crate).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct RepositoryReadme;

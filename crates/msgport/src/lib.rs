@@ -46,21 +46,71 @@
 //! | `messageerror` | the [`DecodeError`] of that one message's decode |
 //! | `await` on a message (web-style) | [`MessagePort::recv`], also [`blocking_recv`](MessagePort::blocking_recv), [`try_recv`](MessagePort::try_recv), a `Stream` |
 //!
-//! ## Modules of this crate
-//! - ports: the state machine (`src/port/endpoint.rs` documents its lock order and diagram);
-//! - [`value`](Value): the data model and its serde bridge ([`to_value`], [`from_value`], [`value!`]);
-//! - [`codec`]: the CBOR wire encoding (RFC 8949) used when a message leaves the process,
-//!   specified in `docs/wire-format.md`;
-//! - transport: a port whose peer is in another process is backed by a socket pair per channel,
-//!   its descriptors passed in the messages that transfer it; a reactor thread reads every link
-//!   (`docs/architecture.md`). Nothing changes in the API: the same [`MessagePort`] either way,
-//!   plus [`MessagePort::set_low_latency`];
+//! ## What is in this crate
+//! - ports: [`MessageChannel`], [`MessagePort`], [`MessageEvent`];
+//! - the data model and its serde bridge: [`Value`], [`to_value`], [`from_value`], [`value!`];
+//! - [`codec`]: the CBOR encoding (RFC 8949) a message takes when it leaves the process
+//!   (specified for other languages in the repository's `wire-format.md`), and
+//!   [`codec::to_vec`] / [`codec::from_slice`], which write and read any serde type in it
+//!   directly;
+//! - a port whose peer is in another process is backed by a Unix socket pair per channel, its
+//!   descriptors passed in the messages that transfer it, and read by one I/O thread per
+//!   process. Nothing changes in the API: the same [`MessagePort`] either way, plus
+//!   [`MessagePort::set_low_latency`];
 //! - [`process`]: a process's first port to another ([`process::spawn`] /
 //!   [`process::bootstrap`], [`process::listen`] / [`process::connect`]), and
-//!   [`process::flush`] before exiting.
+//!   [`process::flush`] before exiting;
+//! - [`set_limits`]: what a peer process can make this one spend (message size, queued bytes,
+//!   how long a closed port waits for a peer that does not read).
+//!
+//! ## Across processes
+//!
+//! ```no_run
+//! use msgport::process;
+//!
+//! if std::env::args().nth(1).as_deref() == Some("child") {
+//!     // The child: answer every number with its double.
+//!     let port = process::bootstrap().expect("started by process::spawn");
+//!     while let Some(event) = port.blocking_recv() {
+//!         let n: u32 = event.data().expect("a number");
+//!         port.post_message(n * 2, []).expect("posted");
+//!     }
+//! } else {
+//!     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+//!     cmd.arg("child");
+//!     let (mut child, port) = process::spawn(&mut cmd).expect("spawned");
+//!     port.post_message(21u32, []).unwrap();
+//!     assert_eq!(port.blocking_recv().unwrap().data::<u32>().unwrap(), 42);
+//!     drop(port); // the child sees the close and ends
+//!     child.wait().unwrap();
+//! }
+//! ```
+//!
+//! ## Seeing what msgport does on a peer's behalf
+//!
+//! When a peer process breaks the rules (a malformed frame, too many descriptors), msgport closes
+//! that one port and says why through [`tracing`](https://docs.rs/tracing) at `warn` or `debug`
+//! level; raising the descriptor limit and dropping a message a closed port could not send are
+//! logged the same way. Install a subscriber to see them, for example
+//! `tracing_subscriber::fmt().with_env_filter("msgport=debug").init()`.
+//!
+//! ## Platform
+//!
+//! Linux only for now: the transport uses epoll, `SCM_RIGHTS` descriptor passing,
+//! `SO_PEERCRED` credentials, `accept4`/`SOCK_CLOEXEC` and pidfds; other targets get a
+//! compile error naming this. Another Unix would take kqueue in place of epoll and its own
+//! peer-credential call (`getpeereid`, `LOCAL_PEERCRED`); Windows would take named pipes or
+//! `AF_UNIX` sockets with `DuplicateHandle` in place of descriptor passing.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "msgport supports Linux only for now (epoll, SCM_RIGHTS, SO_PEERCRED, pidfds): see the \
+     crate documentation, section Platform"
+);
 
 pub mod codec;
 mod dispatch;
@@ -112,7 +162,7 @@ pub mod __testing {
     }
 }
 
-/// The README's example, compiled and run as a doc test.
+/// The crate README's example, compiled and run as a doc test.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

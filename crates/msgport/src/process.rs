@@ -149,8 +149,8 @@ pub fn listen(path: impl AsRef<std::path::Path>) -> io::Result<Listener> {
 /// it is bound, so there is no moment when the path is more open than asked.
 pub fn listen_with_mode(path: impl AsRef<std::path::Path>, mode: u32) -> io::Result<Listener> {
     let path = path.as_ref().to_path_buf();
-    let socket = sys::listen_unix(&path, mode)?;
-    let ino = sys::path_inode(&path)?;
+    let socket = sys::listen_unix(&path, mode).map_err(|e| at_path("listen on", &path, e))?;
+    let ino = sys::path_inode(&path).map_err(|e| at_path("listen on", &path, e))?;
     Ok(Listener { socket, path, ino })
 }
 
@@ -174,7 +174,14 @@ impl Listener {
 
 /// Connects to a process that [`listen`]s on `path`; returns the port to it.
 pub fn connect(path: impl AsRef<std::path::Path>) -> io::Result<MessagePort> {
-    crate::transport::handoff::from_socket(sys::connect_unix(path.as_ref())?)
+    let socket =
+        sys::connect_unix(path.as_ref()).map_err(|e| at_path("connect to", path.as_ref(), e))?;
+    crate::transport::handoff::from_socket(socket)
+}
+
+/// `e`, its message naming the path it concerns (the kind is kept for callers that match it).
+fn at_path(what: &str, path: &std::path::Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
 /// [`connect`], with the credentials of the listening process, read from the socket by the
@@ -182,7 +189,8 @@ pub fn connect(path: impl AsRef<std::path::Path>) -> io::Result<MessagePort> {
 pub fn connect_with_credentials(
     path: impl AsRef<std::path::Path>,
 ) -> io::Result<(MessagePort, PeerCredentials)> {
-    let socket = sys::connect_unix(path.as_ref())?;
+    let socket =
+        sys::connect_unix(path.as_ref()).map_err(|e| at_path("connect to", path.as_ref(), e))?;
     let creds = sys::peer_credentials(socket.as_fd())?;
     Ok((crate::transport::handoff::from_socket(socket)?, creds))
 }

@@ -288,3 +288,17 @@ fn a_thousand_ports_with_callbacks_in_one_process() {
         assert!(seen.iter().all(|s| *s));
     });
 }
+
+/// Errors name the path they concern (they used to read "Address already in use").
+#[test]
+fn listen_and_connect_errors_name_the_path() {
+    let path = std::env::temp_dir().join(format!("msgport-err-{}.sock", std::process::id()));
+    let _first = process::listen(&path).unwrap();
+    let taken = process::listen(&path).unwrap_err();
+    assert!(taken.to_string().contains(&*path.to_string_lossy()), "{taken}");
+    assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+    let missing = path.with_extension("missing");
+    let refused = process::connect(&missing).unwrap_err();
+    assert!(refused.to_string().contains(&*missing.to_string_lossy()), "{refused}");
+    assert_eq!(refused.kind(), std::io::ErrorKind::NotFound);
+}

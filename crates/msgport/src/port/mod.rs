@@ -54,6 +54,7 @@ pub struct MessageChannel {
 
 impl MessageChannel {
     /// Creates a channel: two entangled ports, neither started.
+    #[must_use = "a channel dropped at once is two closed ports"]
     pub fn new() -> Self {
         let a = Arc::new(Endpoint::new());
         let b = Arc::new(Endpoint::new());
@@ -64,6 +65,7 @@ impl MessageChannel {
     }
 
     /// The two ports, as a tuple `(port1, port2)`.
+    #[must_use = "ports dropped at once are closed"]
     pub fn into_ports(self) -> (MessagePort, MessagePort) {
         (self.port1, self.port2)
     }

@@ -1,4 +1,4 @@
-//! The seed's use cases, as processes: `cargo run --release -p msgport-ipc --bin msgport-demo`.
+//! The seed's use cases, as processes: `cargo run --release -p msgport-demo`.
 //!
 //! 1. Worker process: main spawns a hidden worker and two app processes (and a stranger); an
 //!    app asks main for a channel to the worker; main checks who is asking, creates a
@@ -18,6 +18,15 @@ use msgport::{value, MessageChannel, MessagePort, Value};
 use msgport_ipc::{ChildRef, IpcChild, IpcMain};
 
 fn main() {
+    // msgport reports what it does on a peer's behalf (a port closed for a malformed frame, a
+    // raised descriptor limit) through `tracing`: show warnings, or what `RUST_LOG` asks for.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match std::env::args().nth(1).as_deref() {
         None => run_main(),
         Some("worker") => worker(),
