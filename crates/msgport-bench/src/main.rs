@@ -107,8 +107,58 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-const USAGE: &str =
-    "usage: msgport-bench [--quick] [--only inproc|xproc|ipc] [--json PATH] [--svg PATH]";
+const USAGE: &str = "\
+usage: msgport-bench [--quick] [--only inproc|xproc|ipc] [--json PATH] [--svg PATH]
+
+  --quick        fewer messages and 3 reps per figure instead of 9 (about 1 minute)
+  --only GROUP   one group: inproc (threads of one process), xproc (processes), ipc (msgport-ipc)
+  --json PATH    write every figure, with the commit and the CPU, as JSON
+  --svg PATH     draw the comparisons as an SVG bar chart
+  -h, --help     this text
+
+MSGPORT_BENCH_CASE=rtt|rtt-binary|rtt-callback|rtt-ll|throughput|16mib|create|live|close
+runs one case of the xproc group (for profiling).";
+
+/// The command line.
+struct Args {
+    quick: bool,
+    only: Option<String>,
+    json: Option<String>,
+    svg: Option<String>,
+}
+
+impl Args {
+    fn parse() -> Result<Args, lexopt::Error> {
+        use lexopt::prelude::*;
+        let mut args = Args {
+            quick: false,
+            only: None,
+            json: None,
+            svg: None,
+        };
+        let mut parser = lexopt::Parser::from_env();
+        while let Some(arg) = parser.next()? {
+            match arg {
+                Long("quick") => args.quick = true,
+                Long("only") => {
+                    let group: String = parser.value()?.parse()?;
+                    if !["inproc", "xproc", "ipc"].contains(&group.as_str()) {
+                        return Err(format!("unknown group {group:?}").into());
+                    }
+                    args.only = Some(group);
+                }
+                Long("json") => args.json = Some(parser.value()?.parse()?),
+                Long("svg") => args.svg = Some(parser.value()?.parse()?),
+                Short('h') | Long("help") => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                _ => return Err(arg.unexpected()),
+            }
+        }
+        Ok(args)
+    }
+}
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
@@ -121,27 +171,18 @@ fn main() {
         }
         return;
     }
-    let mut quick = false;
-    let mut json = None;
-    let mut only: Option<String> = None;
-    let mut svg = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--json" => json = args.next(),
-            "--only" => only = args.next(),
-            "--svg" => svg = args.next(),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return;
-            }
-            other => {
-                eprintln!("unknown argument {other:?}; {USAGE}");
-                std::process::exit(2);
-            }
+    let Args {
+        quick,
+        only,
+        json,
+        svg,
+    } = match Args::parse() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{e}\n{USAGE}");
+            std::process::exit(2);
         }
-    }
+    };
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; run with --release for meaningful figures");
     }

@@ -6,6 +6,38 @@
 //! fire-and-forget messages (`send`), request/response (`invoke` / [`IpcMain::handle`]) and
 //! messages that transfer ports (`post_message`).
 //!
+//! ```no_run
+//! use msgport_ipc::{IpcChild, IpcMain};
+//!
+//! fn main() -> std::io::Result<()> {
+//!     if std::env::args().nth(1).as_deref() == Some("child") {
+//!         // The child: ask main to double a number, then tell it the answer.
+//!         let ipc = IpcChild::connect()?;
+//!         let doubled: u32 = ipc.invoke_blocking_as("double", 21).expect("main answers");
+//!         ipc.send("result", doubled).expect("sent");
+//!         ipc.wait_main_gone();
+//!         return Ok(());
+//!     }
+//!     // Main: answer `double`, and take `result` from this one child only.
+//!     let main = IpcMain::new();
+//!     main.handle_typed("double", |e| e.data::<u32>().map(|n| n * 2));
+//!     let mut cmd = std::process::Command::new(std::env::current_exe()?);
+//!     cmd.arg("child");
+//!     let child = main.spawn(&mut cmd)?;
+//!     let (tx, rx) = std::sync::mpsc::channel();
+//!     let expected = child.clone();
+//!     main.on("result", move |e| {
+//!         if e.sender == expected {
+//!             tx.send(e.data::<u32>().expect("a number")).expect("main waits");
+//!         }
+//!     });
+//!     println!("the child says {}", rx.recv().expect("a result"));
+//!     main.shutdown();
+//!     child.wait()?;
+//!     Ok(())
+//! }
+//! ```
+//!
 //! Every event in main says which child sent it ([`IpcMainEvent::sender`]): an id that main
 //! assigned, and the OS pid, taken from the connection the message arrived on, so a child
 //! cannot claim to be another. The seed's security check is one comparison:

@@ -52,6 +52,13 @@ fn make_streaming_request(main: &MessagePort, element: u32, mut callback: impl F
 }
 
 fn main() {
+    // msgport's warnings go through `tracing`: show them (set RUST_LOG for more).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let (renderer_end, main_end) = MessageChannel::new().into_ports();
     let main_thread = std::thread::spawn(move || serve(main_end));
     let mut got = 0;

@@ -1,10 +1,12 @@
-//! The wire encoding of [`Value`]: CBOR (RFC 8949), specified in `docs/wire-format.md`.
+//! The wire encoding of [`Value`]: CBOR (RFC 8949), with a handful of tags for the kinds CBOR
+//! lacks (the table is in the repository's wire-format specification, written for encoders and
+//! decoders in other languages).
 //!
 //! Messages that stay in one process are never encoded; this is the form a message takes when it
 //! leaves the process. [`decode`] reads bytes from another process, so it treats them as
 //! hostile: every malformed, truncated, too deep or unknown input is a [`CodecError`], never a
 //! panic, and no length read from the input is trusted for an allocation beyond the bytes that
-//! remain. Proven by `tests/codec.rs` (round trips, property-based) and `fuzz/` (`decode`).
+//! remain. Proven by property-based round trips and by fuzzing.
 
 use minicbor::data::{Tag, Type};
 use minicbor::{Decoder, Encoder};

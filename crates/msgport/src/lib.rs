@@ -50,7 +50,7 @@
 //! - ports: [`MessageChannel`], [`MessagePort`], [`MessageEvent`];
 //! - the data model and its serde bridge: [`Value`], [`to_value`], [`from_value`], [`value!`];
 //! - [`codec`]: the CBOR encoding (RFC 8949) a message takes when it leaves the process
-//!   (specified for other languages in the repository's `wire-format.md`), and
+//!   (specified for other languages in the repository's wire-format document), and
 //!   [`codec::to_vec`] / [`codec::from_slice`], which write and read any serde type in it
 //!   directly;
 //! - a port whose peer is in another process is backed by a Unix socket pair per channel, its

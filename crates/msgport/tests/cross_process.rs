@@ -295,10 +295,16 @@ fn listen_and_connect_errors_name_the_path() {
     let path = std::env::temp_dir().join(format!("msgport-err-{}.sock", std::process::id()));
     let _first = process::listen(&path).unwrap();
     let taken = process::listen(&path).unwrap_err();
-    assert!(taken.to_string().contains(&*path.to_string_lossy()), "{taken}");
+    assert!(
+        taken.to_string().contains(&*path.to_string_lossy()),
+        "{taken}"
+    );
     assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
     let missing = path.with_extension("missing");
     let refused = process::connect(&missing).unwrap_err();
-    assert!(refused.to_string().contains(&*missing.to_string_lossy()), "{refused}");
+    assert!(
+        refused.to_string().contains(&*missing.to_string_lossy()),
+        "{refused}"
+    );
     assert_eq!(refused.kind(), std::io::ErrorKind::NotFound);
 }
