@@ -92,7 +92,9 @@
 //! that one port and says why through [`tracing`](https://docs.rs/tracing) at `warn` or `debug`
 //! level; raising the descriptor limit and dropping a message a closed port could not send are
 //! logged the same way. Install a subscriber to see them, for example
-//! `tracing_subscriber::fmt().with_env_filter("msgport=debug").init()`.
+//! `tracing_subscriber::fmt().with_env_filter("msgport=debug").init()`; a program that uses the
+//! `log` crate instead (`env_logger` and the like) gets them as `log` records when no `tracing`
+//! subscriber is installed.
 //!
 //! ## Platform
 //!
