@@ -460,11 +460,7 @@ impl IpcMain {
     where
         F: Fn(&IpcMainEvent) -> Result<Value, String> + Send + Sync + 'static,
     {
-        self.shared
-            .handlers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(channel.to_owned(), Handler::Now(Arc::new(f)));
+        self.set_handler(channel, Handler::Now(Arc::new(f)));
     }
 
     /// Answers `invoke` on `channel` with a future (Electron's `ipcMain.handle` with an async
@@ -500,22 +496,9 @@ impl IpcMain {
     {
         let handler: AsyncHandler = Arc::new(move |event| {
             let future = f(event);
-            Box::pin(async move {
-                match future.await {
-                    Ok(r) => msgport::to_value(&r)
-                        .map_err(|e| format!("the answer does not serialize: {e}")),
-                    Err(e) => Err(e.to_string()),
-                }
-            })
+            Box::pin(async move { answer(future.await) })
         });
-        self.shared
-            .handlers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                channel.to_owned(),
-                Handler::Later(handler, Runner::current()),
-            );
+        self.set_handler(channel, Handler::Later(handler, Runner::current()));
     }
 
     /// [`handle`](Self::handle) with any serializable answer and any displayable error:
@@ -533,12 +516,7 @@ impl IpcMain {
         R: Serialize,
         E: fmt::Display,
     {
-        self.handle(channel, move |event| match f(event) {
-            Ok(r) => {
-                msgport::to_value(&r).map_err(|e| format!("the answer does not serialize: {e}"))
-            }
-            Err(e) => Err(e.to_string()),
-        });
+        self.handle(channel, move |event| answer(f(event)));
     }
 
     /// Like [`handle`](Self::handle), for the next `invoke` on `channel` only (Electron's
@@ -548,14 +526,16 @@ impl IpcMain {
         F: FnOnce(&IpcMainEvent) -> Result<Value, String> + Send + 'static,
     {
         let once: OnceHandler = Box::new(f);
+        self.set_handler(channel, Handler::Once(Arc::new(Mutex::new(Some(once)))));
+    }
+
+    /// Installs the handler of `channel`, replacing an earlier one.
+    fn set_handler(&self, channel: &str, handler: Handler) {
         self.shared
             .handlers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                channel.to_owned(),
-                Handler::Once(Arc::new(Mutex::new(Some(once)))),
-            );
+            .insert(channel.to_owned(), handler);
     }
 
     /// Removes the handler of `channel`.
@@ -700,6 +680,14 @@ fn serve_connection(shared: &Shared, child: &ChildRef) {
                 );
             }
         }
+    }
+}
+
+/// A typed handler's result as the reply it makes: the answer through serde, the error's text.
+fn answer<R: Serialize, E: fmt::Display>(result: Result<R, E>) -> Result<Value, String> {
+    match result {
+        Ok(r) => msgport::to_value(&r).map_err(|e| format!("the answer does not serialize: {e}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -228,6 +228,16 @@ impl Container<'_> {
     }
 }
 
+/// Integers as `Value::from` takes them (see [`integer`]).
+macro_rules! integer_methods {
+    ($($method:ident: $t:ty),*) => {$(
+        fn $method(self, v: $t) -> Result<(), ValueError> {
+            integer(&mut self.s.head, i128::from(v));
+            Ok(())
+        }
+    )*};
+}
+
 impl<'a> ser::Serializer for Cbor<'a> {
     type Ok = ();
     type Error = ValueError;
@@ -243,42 +253,17 @@ impl<'a> ser::Serializer for Cbor<'a> {
         self.s.head.push(if v { 0xf5 } else { 0xf4 });
         Ok(())
     }
-    fn serialize_i8(self, v: i8) -> Result<(), ValueError> {
-        integer(&mut self.s.head, v.into());
-        Ok(())
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), ValueError> {
-        integer(&mut self.s.head, v.into());
-        Ok(())
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), ValueError> {
-        integer(&mut self.s.head, v.into());
-        Ok(())
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), ValueError> {
-        integer(&mut self.s.head, v.into());
-        Ok(())
-    }
-    fn serialize_i128(self, v: i128) -> Result<(), ValueError> {
-        integer(&mut self.s.head, v);
-        Ok(())
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), ValueError> {
-        integer(&mut self.s.head, v.into());
-        Ok(())
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), ValueError> {
-        integer(&mut self.s.head, v.into());
-        Ok(())
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), ValueError> {
-        integer(&mut self.s.head, v.into());
-        Ok(())
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), ValueError> {
-        integer(&mut self.s.head, v.into());
-        Ok(())
-    }
+    integer_methods!(
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64
+    );
     fn serialize_u128(self, v: u128) -> Result<(), ValueError> {
         if v <= 1 << 53 {
             head(&mut self.s.head, 0, v as u64);

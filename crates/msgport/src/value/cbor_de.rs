@@ -14,7 +14,7 @@ use serde::de::{
     VariantAccess, Visitor,
 };
 
-use super::de::Content;
+use super::de::{Content, ObjectKey};
 use super::{BigInt, Binary, BinaryKind, Value};
 use crate::codec::{self, CodecError, MAX_DEPTH};
 use crate::error::{PathSegment, ValueError};
@@ -457,7 +457,7 @@ impl<'de, 'a> MapAccess<'de> for &mut Map<'_, 'a> {
         let text = self.r.text(h)?;
         self.r.pos += h.len + text.len();
         let mut kept = false;
-        let key = seed.deserialize(Key {
+        let key = seed.deserialize(ObjectKey::Borrowed {
             text,
             kept: &mut kept,
         })?;
@@ -480,109 +480,6 @@ impl<'de, 'a> MapAccess<'de> for &mut Map<'_, 'a> {
     }
     fn size_hint(&self) -> Option<usize> {
         Some(self.left)
-    }
-}
-
-/// An object's key, as the `Value` path's `ObjectKey` reads it: lent as a field name, else the
-/// `Value::String` it is.
-struct Key<'k> {
-    text: &'k str,
-    kept: &'k mut bool,
-}
-
-impl Key<'_> {
-    fn value(self) -> Value {
-        Value::String(self.text.to_owned())
-    }
-}
-
-macro_rules! key_methods {
-    ($($method:ident),*) => {$(
-        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-            self.value().$method(visitor)
-        }
-    )*};
-}
-
-impl<'de> Deserializer<'de> for Key<'_> {
-    type Error = ValueError;
-
-    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        *self.kept = true;
-        visitor.visit_str(self.text)
-    }
-
-    key_methods!(
-        deserialize_any,
-        deserialize_bool,
-        deserialize_i8,
-        deserialize_i16,
-        deserialize_i32,
-        deserialize_i64,
-        deserialize_i128,
-        deserialize_u8,
-        deserialize_u16,
-        deserialize_u32,
-        deserialize_u64,
-        deserialize_u128,
-        deserialize_f32,
-        deserialize_f64,
-        deserialize_char,
-        deserialize_str,
-        deserialize_string,
-        deserialize_bytes,
-        deserialize_byte_buf,
-        deserialize_option,
-        deserialize_unit,
-        deserialize_seq,
-        deserialize_map,
-        deserialize_ignored_any
-    );
-
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, ValueError> {
-        self.value().deserialize_unit_struct(name, visitor)
-    }
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, ValueError> {
-        self.value().deserialize_newtype_struct(name, visitor)
-    }
-    fn deserialize_tuple<V: Visitor<'de>>(
-        self,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, ValueError> {
-        self.value().deserialize_tuple(len, visitor)
-    }
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, ValueError> {
-        self.value().deserialize_tuple_struct(name, len, visitor)
-    }
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, ValueError> {
-        self.value().deserialize_struct(name, fields, visitor)
-    }
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        variants: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, ValueError> {
-        self.value().deserialize_enum(name, variants, visitor)
     }
 }
 

@@ -474,7 +474,7 @@ impl<'de> MapAccess<'de> for Map {
                     *pending = Some(v);
                     *index += 1;
                     *key = Some(k);
-                    seed.deserialize(ObjectKey(key)).map(Some)
+                    seed.deserialize(ObjectKey::Owned(key)).map(Some)
                 }
                 None => Ok(None),
             },
@@ -536,14 +536,22 @@ impl<'de> MapAccess<'de> for Map {
     }
 }
 
-/// An object's key. Read as a field name (`deserialize_identifier`, what derived structs ask),
-/// it is lent and stays for the error path; read any other way it is handed over as the
-/// `Value::String` it always was.
-struct ObjectKey<'a>(&'a mut Option<String>);
+/// An object's key, as a map's key deserializer. Read as a field name (`deserialize_identifier`,
+/// what derived structs ask), it is lent and noted for the error path; read any other way it is
+/// handed over as the `Value::String` it always was.
+pub(crate) enum ObjectKey<'a> {
+    /// An object entry's own key (the `Value` path): it stays in the slot when lent.
+    Owned(&'a mut Option<String>),
+    /// A key in the input (the direct CBOR path): `kept` says it was lent as a field name.
+    Borrowed { text: &'a str, kept: &'a mut bool },
+}
 
 impl ObjectKey<'_> {
     fn take(self) -> Value {
-        Value::String(self.0.take().unwrap_or_default())
+        match self {
+            ObjectKey::Owned(slot) => Value::String(slot.take().unwrap_or_default()),
+            ObjectKey::Borrowed { text, .. } => Value::String(text.to_owned()),
+        }
     }
 }
 
@@ -559,9 +567,12 @@ impl<'de> Deserializer<'de> for ObjectKey<'_> {
     type Error = ValueError;
 
     fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        match self.0.as_deref() {
-            Some(name) => visitor.visit_str(name),
-            None => visitor.visit_str(""),
+        match self {
+            ObjectKey::Owned(slot) => visitor.visit_str(slot.as_deref().unwrap_or("")),
+            ObjectKey::Borrowed { text, kept } => {
+                *kept = true;
+                visitor.visit_str(text)
+            }
         }
     }
 
