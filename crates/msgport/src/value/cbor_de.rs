@@ -170,6 +170,20 @@ impl<'r, 'a> Item<'r, 'a> {
         Ok(())
     }
 
+    /// A CBOR integer within ±2⁵³ (a `Number` on the `Value` path), consuming it, if the item
+    /// is one.
+    fn small_integer(&mut self) -> Result<Option<i64>, ValueError> {
+        const SAFE: u64 = 1 << 53;
+        let h = self.r.peek()?;
+        let n = match (h.major, h.info) {
+            (0, 0..=27) if h.arg <= SAFE => h.arg as i64,
+            (1, 0..=27) if h.arg < SAFE => -1 - h.arg as i64,
+            _ => return Ok(None),
+        };
+        self.r.pos += h.len;
+        Ok(Some(n))
+    }
+
     /// A definite array's length, consuming its head, if the item is one.
     fn array(&mut self) -> Result<Option<usize>, ValueError> {
         let h = self.r.peek()?;
@@ -231,11 +245,32 @@ macro_rules! via_value {
     )*};
 }
 
+/// The numeric methods: a CBOR integer within ±2⁵³ is visited at once as the `Value` path
+/// visits the `Number` it would have made (`visit_u64` / `visit_i64`, whatever the method);
+/// anything else as [`via_value!`].
+macro_rules! numeric {
+    ($($method:ident),*) => {$(
+        fn $method<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, ValueError> {
+            self.check_depth()?;
+            match self.small_integer()? {
+                Some(n) if n >= 0 => visitor.visit_u64(n as u64),
+                Some(n) => visitor.visit_i64(n),
+                None => self.r.value(self.depth)?.$method(visitor),
+            }
+        }
+    )*};
+}
+
 impl<'de> Deserializer<'de> for Item<'_, '_> {
     type Error = ValueError;
 
     fn deserialize_any<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, ValueError> {
         self.check_depth()?;
+        match self.small_integer()? {
+            Some(n) if n >= 0 => return visitor.visit_u64(n as u64),
+            Some(n) => return visitor.visit_i64(n),
+            None => {}
+        }
         if let Some(len) = self.array()? {
             return self.seq(len, visitor);
         }
@@ -361,8 +396,7 @@ impl<'de> Deserializer<'de> for Item<'_, '_> {
             .deserialize_unit_struct(name, visitor)
     }
 
-    via_value!(
-        deserialize_bool,
+    numeric!(
         deserialize_i8,
         deserialize_i16,
         deserialize_i32,
@@ -374,7 +408,11 @@ impl<'de> Deserializer<'de> for Item<'_, '_> {
         deserialize_u64,
         deserialize_u128,
         deserialize_f32,
-        deserialize_f64,
+        deserialize_f64
+    );
+
+    via_value!(
+        deserialize_bool,
         deserialize_char,
         deserialize_str,
         deserialize_string,
