@@ -335,6 +335,22 @@ pub(crate) struct Scan {
     pub plain: bool,
 }
 
+/// What an open container still expects.
+#[derive(Clone, Copy)]
+enum Open {
+    /// Items left in a definite array or map (a map counts keys and values).
+    Items { left: u64, map: bool },
+    /// Items until a break (`chunks`: string chunks of this major type only).
+    UntilBreak { chunks: Option<u8> },
+    /// The one item a tag applies to (`port`: it must be a u32 slot).
+    Tagged { port: bool },
+}
+
+std::thread_local! {
+    /// [`scan`]'s stack, kept between calls: no allocation per message.
+    static SCAN_STACK: std::cell::RefCell<Vec<Open>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// How deep [`scan`] lets arrays, maps and tags nest: looser than [`decode`]'s limit, so that
 /// nothing `decode` accepts is refused here (what `scan` lets through and `decode` refuses is
 /// an error for that one message, when it is read).
@@ -346,19 +362,19 @@ const SCAN_DEPTH: usize = 2 * MAX_DEPTH + 8;
 /// whether it is [plain](Scan::plain). Text is not checked for UTF-8 nor tags for meaning
 /// here: that is the reader's work.
 pub(crate) fn scan(input: &[u8], start: usize) -> Result<Scan, CodecError> {
-    /// What an open container still expects.
-    #[derive(Clone, Copy)]
-    enum Open {
-        /// Items left in a definite array or map (a map counts keys and values).
-        Items { left: u64, map: bool },
-        /// Items until a break (`chunks`: string chunks of this major type only).
-        UntilBreak { chunks: Option<u8> },
-        /// The one item a tag applies to (`port`: it must be a u32 slot).
-        Tagged { port: bool },
-    }
+    SCAN_STACK.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut stack) => {
+            stack.clear();
+            scan_with(input, start, &mut stack)
+        }
+        // Not reentrant today; if it ever were, a fresh stack is correct, only slower.
+        Err(_) => scan_with(input, start, &mut Vec::new()),
+    })
+}
+
+fn scan_with(input: &[u8], start: usize, stack: &mut Vec<Open>) -> Result<Scan, CodecError> {
     let malformed = |what: &str| CodecError::Malformed(what.to_owned());
     let mut pos = start;
-    let mut stack: Vec<Open> = Vec::new();
     let mut max_slot: Option<u32> = None;
     let mut plain = true;
     loop {
