@@ -295,9 +295,10 @@ impl MessagePort {
 
     /// Posts borrowed data: [`post_message`](Self::post_message) for a `data` that is not
     /// `'static` or that the caller keeps (`&str`, a struct field, a slice). The data is
-    /// converted to a [`Value`] here, at once (which a message leaving the process costs
-    /// anyway; within one process `post_message` moves a value without converting it), so a
-    /// failing `Serialize` is reported here as [`PostError::Serialize`].
+    /// serialized here, at once: straight to CBOR when the peer is in another process (which
+    /// that costs anyway), to a [`Value`] within one process (where `post_message` would move a
+    /// value without converting it); so a failing `Serialize` is reported here as
+    /// [`PostError::Serialize`].
     ///
     /// ```
     /// use msgport::MessageChannel;

@@ -196,16 +196,10 @@ pub(crate) fn payload(data: WireData) -> Payload {
         WireData::Value(v) => Payload::Value(v),
         WireData::Cbor { bytes, plain } => Payload::Cbor { bytes, plain },
         // Only a sender holds these; a frame's data arrives as the two above.
-        WireData::Encoded(encoded) => {
-            let mut bytes = encoded.head;
-            for (pos, hole) in encoded.holes.into_iter().rev() {
-                bytes.splice(pos..pos, hole).for_each(drop);
-            }
-            Payload::Cbor {
-                bytes,
-                plain: false,
-            }
-        }
+        WireData::Encoded(encoded) => Payload::Cbor {
+            bytes: encoded.into_bytes(),
+            plain: false,
+        },
     }
 }
 

@@ -161,8 +161,6 @@ fn run() {
             look_until = Some(Instant::now() + LOOK_AGAIN);
         } else if looking {
             std::thread::yield_now();
-        } else {
-            look_until = None;
         }
         if PANIC_THREAD.load(Ordering::Relaxed) && PANIC_THREAD.swap(false, Ordering::Relaxed) {
             panic!("msgport reactor: injected panic (test hook)");

@@ -34,6 +34,7 @@ use crate::codec::{self, ok, CodecError};
 use crate::error::PostError;
 use crate::port::WireData;
 use crate::sys;
+use crate::value::cbor::Piece;
 use crate::value::Value;
 
 /// Bytes before a frame's body.
@@ -193,15 +194,10 @@ impl FrameWriter {
             // Already the codec's bytes: large ones become a part of their own (moved).
             WireData::Cbor { bytes, .. } if bytes.len() >= ZERO_COPY_MIN => self.part(bytes),
             WireData::Cbor { bytes, .. } => self.cur.extend_from_slice(&bytes),
-            WireData::Encoded(encoded) => {
-                let mut at = 0;
-                for (pos, bytes) in encoded.holes {
-                    self.cur.extend_from_slice(&encoded.head[at..pos]);
-                    self.part(bytes);
-                    at = pos;
-                }
-                self.cur.extend_from_slice(&encoded.head[at..]);
-            }
+            WireData::Encoded(encoded) => encoded.pieces(|piece| match piece {
+                Piece::Inline(bytes) => self.cur.extend_from_slice(bytes),
+                Piece::Apart(bytes) => self.part(bytes),
+            }),
         }
         let _ = ok(self.enc().array(message.ports.len() as u64));
         self.records += message.ports.len();

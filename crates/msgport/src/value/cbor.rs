@@ -23,14 +23,12 @@ pub(crate) fn to_cbor<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
 ) -> Result<Option<u32>, ValueError> {
     let encoded = to_parts(value)?;
-    let mut at = 0;
-    for (pos, bytes) in &encoded.holes {
-        out.extend_from_slice(&encoded.head[at..*pos]);
-        out.extend_from_slice(bytes);
-        at = *pos;
-    }
-    out.extend_from_slice(&encoded.head[at..]);
-    Ok(encoded.max_slot)
+    let max_slot = encoded.max_slot;
+    encoded.pieces(|piece| match piece {
+        Piece::Inline(bytes) => out.extend_from_slice(bytes),
+        Piece::Apart(bytes) => out.extend_from_slice(&bytes),
+    });
+    Ok(max_slot)
 }
 
 /// A value's encoding in parts: `head`, with each large byte string's content (its own
@@ -40,6 +38,43 @@ pub(crate) struct Encoded {
     pub head: Vec<u8>,
     pub holes: Vec<(usize, Vec<u8>)>,
     pub max_slot: Option<u32>,
+}
+
+/// A stretch of an [`Encoded`] value, in order.
+pub(crate) enum Piece<'a> {
+    /// Bytes of the head.
+    Inline(&'a [u8]),
+    /// A large byte string's content, in its own buffer.
+    Apart(Vec<u8>),
+}
+
+impl Encoded {
+    /// Hands over the encoding stretch by stretch, in order.
+    pub(crate) fn pieces(self, mut each: impl FnMut(Piece<'_>)) {
+        let Encoded { head, holes, .. } = self;
+        let mut at = 0;
+        for (pos, bytes) in holes {
+            each(Piece::Inline(&head[at..pos]));
+            each(Piece::Apart(bytes));
+            at = pos;
+        }
+        each(Piece::Inline(&head[at..]));
+    }
+
+    /// The encoding in one buffer (the head itself when nothing was set apart).
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        if self.holes.is_empty() {
+            return self.head;
+        }
+        let mut out = Vec::with_capacity(
+            self.head.len() + self.holes.iter().map(|(_, b)| b.len()).sum::<usize>(),
+        );
+        self.pieces(|piece| match piece {
+            Piece::Inline(bytes) => out.extend_from_slice(bytes),
+            Piece::Apart(bytes) => out.extend_from_slice(&bytes),
+        });
+        out
+    }
 }
 
 /// Encodes `value`, large byte strings apart (see [`Encoded`]): a frame sends them as parts of

@@ -360,8 +360,9 @@ impl<'de> Deserializer<'de> for Item<'_, '_> {
         visitor: V,
     ) -> Result<V::Value, ValueError> {
         self.check_depth()?;
-        if self.r.peek()?.major == 5 && self.r.peek()?.info <= 27 && self.r.peek()?.arg == 1 {
-            self.r.pos += self.r.peek()?.len;
+        let h = self.r.peek()?;
+        if h.major == 5 && h.info <= 27 && h.arg == 1 {
+            self.r.pos += h.len;
             let depth = self.depth + 1;
             if depth > MAX_DEPTH {
                 return Err(codec_error(CodecError::TooDeep));
