@@ -437,3 +437,39 @@ fn a_port_slot_inside_typed_data_is_checked_at_the_sender() {
         assert_eq!(x_far.blocking_recv().unwrap().data::<u8>().unwrap(), 3);
     });
 }
+
+/// Removing the listeners while the message callback runs takes effect: the running callback
+/// is not put back when it returns (it used to be, so the next message went to the removed
+/// callback instead of the pull waiting for it).
+#[test]
+fn removing_listeners_during_a_callback_takes_effect() {
+    watchdog(LIMIT, || {
+        let (a, b) = MessageChannel::new().into_ports();
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        b.on_message(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let _ = entered_tx.send(());
+            let _ = release_rx.recv();
+        });
+        b.start();
+        // The callback runs on the posting thread: post from another one.
+        let poster = std::thread::spawn(move || {
+            a.post_message(1u32, []).unwrap();
+            a
+        });
+        entered.recv().unwrap();
+        b.remove_listeners();
+        release.send(()).unwrap();
+        drop(release);
+        let a = poster.join().unwrap();
+        a.post_message(2u32, []).unwrap();
+        let next = b
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the pull gets it");
+        assert_eq!(next.data::<u32>().unwrap(), 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    });
+}

@@ -71,8 +71,8 @@ struct State {
     on_close: Option<CloseHandler>,
     /// A thread is running one of this end's callbacks; others only queue.
     dispatching: bool,
-    /// Bumped on every transfer, so that a callback that was running when its port was
-    /// transferred is not reinstalled afterwards.
+    /// Bumped on every transfer and every change of the message callback, so that a callback
+    /// that was running meanwhile is not reinstalled afterwards.
     epoch: u64,
     /// This end left the process: its handle is gone, and what the peer posts here is written
     /// to this link (the port's new home reads it from the other end).
@@ -352,6 +352,8 @@ impl Endpoint {
             if st.closed {
                 return;
             }
+            // A callback running now must not be put back when it returns: this call decides.
+            st.epoch = st.epoch.wrapping_add(1);
             std::mem::replace(&mut st.on_message, handler)
         };
         drop(old);
