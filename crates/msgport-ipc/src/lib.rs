@@ -73,7 +73,7 @@ mod tasks;
 pub use child_side::{ConnectOptions, IpcChild, IpcChildEvent, MainGone, EXIT_MAIN_LOST};
 pub use event::{IpcEvent, MainRef};
 
-pub use main_side::{ChildExit, ChildRef, IpcMain, IpcMainEvent};
+pub use main_side::{ChildExit, ChildRef, IpcMain, IpcMainEvent, RemoteInfo};
 /// msgport itself, and what the seed's flows use of it, so that one dependency suffices.
 pub use msgport;
 pub use msgport::{

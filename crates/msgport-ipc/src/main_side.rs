@@ -96,15 +96,48 @@ impl fmt::Debug for IpcMain {
     }
 }
 
-/// A child process, as main knows it: main's id for it, its pid, and its connection. Two
-/// `ChildRef`s are equal when they name the same child; compare `event.sender` with the
-/// `ChildRef` returned by [`IpcMain::spawn`] to check who sent a message.
+/// A peer of main, as main knows it: main's id for it, and its connection; for a child process
+/// its pid, for a remote peer (a web page or a Node.js program through a gateway such as
+/// msgport-bridge, admitted with [`IpcMain::admit_remote`]) where it connected from
+/// ([`remote`](Self::remote)). Listeners, handlers and senders treat both kinds alike. Two
+/// `ChildRef`s are equal when they name the same peer; compare `event.sender` with the
+/// `ChildRef` returned by [`IpcMain::spawn`] (or given to a gateway's connect callback) to
+/// check who sent a message.
 #[derive(Clone)]
 pub struct ChildRef {
     id: u64,
     pid: u32,
     port: Arc<MessagePort>,
     life: Arc<Life>,
+    remote: Option<Arc<RemoteInfo>>,
+}
+
+/// Where a remote peer connected from, as the gateway that admitted it saw the connection
+/// (not what the peer claims: a peer cannot change it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RemoteInfo {
+    /// The gateway's name for the kind of connection (`"websocket"` for msgport-bridge).
+    pub transport: &'static str,
+    /// The `Origin` the connection came from (a browser always sends one; other clients may not).
+    pub origin: Option<String>,
+    /// The remote socket address, when the gateway knows it.
+    pub address: Option<std::net::SocketAddr>,
+}
+
+impl RemoteInfo {
+    /// A remote peer's description.
+    pub fn new(
+        transport: &'static str,
+        origin: Option<String>,
+        address: Option<std::net::SocketAddr>,
+    ) -> RemoteInfo {
+        RemoteInfo {
+            transport,
+            origin,
+            address,
+        }
+    }
 }
 
 /// What main knows of a child's process: a pidfd (signals can never reach another process that
@@ -146,10 +179,13 @@ impl Eq for ChildRef {}
 
 impl fmt::Debug for ChildRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChildRef")
-            .field("id", &self.id)
-            .field("pid", &self.pid)
-            .finish()
+        let mut d = f.debug_struct("ChildRef");
+        d.field("id", &self.id);
+        match &self.remote {
+            Some(remote) => d.field("remote", remote),
+            None => d.field("pid", &self.pid),
+        };
+        d.finish()
     }
 }
 
@@ -159,9 +195,15 @@ impl ChildRef {
         self.id
     }
 
-    /// The child's OS process id.
+    /// The child's OS process id; 0 for a remote peer, which has no process of its own here
+    /// (see [`remote`](Self::remote)).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Where a remote peer connected from; `None` for a child process.
+    pub fn remote(&self) -> Option<&RemoteInfo> {
+        self.remote.as_deref()
     }
 
     /// Sends `data` on `channel` to this child (Electron's `webContents.send`). Messages to a
@@ -307,6 +349,7 @@ impl IpcMain {
                     pid: creds.pid,
                     port: Arc::new(port),
                     life: Arc::new(Life::of_pid(creds.pid, false)),
+                    remote: None,
                 };
                 shared
                     .children
@@ -336,6 +379,7 @@ impl IpcMain {
             pid: child.id(),
             port: Arc::new(port),
             life: Arc::new(life),
+            remote: None,
         };
         self.shared
             .children
@@ -367,6 +411,43 @@ impl IpcMain {
                 }
             })?;
         Ok(child_ref)
+    }
+
+    /// Serves `connection` as a remote peer (the gateway's end of a port whose other end stands
+    /// for a web page or another remote program): its messages reach the same listeners and
+    /// handlers as children's, with the returned `ChildRef` as their sender, and the
+    /// `ChildRef` sends to it. The peer's end is its connection closing (no exit status).
+    /// Gateways call this; see msgport-bridge.
+    pub fn admit_remote(&self, connection: MessagePort, remote: RemoteInfo) -> ChildRef {
+        let peer = ChildRef {
+            id: self.shared.next_child.fetch_add(1, Ordering::Relaxed) + 1,
+            pid: 0,
+            port: Arc::new(connection),
+            life: Arc::new(Life::default()),
+            remote: Some(Arc::new(remote)),
+        };
+        self.shared
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(peer.clone());
+        let shared = self.shared.clone();
+        let me = peer.clone();
+        let name = format!("msgport-ipc-remote-{}", me.id);
+        let spawned = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || serve(&shared, &me));
+        if let Err(e) = spawned {
+            // No thread, no service: the peer sees its connection close.
+            tracing::warn!("msgport-ipc: cannot serve a remote peer: {e}");
+            peer.port.close();
+            self.shared
+                .children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|c| c != &peer);
+        }
+        peer
     }
 
     fn add(&self, channel: &str, once: bool, f: Listener) -> ListenerId {

@@ -1,0 +1,312 @@
+//! The HTTP side: the checks before the upgrade, and one task pair per connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use msgport::MessageChannel;
+use msgport_ipc::RemoteInfo;
+use tokio::sync::{mpsc, watch};
+
+use crate::conn::{Conn, Shut, MESSAGE_TOO_BIG, NORMAL, POLICY_VIOLATION, PROTOCOL_ERROR};
+use crate::Config;
+
+/// How long a connection's last frames and close frame may take to leave.
+const GOODBYE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A gateway being served by [`Bridge::bind`](crate::Bridge::bind); dropping it stops
+/// accepting (connections already open go on until they end).
+#[derive(Debug)]
+pub struct Serving {
+    addr: SocketAddr,
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL a client connects to, token included (`ws://127.0.0.1:PORT/msgport?token=...`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub(crate) fn router(config: Arc<Config>) -> axum::Router {
+    let path = config.path.clone();
+    axum::Router::new().route(
+        &path,
+        axum::routing::get(move |request: Request| upgrade(config, request)),
+    )
+}
+
+pub(crate) async fn bind(
+    config: Arc<Config>,
+    addr: impl tokio::net::ToSocketAddrs,
+    routes: axum::Router,
+) -> std::io::Result<Serving> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let url = format!("ws://{addr}{}?token={}", config.path, config.token);
+    let app = router(config).merge(routes);
+    let task = tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
+            tracing::error!("msgport-bridge: serving stopped: {e}");
+        }
+    });
+    Ok(Serving { addr, url, task })
+}
+
+/// Why a request does not become a connection.
+struct Refused(StatusCode, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        tracing::warn!("msgport-bridge: refused a connection: {}", self.1);
+        (self.0, self.1).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, why: &'static str) -> Refused {
+    Refused(status, why)
+}
+
+/// Equal in time that depends on the lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+/// The host part of a `Host` header (`[::1]:8080` → `::1`, `localhost:80` → `localhost`).
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Decides whether the request may become a connection: token, host, origin.
+fn admit(config: &Config, parts: &axum::http::request::Parts) -> Result<Option<String>, Refused> {
+    let query = parts.uri.query().unwrap_or("");
+    let token = query_param(query, "token").unwrap_or("");
+    if config.token.is_empty() || !same(token.as_bytes(), config.token.as_bytes()) {
+        return Err(refuse(StatusCode::UNAUTHORIZED, "missing or wrong token"));
+    }
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let name = host_name(host);
+    if !config.any_host && name != "localhost" && name.parse::<std::net::IpAddr>().is_err() {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "Host is not an IP address or localhost",
+        ));
+    }
+    let origin = match parts.headers.get(header::ORIGIN) {
+        None if config.require_origin => {
+            return Err(refuse(StatusCode::FORBIDDEN, "no Origin"));
+        }
+        None => None,
+        Some(origin) => {
+            let Ok(origin) = origin.to_str() else {
+                return Err(refuse(StatusCode::FORBIDDEN, "Origin is not text"));
+            };
+            let own = origin
+                .split_once("://")
+                .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && rest == host);
+            if !own && !config.origins.iter().any(|o| o == origin) {
+                return Err(refuse(StatusCode::FORBIDDEN, "Origin not allowed"));
+            }
+            Some(origin.to_owned())
+        }
+    };
+    Ok(origin)
+}
+
+/// Counts a connection for as long as it lives.
+struct Counted(Arc<Config>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn upgrade(config: Arc<Config>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let origin = match admit(&config, &parts) {
+        Ok(origin) => origin,
+        Err(refused) => return refused.into_response(),
+    };
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(e) => return e.into_response(),
+    };
+    let previous = config.connections.fetch_add(1, Ordering::AcqRel);
+    let counted = Counted(config.clone());
+    if previous >= config.limits.max_connections {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    }
+    let address = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    let remote = RemoteInfo::new("websocket", origin, address);
+    let max = config.limits.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            connection(&config, socket, remote).await;
+            drop(counted);
+        })
+}
+
+/// Serves one connection until either side ends it.
+async fn connection(config: &Config, socket: WebSocket, remote: RemoteInfo) {
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let (shut_tx, mut shut_rx) = watch::channel(None::<Shut>);
+    let conn = Conn::new(config.limits, out_tx, queued.clone(), shut_tx);
+    let (theirs, ours) = MessageChannel::new().into_ports();
+    let peer = config.main.admit_remote(theirs, remote);
+    conn.attach(0, ours);
+    let listeners = config
+        .on_connect
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for f in listeners {
+        f(&peer);
+    }
+
+    let (mut sink, mut stream) = socket.split();
+    let mut writer_shut = shut_rx.clone();
+    let writer = async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = writer_shut.changed() => break,
+                bytes = out_rx.recv() => {
+                    let Some(bytes) = bytes else { break };
+                    let len = bytes.len();
+                    // A client that does not read blocks the send: the shut (a limit) wins.
+                    tokio::select! {
+                        biased;
+                        _ = writer_shut.changed() => break,
+                        sent = sink.send(Message::Binary(bytes.into())) => if sent.is_err() {
+                            return;
+                        },
+                    }
+                    queued.fetch_sub(len, Ordering::AcqRel);
+                }
+            }
+        }
+        let shut = writer_shut.borrow().clone();
+        let Some(shut) = shut else { return };
+        let goodbye = async {
+            if shut.code == NORMAL {
+                // A clean end: what was queued before it goes out first.
+                while let Ok(bytes) = out_rx.try_recv() {
+                    sink.send(Message::Binary(bytes.into())).await?;
+                }
+            }
+            let reason = shut.reason.chars().take(100).collect::<String>();
+            sink.send(Message::Close(Some(CloseFrame {
+                code: shut.code,
+                reason: reason.into(),
+            })))
+            .await?;
+            sink.close().await
+        };
+        // A client that reads nothing gets no goodbye: its socket is dropped.
+        let _ = tokio::time::timeout(GOODBYE, goodbye).await;
+    };
+    let reader_conn = conn.clone();
+    let reader = async move {
+        loop {
+            let message = tokio::select! {
+                _ = shut_rx.changed() => return,
+                message = stream.next() => message,
+            };
+            let shut = match message {
+                None => None,
+                Some(Err(e)) => {
+                    let reason = e.to_string();
+                    tracing::debug!("msgport-bridge: socket error: {reason}");
+                    // tungstenite's capacity error: a frame past the size limit.
+                    let code = if reason.contains("too long") || reason.contains("Space limit") {
+                        MESSAGE_TOO_BIG
+                    } else {
+                        POLICY_VIOLATION
+                    };
+                    Some(Shut {
+                        code,
+                        reason: format!("the socket failed: {reason}"),
+                    })
+                }
+                Some(Ok(Message::Binary(bytes))) => match reader_conn.incoming(&bytes) {
+                    Ok(()) => continue,
+                    Err(shut) => Some(shut),
+                },
+                Some(Ok(Message::Text(_))) => Some(Shut {
+                    code: PROTOCOL_ERROR,
+                    reason: "a text message (frames are binary)".into(),
+                }),
+                Some(Ok(Message::Close(_))) => None,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            };
+            match shut {
+                Some(shut) => {
+                    if shut.code != NORMAL {
+                        tracing::warn!(
+                            code = shut.code,
+                            "msgport-bridge: closing a connection: {}",
+                            shut.reason
+                        );
+                    }
+                    reader_conn.shut(shut.code, shut.reason);
+                }
+                None => reader_conn.shut(NORMAL, "the client left"),
+            }
+            return;
+        }
+    };
+    // The writer ends once the connection is shut (by the reader, a limit, or main); the
+    // reader when the client leaves or breaks the protocol.
+    let writer = tokio::spawn(writer);
+    reader.await;
+    conn.end();
+    let _ = writer.await;
+    let listeners = config
+        .on_disconnect
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for f in listeners {
+        f(&peer);
+    }
+}
