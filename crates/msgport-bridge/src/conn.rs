@@ -114,8 +114,13 @@ impl Conn {
             }
             table.ports.insert(id, port.clone());
         }
-        // Outside the lock: starting a port may deliver its queued messages at once, on this
-        // thread, and their callbacks take the lock.
+        self.listen(id, &port);
+    }
+
+    /// Forwards what arrives at twin `id` to the client. Outside the table's lock: starting a
+    /// port may deliver its queued messages at once, on this thread, and their callbacks take
+    /// the lock.
+    fn listen(self: &Arc<Self>, id: u64, port: &MessagePort) {
         let weak = Arc::downgrade(self);
         let on_close = weak.clone();
         port.on_message(move |event| {
@@ -162,19 +167,24 @@ impl Conn {
                 );
                 return;
             }
-            for _ in &ports {
-                named.push(table.next_ours);
+            // In the table before the frame leaves: the client may use a number as soon as it
+            // reads it.
+            for port in ports {
+                let id = table.next_ours;
                 table.next_ours += 2;
+                let port = Arc::new(port);
+                table.ports.insert(id, port.clone());
+                named.push((id, port));
             }
         }
         // The frame that names the ports goes first: what arrives at them follows it.
         self.push(Frame::Message {
             port: id,
             data,
-            transfer: named.clone(),
+            transfer: named.iter().map(|(id, _)| *id).collect(),
         });
-        for (id, port) in named.into_iter().zip(ports) {
-            self.attach(id, port);
+        for (id, port) in named {
+            self.listen(id, &port);
         }
     }
 

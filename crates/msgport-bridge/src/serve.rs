@@ -231,16 +231,21 @@ async fn connection(config: &Config, socket: WebSocket, remote: RemoteInfo) {
             if shut.code == NORMAL {
                 // A clean end: what was queued before it goes out first.
                 while let Ok(bytes) = out_rx.try_recv() {
-                    sink.send(Message::Binary(bytes.into())).await?;
+                    if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                        break;
+                    }
                 }
             }
             let reason = shut.reason.chars().take(100).collect::<String>();
-            sink.send(Message::Close(Some(CloseFrame {
-                code: shut.code,
-                reason: reason.into(),
-            })))
-            .await?;
-            sink.close().await
+            // Fails when the client closed first (the reply to its close is already queued):
+            // closing the sink below still flushes that reply.
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: shut.code,
+                    reason: reason.into(),
+                })))
+                .await;
+            let _ = sink.close().await;
         };
         // A client that reads nothing gets no goodbye: its socket is dropped.
         let _ = tokio::time::timeout(GOODBYE, goodbye).await;
