@@ -63,6 +63,21 @@ pub(crate) async fn bind(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let url = format!("ws://{addr}{}?token={}", config.path, config.token);
+    let any_host = config.any_host;
+    // Pages served next to the gateway may embed its token: the same Host rule guards them
+    // (a DNS-rebinding site could otherwise read the token from them).
+    let routes = routes.layer(axum::middleware::from_fn(
+        move |request: Request, next: axum::middleware::Next| async move {
+            if !any_host && !host_allowed(&request) {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "Host is not an IP address or localhost",
+                )
+                .into_response();
+            }
+            next.run(request).await
+        },
+    ));
     let app = router(config).merge(routes);
     let task = tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -105,6 +120,16 @@ fn host_name(host: &str) -> &str {
         return rest.split(']').next().unwrap_or("");
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+fn host_allowed(request: &Request) -> bool {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let name = host_name(host);
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Decides whether the request may become a connection: token, host, origin.

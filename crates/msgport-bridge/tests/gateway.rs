@@ -471,3 +471,31 @@ async fn a_dropped_connection_closes_its_ports() {
     assert!(given.recv_timeout(LONG).is_err());
     assert!(mine.recv_timeout(LONG).is_err());
 }
+
+/// Pages served next to the gateway (`bind_with`) get the same Host rule: a DNS-rebinding site
+/// cannot read a page that embeds the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_served_with_the_gateway_refuse_a_foreign_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let main = IpcMain::new();
+    let bridge = Bridge::new(&main);
+    let routes = axum::Router::new().route("/page", axum::routing::get(|| async { "secret" }));
+    let serving = bridge.bind_with("127.0.0.1:0", routes).await.unwrap();
+    let addr = serving.local_addr();
+    let get = |host: String| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET /page HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    let foreign = get(format!("rebound.example:{}", addr.port())).await;
+    assert!(foreign.starts_with("HTTP/1.1 403"), "{foreign}");
+    assert!(!foreign.contains("secret"));
+    let own = get(addr.to_string()).await;
+    assert!(
+        own.starts_with("HTTP/1.1 200") && own.contains("secret"),
+        "{own}"
+    );
+}

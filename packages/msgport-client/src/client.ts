@@ -312,7 +312,7 @@ export class IpcClient {
 
   /** @internal Writes a message on port `id`, relaying the ports it transfers. */
   forward(id: number, data: unknown, ports: readonly MessagePort[]): void {
-    if (this.ended) return
+    if (!this.open()) return
     const tree = toTree(data, ports)
     const ids: number[] = []
     for (const port of ports) {
@@ -337,7 +337,12 @@ export class IpcClient {
     this.relays.delete(r.id)
     r.done = true
     r.local.close()
-    if (!this.ended) this.ws.send(encodeTree([1, r.id]))
+    if (this.open()) this.ws.send(encodeTree([1, r.id]))
+  }
+
+  /** Whether frames can still be written (not once the connection is closing). */
+  private open(): boolean {
+    return !this.ended && this.ws.readyState === 1
   }
 
   private receive(raw: unknown): void {

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-#[path = "../../examples/files.rs"]
+#[path = "../../examples/common/files.rs"]
 pub mod files;
 
 use std::sync::{Arc, Mutex};

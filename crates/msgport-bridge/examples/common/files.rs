@@ -78,5 +78,3 @@ pub fn client_routes() -> axum::Router {
 
 /// The import map a page needs for the client.
 pub const IMPORT_MAP: &str = r#"<script type="importmap">{"imports": {"msgport-client": "/client/index.js", "cbor-x": "/cbor-x/index.js"}}</script>"#;
-
-fn main() {}
