@@ -258,3 +258,49 @@ fn random_token() -> String {
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Entry points for the fuzz targets (`fuzz/`); not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    use crate::conn::Conn;
+    use crate::frame::Frame;
+
+    /// Feeds the frames in `data` (each preceded by its length, one byte) to one connection
+    /// whose port 0 leads to a plain port here, as the gateway's reader would, until one ends
+    /// the connection. Every frame the connection writes for the client must be a frame.
+    pub fn gateway(data: &[u8]) {
+        let (out, mut written) = tokio::sync::mpsc::unbounded_channel();
+        let (shut, _watch) = tokio::sync::watch::channel(None);
+        let limits = crate::Limits {
+            max_ports: 64,
+            ..crate::Limits::default()
+        };
+        let conn = Conn::new(limits, out, Arc::new(AtomicUsize::new(0)), shut);
+        let (ours, theirs) = msgport::MessageChannel::new().into_ports();
+        conn.attach(0, ours);
+        let mut rest = data;
+        while let Some((&len, tail)) = rest.split_first() {
+            let len = usize::from(len).min(tail.len());
+            let (frame, tail) = tail.split_at(len);
+            rest = tail;
+            if conn.incoming(frame).is_err() {
+                break;
+            }
+            // Answer what reached Rust, so frames flow back to the client too.
+            while let Ok(mut event) = theirs.try_recv() {
+                let ports = std::mem::take(&mut event.ports);
+                let _ = theirs.post_message(event.value().unwrap_or_default(), ports);
+            }
+            while let Ok(bytes) = written.try_recv() {
+                assert!(
+                    Frame::decode(&bytes).is_ok(),
+                    "the gateway wrote a non-frame"
+                );
+            }
+        }
+        conn.end();
+    }
+}
