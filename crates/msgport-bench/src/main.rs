@@ -8,6 +8,7 @@
 //! twice: both sides pinned to one CPU, and split across two (waking a sleeping CPU costs
 //! ≈ 33 µs on the reference machine; DESIGN §4).
 
+mod bridge;
 mod chart;
 mod inproc;
 mod ipc;
@@ -108,10 +109,11 @@ fn cpu_model() -> String {
 }
 
 const USAGE: &str = "\
-usage: msgport-bench [--quick] [--only inproc|xproc|ipc] [--json PATH] [--svg PATH]
+usage: msgport-bench [--quick] [--only inproc|xproc|ipc|bridge] [--json PATH] [--svg PATH]
 
   --quick        fewer messages and 3 reps per figure instead of 9 (about 1 minute)
-  --only GROUP   one group: inproc (threads of one process), xproc (processes), ipc (msgport-ipc)
+  --only GROUP   one group: inproc (threads of one process), xproc (processes), ipc (msgport-ipc),
+                 bridge (msgport-bridge: a page in headless Chromium and a Node.js client)
   --json PATH    write every figure, with the commit and the CPU, as JSON
   --svg PATH     draw the comparisons as an SVG bar chart
   -h, --help     this text
@@ -142,7 +144,7 @@ impl Args {
                 Long("quick") => args.quick = true,
                 Long("only") => {
                     let group: String = parser.value()?.parse()?;
-                    if !["inproc", "xproc", "ipc"].contains(&group.as_str()) {
+                    if !["inproc", "xproc", "ipc", "bridge"].contains(&group.as_str()) {
                         return Err(format!("unknown group {group:?}").into());
                     }
                     args.only = Some(group);
@@ -208,6 +210,9 @@ fn main() {
     }
     if wants("ipc") {
         ipc::group(&cfg, &mut report);
+    }
+    if wants("bridge") {
+        bridge::group(&cfg, &mut report);
     }
     println!(
         "{} figures in {:.1?}",
