@@ -207,13 +207,20 @@ impl Conn {
             || (!id.is_multiple_of(2) && id < table.next_theirs)
     }
 
-    /// A frame from the client. An error ends the connection.
+    /// A WebSocket message from the client: a frame or a batch. An error ends the connection.
     pub(crate) fn incoming(self: &Arc<Self>, bytes: &[u8]) -> Result<(), Shut> {
+        let frames = Frame::decode_all(bytes).map_err(|e| Shut {
+            code: PROTOCOL_ERROR,
+            reason: e.to_string(),
+        })?;
+        frames.into_iter().try_for_each(|frame| self.one(frame))
+    }
+
+    fn one(self: &Arc<Self>, frame: Frame) -> Result<(), Shut> {
         let violation = |reason: String| Shut {
             code: PROTOCOL_ERROR,
             reason,
         };
-        let frame = Frame::decode(bytes).map_err(|e| violation(e.to_string()))?;
         match frame {
             Frame::Close { port } => {
                 let mut table = self.table();

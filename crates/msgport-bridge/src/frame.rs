@@ -5,7 +5,11 @@
 //! ```text
 //! [0, port, data, [id, ...]]   a message on `port`, transferring the ports named by the ids
 //! [1, port]                    `port` is closed (by whoever sends the frame)
+//! [2, [frame, ...]]            a batch: the frames above, in order (not nested)
 //! ```
+//!
+//! Batches let a burst of messages cross as one WebSocket message; a side writes one when its
+//! socket is still busy with earlier bytes.
 //!
 //! Port 0 is the connection's IPC port (msgport-ipc's envelopes travel on it). Every other port
 //! is named once, by the side that transfers it first: the gateway names ports with even
@@ -69,7 +73,32 @@ fn id(v: &Value) -> Option<u64> {
 impl Frame {
     /// Reads a frame. Never panics; every malformed input is an error.
     pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
+        let mut frames = Self::decode_all(bytes)?;
+        match frames.len() {
+            1 => Ok(frames.remove(0)),
+            _ => Err(FrameError::Shape("a batch where one frame was expected")),
+        }
+    }
+
+    /// Reads a frame or a batch of frames (an empty batch is an error). Never panics.
+    pub fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, FrameError> {
         let value = codec::decode(bytes).map_err(FrameError::Data)?;
+        match value {
+            Value::Array(items) if items.len() == 2 && id(&items[0]) == Some(2) => {
+                match items.into_iter().nth(1) {
+                    Some(Value::Array(frames)) if !frames.is_empty() => {
+                        frames.into_iter().map(Self::from_value).collect()
+                    }
+                    _ => Err(FrameError::Shape(
+                        "a batch holds a non-empty array of frames",
+                    )),
+                }
+            }
+            other => Self::from_value(other).map(|f| vec![f]),
+        }
+    }
+
+    fn from_value(value: Value) -> Result<Frame, FrameError> {
         let Value::Array(items) = value else {
             return Err(FrameError::Shape("not an array"));
         };
@@ -104,6 +133,29 @@ impl Frame {
             return Err(FrameError::Shape("extra items"));
         }
         Ok(frame)
+    }
+
+    /// Joins encoded frames into one batch frame (`[2, [frame, ...]]`), without re-encoding
+    /// them: an array's CBOR is its head followed by its items.
+    pub fn batch<'a>(frames: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
+        let n = frames.len() as u64;
+        let mut out = vec![0x82, 0x02];
+        match n {
+            0..=23 => out.push(0x80 | n as u8),
+            24..=0xff => out.extend([0x98, n as u8]),
+            0x100..=0xffff => {
+                out.push(0x99);
+                out.extend((n as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0x9a);
+                out.extend((n as u32).to_be_bytes());
+            }
+        }
+        for frame in frames {
+            out.extend_from_slice(frame);
+        }
+        out
     }
 
     /// Writes a frame.
@@ -159,6 +211,37 @@ mod tests {
         };
         assert_eq!(message.encode(), [0x84, 0x00, 0x00, 0x62, b'h', b'i', 0x80]);
         assert_eq!(Frame::Close { port: 4 }.encode(), [0x82, 0x01, 0x04]);
+    }
+
+    #[test]
+    fn batches_hold_frames_in_order() {
+        let frames = [
+            Frame::Message {
+                port: 2,
+                data: Value::Number(1.0),
+                transfer: vec![],
+            },
+            Frame::Close { port: 2 },
+        ];
+        for n in [1, 2, 24, 300] {
+            let all: Vec<Frame> = frames.iter().cycle().take(n).cloned().collect();
+            let encoded: Vec<Vec<u8>> = all.iter().map(|f| f.clone().encode()).collect();
+            let batch = Frame::batch(encoded.iter().map(Vec::as_slice));
+            assert_eq!(Frame::decode_all(&batch), Ok(all.clone()), "{n} frames");
+        }
+        // Empty, nested, or not an array of frames: errors.
+        for bad in [
+            &[0x82, 0x02, 0x80][..],
+            &[0x82, 0x02, 0x81, 0x82, 0x02, 0x80],
+            &[0x82, 0x02, 0x01],
+        ] {
+            assert!(Frame::decode_all(bad).is_err(), "{bad:02x?}");
+        }
+        // A lone frame still reads as a batch of one.
+        assert_eq!(
+            Frame::decode_all(&[0x82, 0x01, 0x04]),
+            Ok(vec![Frame::Close { port: 4 }])
+        );
     }
 
     #[test]

@@ -15,7 +15,11 @@ use msgport_ipc::RemoteInfo;
 use tokio::sync::{mpsc, watch};
 
 use crate::conn::{Conn, Shut, MESSAGE_TOO_BIG, NORMAL, POLICY_VIOLATION, PROTOCOL_ERROR};
+use crate::frame::Frame;
 use crate::Config;
+
+/// A batch written to a client grows to about this many bytes at most.
+const BATCH_BYTES: usize = 256 << 10;
 
 /// How long a connection's last frames and close frame may take to leave.
 const GOODBYE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -237,7 +241,21 @@ async fn connection(config: &Config, socket: WebSocket, remote: RemoteInfo) {
                 _ = writer_shut.changed() => break,
                 bytes = out_rx.recv() => {
                     let Some(bytes) = bytes else { break };
-                    let len = bytes.len();
+                    // Frames queued meanwhile leave with it, as one batch.
+                    let mut more = Vec::new();
+                    let mut size = bytes.len();
+                    while size < BATCH_BYTES {
+                        let Ok(next) = out_rx.try_recv() else { break };
+                        size += next.len();
+                        more.push(next);
+                    }
+                    let len = size;
+                    let bytes = if more.is_empty() {
+                        bytes
+                    } else {
+                        more.insert(0, bytes);
+                        Frame::batch(more.iter().map(Vec::as_slice))
+                    };
                     // A client that does not read blocks the send: the shut (a limit) wins.
                     tokio::select! {
                         biased;

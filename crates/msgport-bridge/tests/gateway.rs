@@ -21,6 +21,8 @@ const LONG: Duration = Duration::from_secs(10);
 
 struct Client {
     ws: Socket,
+    /// Frames of a batch read and not yet taken.
+    read: std::collections::VecDeque<Frame>,
 }
 
 impl Client {
@@ -34,7 +36,10 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Client { ws })
+        Ok(Client {
+            ws,
+            read: Default::default(),
+        })
     }
 
     async fn send(&mut self, frame: Frame) {
@@ -50,13 +55,18 @@ impl Client {
 
     /// The next frame, or the close code that ended the connection.
     async fn next(&mut self) -> Result<Frame, Option<u16>> {
+        if let Some(frame) = self.read.pop_front() {
+            return Ok(frame);
+        }
         loop {
             let message = tokio::time::timeout(LONG, self.ws.next())
                 .await
                 .expect("the gateway answers in time");
             match message {
                 Some(Ok(Message::Binary(bytes))) => {
-                    return Ok(Frame::decode(&bytes).expect("the gateway writes frames"))
+                    let frames = Frame::decode_all(&bytes).expect("the gateway writes frames");
+                    self.read.extend(frames);
+                    return Ok(self.read.pop_front().expect("a batch is never empty"));
                 }
                 Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
                 Some(Ok(_)) => continue,
