@@ -124,6 +124,13 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
         .expect("bind the gateway");
     let base = format!("http://{}", serving.local_addr());
     let plain_url = format!("ws://{}/plain", serving.local_addr());
+    if std::env::var_os("MSGPORT_BENCH_SERVE").is_some() {
+        // For profiling by hand: serve until killed.
+        println!("bridge  serving: {base} {} {plain_url}", serving.url());
+        loop {
+            std::thread::park();
+        }
+    }
     let (n_rtt, n_tput) = if cfg.quick {
         (1_000, 10_000)
     } else {

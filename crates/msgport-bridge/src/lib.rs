@@ -21,7 +21,7 @@
 //!     mine.start();
 //!     std::mem::forget(mine); // (a real program keeps it somewhere)
 //! });
-//! let serving = bridge.bind("127.0.0.1:0").await?;
+//! let serving = bridge.bind_loopback(0).await?;
 //! println!("pages connect to {}", serving.url());
 //! # Ok(()) }
 //! ```
@@ -234,6 +234,12 @@ impl Bridge {
     /// runtime, until the returned [`Serving`] is dropped.
     pub async fn bind(&self, addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<Serving> {
         self.bind_with(addr, axum::Router::new()).await
+    }
+
+    /// Serves the gateway alone on the loopback interface, `127.0.0.1:port` (0: any free
+    /// port), where only programs of this machine can reach it: the default to reach for.
+    pub async fn bind_loopback(&self, port: u16) -> std::io::Result<Serving> {
+        self.bind((std::net::Ipv4Addr::LOCALHOST, port)).await
     }
 
     /// Serves the gateway and `routes` (a page, its scripts) on `addr`.

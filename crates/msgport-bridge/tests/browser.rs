@@ -113,7 +113,7 @@ fn run(close_event: bool) {
     assert!(out.status.success(), "the driver failed");
     assert!(failed.is_empty(), "failed in Chromium: {failed:#?}");
     // Every shared scenario and the browser-only ones reported.
-    assert!(passed >= 17, "only {passed} scenarios reported");
+    assert!(passed >= 18, "only {passed} scenarios reported");
     host.main.shutdown();
 }
 

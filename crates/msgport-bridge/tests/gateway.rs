@@ -90,7 +90,7 @@ fn send_envelope(channel: &str, data: Value) -> Value {
 }
 
 async fn serve(bridge: &Bridge) -> msgport_bridge::Serving {
-    bridge.bind("127.0.0.1:0").await.expect("a loopback port")
+    bridge.bind_loopback(0).await.expect("a loopback port")
 }
 
 fn peers(bridge: &Bridge) -> mpsc::Receiver<ChildRef> {
@@ -507,5 +507,38 @@ async fn pages_served_with_the_gateway_refuse_a_foreign_host() {
     assert!(
         own.starts_with("HTTP/1.1 200") && own.contains("secret"),
         "{own}"
+    );
+}
+
+/// Mounted in an application's own axum router (the other way to run it), with the peers'
+/// addresses from `into_make_service_with_connect_info`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounted_in_an_application_router() {
+    let main = IpcMain::new();
+    let bridge = Bridge::new(&main).at("/ipc");
+    let connected = peers(&bridge);
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "the app" }))
+        .merge(bridge.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, service).await
+    });
+    let url = format!("ws://{addr}/ipc?token={}", bridge.token());
+    let mut client = Client::connect(&url, Some(&format!("http://{addr}")))
+        .await
+        .unwrap();
+    let peer = connected.recv_timeout(LONG).unwrap();
+    assert!(peer.remote().unwrap().address.is_some());
+    peer.send("hello", 1).unwrap();
+    assert_eq!(
+        client.next().await.unwrap(),
+        Frame::Message {
+            port: 0,
+            data: send_envelope("hello", 1.into()),
+            transfer: vec![]
+        }
     );
 }

@@ -245,6 +245,16 @@ export const scenarios = {
     port1.close()
   },
 
+  async 'the death of the child process holding a page port is seen by the page'({ client }) {
+    const { port1, port2 } = new TrackedMessageChannel()
+    client.postMessage('to-child', label('child-dies'), [port2])
+    port1.postMessage('hello')
+    check((await next(port1)) === 'child says hello', 'the child answers')
+    const ended = closed(port1)
+    client.send('kill-child')
+    await ended
+  },
+
   async 'ports inside messages on ports (two hops)'({ client }) {
     const got = nextIpc(client, 'port')
     client.send('give-port', label('hops'))

@@ -125,6 +125,13 @@ pub async fn start_with(bridge_of: impl FnOnce(&IpcMain) -> Bridge, routes: axum
         let _ = e.sender.post_message("returned", (), ports);
     });
     let child: Arc<Mutex<Option<ChildRef>>> = Arc::default();
+    let killer = child.clone();
+    main.on("kill-child", move |_| {
+        if let Some(child) = killer.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    });
     let spawner = main.clone();
     main.on("to-child", move |e| {
         let mut child = child.lock().unwrap();
