@@ -127,9 +127,7 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
     if std::env::var_os("MSGPORT_BENCH_SERVE").is_some() {
         // For profiling by hand: serve until killed.
         println!("bridge  serving: {base} {} {plain_url}", serving.url());
-        loop {
-            std::thread::park();
-        }
+        runtime.block_on(std::future::pending::<()>());
     }
     let (n_rtt, n_tput) = if cfg.quick {
         (1_000, 10_000)
