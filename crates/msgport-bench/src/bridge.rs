@@ -90,6 +90,16 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
         println!("bridge  skipped: {e}");
         return;
     }
+    // Every process of a placement inherits it: Rust's runtime threads, Node.js, and each of
+    // Chromium's processes (browser, renderer, network service). Chromium cannot be split
+    // across CPUs by role, so the second placement leaves every process free on both.
+    crate::pin(0);
+    placement(cfg, report, "all on one CPU");
+    crate::unpin();
+    placement(cfg, report, "free on two CPUs");
+}
+
+fn placement(cfg: &Config, report: &mut Report, placement: &str) {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let main = IpcMain::new();
     let bridge = Bridge::new(&main);
@@ -151,13 +161,13 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
             serde_json::from_slice::<Result>(&o.stdout).ok()
         });
         let Some(r) = result else {
-            println!("bridge  {label}: the driver failed (node, Chromium and npm ci needed)");
+            println!("bridge  {label}, {placement}: the driver failed (node, Chromium and npm ci needed)");
             continue;
         };
         let rival = "plain WebSocket (JSON)";
         report.versus(
             "bridge",
-            format!("round trip, 64 B struct, {label} ↔ Rust"),
+            format!("round trip, 64 B struct, {label} ↔ Rust, {placement}"),
             "µs",
             Better::Lower,
             &Samples(r.bridge_rtt),
@@ -166,7 +176,7 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
         );
         report.versus(
             "bridge",
-            format!("one-way throughput, 64 B struct, {label} → Rust"),
+            format!("one-way throughput, 64 B struct, {label} → Rust, {placement}"),
             "msg/s",
             Better::Higher,
             &Samples(r.bridge_tput),

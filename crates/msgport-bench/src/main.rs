@@ -64,6 +64,18 @@ pub(crate) fn pin(cpu: usize) {
     }
 }
 
+/// Lets this thread (and the threads and processes it starts from now on) run on every CPU.
+pub(crate) fn unpin() {
+    let mut set = rustix::thread::CpuSet::new();
+    for cpu in 0..num_cpus_online().max(1) {
+        set.set(cpu);
+    }
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        eprintln!("cannot unpin: {e}; the figures would be mislabelled");
+        std::process::exit(1);
+    }
+}
+
 fn num_cpus_online() -> usize {
     std::fs::read_to_string("/sys/devices/system/cpu/online")
         .ok()

@@ -96,6 +96,24 @@ impl Default for Limits {
 
 type ConnectListener = Arc<dyn Fn(&ChildRef) + Send + Sync>;
 
+/// Listeners of a connection event (connect, disconnect).
+#[derive(Default)]
+pub(crate) struct Listeners(std::sync::Mutex<Vec<ConnectListener>>);
+
+impl Listeners {
+    fn add(&self, f: ConnectListener) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(f);
+    }
+
+    /// Calls every listener (outside the lock: one may add another).
+    pub(crate) fn call(&self, peer: &ChildRef) {
+        let listeners = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for f in listeners {
+            f(peer);
+        }
+    }
+}
+
 pub(crate) struct Config {
     pub(crate) main: msgport_ipc::IpcMain,
     pub(crate) token: String,
@@ -104,8 +122,8 @@ pub(crate) struct Config {
     pub(crate) require_origin: bool,
     pub(crate) any_host: bool,
     pub(crate) limits: Limits,
-    pub(crate) on_connect: std::sync::Mutex<Vec<ConnectListener>>,
-    pub(crate) on_disconnect: std::sync::Mutex<Vec<ConnectListener>>,
+    pub(crate) on_connect: Listeners,
+    pub(crate) on_disconnect: Listeners,
     pub(crate) connections: std::sync::atomic::AtomicUsize,
 }
 
@@ -205,11 +223,7 @@ impl Bridge {
     where
         F: Fn(&ChildRef) + Send + Sync + 'static,
     {
-        self.config
-            .on_connect
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::new(f));
+        self.config.on_connect.add(Arc::new(f));
     }
 
     /// Calls `f` when a client's connection has ended (and every port it held is closed).
@@ -217,11 +231,7 @@ impl Bridge {
     where
         F: Fn(&ChildRef) + Send + Sync + 'static,
     {
-        self.config
-            .on_disconnect
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::new(f));
+        self.config.on_disconnect.add(Arc::new(f));
     }
 
     /// The gateway as an axum router (one route, at [`path`](Self::path)), to merge into an

@@ -223,14 +223,7 @@ async fn connection(config: &Config, socket: WebSocket, remote: RemoteInfo) {
     let (theirs, ours) = MessageChannel::new().into_ports();
     let peer = config.main.admit_remote(theirs, remote);
     conn.attach(0, ours);
-    let listeners = config
-        .on_connect
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    for f in listeners {
-        f(&peer);
-    }
+    config.on_connect.call(&peer);
 
     let (mut sink, mut stream) = socket.split();
     let mut writer_shut = shut_rx.clone();
@@ -349,12 +342,5 @@ async fn connection(config: &Config, socket: WebSocket, remote: RemoteInfo) {
     reader.await;
     conn.end();
     let _ = writer.await;
-    let listeners = config
-        .on_disconnect
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    for f in listeners {
-        f(&peer);
-    }
+    config.on_disconnect.call(&peer);
 }

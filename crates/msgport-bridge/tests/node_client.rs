@@ -11,14 +11,7 @@ use msgport_bridge::Bridge;
 /// Not a test: the child roles (returns at once in the test process).
 #[test]
 fn child_entry() {
-    let Some(role) = msgport_testkit::child::role() else {
-        return;
-    };
-    match role.as_str() {
-        "echo-child" => support::echo_child(),
-        other => panic!("unknown role {other}"),
-    }
-    std::process::exit(0);
+    support::child_entry();
 }
 
 #[test]

@@ -11,13 +11,8 @@ if (where === 'node') {
   const { WebSocket } = await import('ws')
   console.log(JSON.stringify(await bench({ connect, WS: WebSocket, ...params })))
 } else {
-  const { chromium } = await import('playwright-core')
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  })
+  const { launchChromium } = await import('../test/browser/launch.mjs')
+  const browser = await launchChromium()
   try {
     const page = await browser.newPage()
     page.on('console', (m) => console.error(`page: ${m.text()}`))

@@ -4,6 +4,7 @@
 // Each scenario is `async (ctx) => void` and throws on failure; ctx = { client, connect, url, token }.
 
 import { InvokeError, DataCloneError, TrackedMessageChannel, NATIVE_CLOSE } from 'msgport-client'
+import { same } from './same.mjs'
 
 export function check(ok, what) {
   if (!ok) throw new Error(`check failed: ${what}`)
@@ -77,27 +78,6 @@ export function everyKind() {
     i32: new Int32Array([-3]), f32: new Float32Array([1.5]), f64: new Float64Array([Math.PI]),
     bu64: new BigUint64Array([2n ** 64n - 1n]), bi64: new BigInt64Array([-(2n ** 63n)]),
   }
-}
-
-/** Structured-clone equality (NaN equals NaN, -0 is not 0, errors by name and message). */
-export function same(a, b) {
-  if (typeof a !== typeof b) return false
-  if (typeof a === 'number') return Object.is(a, b)
-  if (a === null || typeof a !== 'object') return a === b
-  if (Object.getPrototypeOf(a) !== Object.getPrototypeOf(b)) return false
-  if (a instanceof Date) return Object.is(a.getTime(), b.getTime())
-  if (a instanceof RegExp) return a.source === b.source && a.flags === b.flags
-  if (a instanceof Error) return a.name === b.name && a.message === b.message
-  const bytes = (x) => Array.from(new Uint8Array(x instanceof ArrayBuffer ? x : x.buffer, x.byteOffset ?? 0, x.byteLength)).join()
-  if (a instanceof ArrayBuffer || ArrayBuffer.isView(a)) return bytes(a) === bytes(b)
-  if (a instanceof Map) {
-    const ea = [...a], eb = [...b]
-    return ea.length === eb.length && ea.every(([k, v], i) => same(k, eb[i][0]) && same(v, eb[i][1]))
-  }
-  if (a instanceof Set) return same([...a], [...b])
-  if (Array.isArray(a)) return a.length === b.length && a.every((x, i) => same(x, b[i]))
-  const ka = Object.keys(a), kb = Object.keys(b)
-  return ka.length === kb.length && ka.every((k, i) => k === kb[i] && same(a[k], b[k]))
 }
 
 export const scenarios = {

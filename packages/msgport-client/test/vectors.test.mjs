@@ -4,6 +4,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { encode, decode } from '../dist/codec.js'
+import { same } from './same.mjs'
 
 const file = JSON.parse(readFileSync(new URL('../../../testdata/wire-vectors.json', import.meta.url)))
 
@@ -48,27 +49,6 @@ export function parse(j, ports = []) {
     case 'port': return ports[arg] ?? PORT(arg)
   }
   throw new Error(`unknown notation ${key}`)
-}
-
-/** Deep equality that tells -0 from 0, NaN from NaN equal, and compares Errors by fields. */
-export function same(a, b) {
-  if (typeof a !== typeof b) return false
-  if (typeof a === 'number') return Object.is(a, b)
-  if (a === null || typeof a !== 'object') return a === b
-  if (Object.getPrototypeOf(a) !== Object.getPrototypeOf(b)) return false
-  if (a instanceof Date) return Object.is(a.getTime(), b.getTime())
-  if (a instanceof RegExp) return a.source === b.source && a.flags === b.flags
-  if (a instanceof Error) return a.name === b.name && a.message === b.message && a.stack === b.stack
-  if (a instanceof ArrayBuffer) return toHex(new Uint8Array(a)) === toHex(new Uint8Array(b))
-  if (ArrayBuffer.isView(a)) return toHex(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)) === toHex(new Uint8Array(b.buffer, b.byteOffset, b.byteLength))
-  if (a instanceof Map) {
-    const ea = [...a], eb = [...b]
-    return ea.length === eb.length && ea.every(([k, v], i) => same(k, eb[i][0]) && same(v, eb[i][1]))
-  }
-  if (a instanceof Set) return same([...a], [...b])
-  if (Array.isArray(a)) return a.length === b.length && a.every((x, i) => same(x, b[i]))
-  const ka = Object.keys(a), kb = Object.keys(b)
-  return ka.length === kb.length && ka.every((k, i) => k === kb[i] && same(a[k], b[k]))
 }
 
 for (const v of file.vectors) {

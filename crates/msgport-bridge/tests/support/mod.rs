@@ -152,6 +152,19 @@ pub async fn start_with(bridge_of: impl FnOnce(&IpcMain) -> Bridge, routes: axum
     }
 }
 
+/// The child roles of the test binaries that include this module (their `child_entry` test
+/// calls this; it returns at once in the test process).
+pub fn child_entry() {
+    let Some(role) = msgport_testkit::child::role() else {
+        return;
+    };
+    match role.as_str() {
+        "echo-child" => echo_child(),
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
 /// The child role: answers `child says <text>` on every port main forwards to it.
 pub fn echo_child() {
     let ipc = IpcChild::connect().expect("connect to main");

@@ -4,24 +4,15 @@
 // Environment: MSGPORT_BASE (the page server), MSGPORT_URL (gateway URL with token),
 // MSGPORT_FOREIGN (a page of another origin), MSGPORT_CLOSE_EVENT=1 to enable Chromium's
 // MessagePort close event, CHROMIUM (default /usr/bin/chromium).
-import { chromium } from 'playwright-core'
+import { launchChromium } from './launch.mjs'
 import { connect } from 'msgport-client'
 
 const base = process.env.MSGPORT_BASE
 const url = process.env.MSGPORT_URL
 const closeEvent = process.env.MSGPORT_CLOSE_EVENT === '1'
-const args = [
-  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-]
-if (closeEvent) args.push('--enable-blink-features=MessagePortCloseEvent')
 
 const report = (r) => console.log(JSON.stringify(r))
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  headless: true,
-  args,
-})
+const browser = await launchChromium({ closeEvent })
 const context = await browser.newContext()
 const page = () => context.newPage()
 const q = (params) => new URLSearchParams(params).toString()
