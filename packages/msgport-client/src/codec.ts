@@ -170,7 +170,17 @@ function isPort(x: unknown): x is MessagePort {
 export function toTree(value: unknown, transfer: readonly unknown[] = []): unknown {
   const onPath = new Set<object>()
   const seen = new Set<object>()
-  const walk = (v: unknown, where: string): unknown => {
+  // The path to the value being walked, made into text only for an error message.
+  const path: Array<string | number> = []
+  const at = (): string =>
+    path.reduce<string>((text, p) => (typeof p === 'number' ? `${text}[${p}]` : `${text}${p}`), 'data')
+  const child = (v: unknown, step: string | number): unknown => {
+    path.push(step)
+    const out = walk(v)
+    path.pop()
+    return out
+  }
+  const walk = (v: unknown): unknown => {
     switch (typeof v) {
       case 'undefined':
       case 'boolean':
@@ -183,87 +193,88 @@ export function toTree(value: unknown, transfer: readonly unknown[] = []): unkno
           : new Tag(bigintMagnitude(v), TAG_POS_BIGNUM)
       case 'string':
         if (!(v as string & { isWellFormed(): boolean }).isWellFormed()) {
-          throw new DataCloneError(`${where}: a string with a lone surrogate cannot be sent`)
+          throw new DataCloneError(`${at()}: a string with a lone surrogate cannot be sent`)
         }
         return v
       case 'symbol':
       case 'function':
-        throw new DataCloneError(`${where}: a ${typeof v} cannot be cloned`)
+        throw new DataCloneError(`${at()}: a ${typeof v} cannot be cloned`)
     }
     if (v === null) return null
     const obj = v as object
-    if (onPath.has(obj)) throw new DataCloneError(`${where}: a cycle cannot be sent`)
+    if (onPath.has(obj)) throw new DataCloneError(`${at()}: a cycle cannot be sent`)
     if (seen.has(obj)) {
-      throw new DataCloneError(`${where}: an object referenced twice cannot be sent (msgport's data model is a tree)`)
+      throw new DataCloneError(`${at()}: an object referenced twice cannot be sent (msgport's data model is a tree)`)
     }
     if (isPort(obj)) {
       const i = transfer.indexOf(obj)
-      if (i < 0) throw new DataCloneError(`${where}: a MessagePort must be in the transfer list`)
+      if (i < 0) throw new DataCloneError(`${at()}: a MessagePort must be in the transfer list`)
       seen.add(obj)
       return new Tag(i, TAG_PORT)
     }
     seen.add(obj)
     onPath.add(obj)
     try {
-      return walkObject(obj, where)
+      return walkObject(obj)
     } finally {
       onPath.delete(obj)
     }
   }
-  const walkObject = (obj: object, where: string): unknown => {
+  const walkObject = (obj: object): unknown => {
     if (Array.isArray(obj)) {
       const out = new Array(obj.length)
       // Holes are not represented: they travel as undefined.
-      for (let i = 0; i < obj.length; i++) out[i] = walk(obj[i], `${where}[${i}]`)
+      for (let i = 0; i < obj.length; i++) out[i] = child(obj[i], i)
       return out
     }
     if (obj instanceof Date) return dateTree(obj.getTime())
     if (obj instanceof RegExp) return new Tag([obj.source, obj.flags], TAG_REGEXP)
     if (obj instanceof Map) {
       const out = new Map()
-      for (const [k, v] of obj) out.set(walk(k, `${where}.key`), walk(v, `${where}.get(...)`))
+      for (const [k, v] of obj) out.set(child(k, '.keys()'), child(v, '.get(...)'))
       return new Tag(out, TAG_MAP)
     }
     if (obj instanceof Set) {
-      return new Tag([...obj].map((x, i) => walk(x, `${where}{${i}}`)), TAG_SET)
+      return new Tag([...obj].map((x) => child(x, '.values()')), TAG_SET)
     }
     if (obj instanceof Error) {
       const name = ERROR_NAMES.has(obj.name) ? obj.name : 'Error'
-      const stack = typeof obj.stack === 'string' ? walk(obj.stack, `${where}.stack`) : null
-      return new Tag([name, walk(String(obj.message), `${where}.message`), stack], TAG_ERROR)
+      const stack = typeof obj.stack === 'string' ? child(obj.stack, '.stack') : null
+      return new Tag([name, child(String(obj.message), '.message'), stack], TAG_ERROR)
     }
     if (obj instanceof ArrayBuffer) return new Uint8Array(obj.slice(0))
     if (obj instanceof DataView) return new Tag(bytesOf(obj), TAG_DATAVIEW)
     if (ArrayBuffer.isView(obj)) {
       const tag = TAG_OF_TYPED.get(obj.constructor)
       if (tag === undefined) {
-        throw new DataCloneError(`${where}: ${obj.constructor.name} cannot be cloned`)
+        throw new DataCloneError(`${at()}: ${obj.constructor.name} cannot be cloned`)
       }
       if (!LITTLE_ENDIAN) throw new DataCloneError('typed arrays need a little-endian host')
       return new Tag(bytesOf(obj), tag)
     }
     if (obj instanceof Number || obj instanceof String || obj instanceof Boolean) {
-      return walk(obj.valueOf(), where)
+      return walk(obj.valueOf())
     }
     const proto = Object.getPrototypeOf(obj)
     if (proto !== Object.prototype && proto !== null) {
       const name = (obj.constructor && obj.constructor.name) || 'object'
       // Blob, File, ImageData, class instances...: not in msgport's data model.
       if (typeof (obj as { then?: unknown }).then === 'function' || isPlatformObject(obj)) {
-        throw new DataCloneError(`${where}: ${name} cannot be cloned`)
+        throw new DataCloneError(`${at()}: ${name} cannot be cloned`)
       }
     }
     // A plain object (or a class instance: its own enumerable string keys, as structured clone).
     const out = new Map<string, unknown>()
     for (const key of Object.keys(obj)) {
       if (!(key as string & { isWellFormed(): boolean }).isWellFormed()) {
-        throw new DataCloneError(`${where}: a key with a lone surrogate cannot be sent`)
+        throw new DataCloneError(`${at()}: a key with a lone surrogate cannot be sent`)
       }
-      out.set(key, walk((obj as Record<string, unknown>)[key], `${where}.${key}`))
+      out.set(key, child((obj as Record<string, unknown>)[key], `.${key}`))
     }
+    // A Map, not an object: cbor-x looks at an object's `constructor`, which may be data.
     return out
   }
-  return walk(value, 'data')
+  return walk(value)
 }
 
 function isPlatformObject(obj: object): boolean {

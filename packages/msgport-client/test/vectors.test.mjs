@@ -65,3 +65,9 @@ for (const v of file.vectors) {
     channel.port1.close()
   })
 }
+
+test('DataCloneError names where the value is', () => {
+  assert.throws(() => encode({ a: [1, { b() {} }] }), (e) => e.name === 'DataCloneError' && e.message.startsWith('data.a[1].b:'))
+  const shared = {}
+  assert.throws(() => encode([shared, { x: shared }]), (e) => e.name === 'DataCloneError' && e.message.startsWith('data[1].x:'))
+})
