@@ -30,6 +30,7 @@ fn node_client_scenarios() {
                     "--test",
                     "--test-reporter=spec",
                     "test/vectors.test.mjs",
+                    "test/client.test.mjs",
                     "test/live.test.mjs",
                 ])
                 .current_dir(package)

@@ -404,18 +404,29 @@ export class IpcClient {
       if (kind !== 0) throw new MessageDecodeError('unknown frame kind')
       const transfer = (frame[3] as unknown[]).map((n) => Number(n))
       const handed: MessagePort[] = []
+      const made: Relay[] = []
       for (const n of transfer) {
         const channel = new MessageChannel()
-        this.relay(n, channel.port2, channel.port1)
+        made.push(this.relay(n, channel.port2, channel.port1))
         handed.push(channel.port1)
       }
-      const data = fromTree(frame[2], handed)
-      if (id === 0) this.ipc(data, handed)
-      else {
-        const relay = this.relays.get(id)
-        if (relay) relay.post(data, handed)
-        else for (const p of handed) p.close()
+      const target = id === 0 ? undefined : this.relays.get(id)
+      if (id !== 0 && !target) {
+        // The port closed here meanwhile: its message is lost, and the ports it carried are
+        // closed for the gateway to see.
+        for (const r of made) this.pageClosed(r)
+        for (const p of handed) p.close()
+        return
       }
+      let data: unknown
+      try {
+        data = fromTree(frame[2], handed)
+      } catch (e) {
+        for (const r of made) this.pageClosed(r)
+        throw e
+      }
+      if (target) target.post(data, handed)
+      else this.ipc(data, handed)
     } catch (e) {
       // A frame this client cannot read: the web's messageerror, for that message only.
       console.warn(`msgport-client: ${(e as Error).message}`)
