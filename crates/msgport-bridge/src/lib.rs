@@ -14,12 +14,15 @@
 //! let main = IpcMain::new();
 //! let bridge = Bridge::new(&main);
 //! bridge.on_connect(|page| {
-//!     // Give every page that connects one end of a channel; keep the other.
+//!     // Give every page that connects one end of a channel; serve the other.
 //!     let (mine, theirs) = MessageChannel::new().into_ports();
 //!     page.post_message("port", (), [theirs]).expect("the page is connected");
-//!     mine.on_message(|event| println!("the page says {:?}", event.value()));
-//!     mine.start();
-//!     std::mem::forget(mine); // (a real program keeps it somewhere)
+//!     std::thread::spawn(move || {
+//!         while let Some(event) = mine.blocking_recv() {
+//!             println!("the page says {:?}", event.value());
+//!         }
+//!         println!("the page closed its port (or left)");
+//!     });
 //! });
 //! let serving = bridge.bind_loopback(0).await?;
 //! println!("pages connect to {}", serving.url());
