@@ -66,6 +66,8 @@ pub(crate) trait Transport: Sized {
     fn spawn(role: Role, cpu: usize) -> Self;
     /// One round trip of `m` (the child is an echo).
     fn round_trip(&mut self, m: Small) -> Small;
+    /// The child process's id (for its CPU time).
+    fn child_pid(&self) -> u32;
     /// Sends every message of `batch` (taking them, or reading them, as the transport's API
     /// wants) and waits until the child has decoded them all (the child is a sink).
     fn one_way<T: Payload>(&mut self, batch: &mut Vec<T>);
@@ -119,6 +121,9 @@ impl Transport for Msgport {
     const NAME: &'static str = "msgport";
     fn spawn(role: Role, cpu: usize) -> Self {
         Self::spawn_role(&format!("msgport-{}", role.tag()), cpu)
+    }
+    fn child_pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
     fn round_trip(&mut self, m: Small) -> Small {
         self.port().post_message(m, []).unwrap();
@@ -191,6 +196,9 @@ impl<const BATCHED: bool> Transport for Raw<BATCHED> {
     } else {
         "raw AF_UNIX, postcard, a write each"
     };
+    fn child_pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
     fn spawn(role: Role, cpu: usize) -> Self {
         Self::spawn_role(&format!("raw-{}", role.tag()), cpu)
     }
@@ -272,6 +280,9 @@ fn ipc_connect<T: Payload>(
 
 impl Transport for IpcChannel {
     const NAME: &'static str = "ipc-channel";
+    fn child_pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
     fn spawn(role: Role, cpu: usize) -> Self {
         let name = format!("ipc-{}", role.tag());
         match role {
@@ -598,6 +609,62 @@ fn rtt_of<T: Transport>(c: &mut T, n: usize) -> f64 {
     })
 }
 
+/// One rep of single round trips, each timed: the mean (µs), the p50 / p99 / p999 of the single
+/// round trips (µs), and the CPU time both processes spent per round trip (µs: every thread of
+/// this process and of the child, from the kernel's scheduler statistics), so that time spent
+/// spinning shows as cost.
+struct RttDetail {
+    mean: f64,
+    percentiles: [f64; 3],
+    cpu: f64,
+}
+
+/// Which figure of a rep's details.
+type Pick = fn(&RttDetail) -> f64;
+
+fn rtt_detail<T: Transport>(c: &mut T, n: usize) -> RttDetail {
+    let pids = [std::process::id(), c.child_pid()];
+    let cpu_before: u64 = pids.iter().map(|&p| cpu_ns(p)).sum();
+    let mut single = Vec::with_capacity(n);
+    let mut seq = 0u64;
+    let t = Instant::now();
+    for _ in 0..n {
+        seq += 1;
+        let one = Instant::now();
+        let back = c.round_trip(Small::new(seq));
+        single.push(one.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(back.seq, seq);
+    }
+    let mean = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let cpu_after: u64 = pids.iter().map(|&p| cpu_ns(p)).sum();
+    single.sort_by(f64::total_cmp);
+    let at = |q: f64| single[((single.len() as f64 * q) as usize).min(single.len() - 1)];
+    RttDetail {
+        mean,
+        percentiles: [at(0.50), at(0.99), at(0.999)],
+        cpu: cpu_after.saturating_sub(cpu_before) as f64 / 1e3 / n as f64,
+    }
+}
+
+/// Keeps a rep's details and returns its mean (what `compare` records).
+fn keep(into: &mut Vec<RttDetail>, d: RttDetail) -> f64 {
+    let mean = d.mean;
+    into.push(d);
+    mean
+}
+
+/// CPU time a process's threads have run, in ns (`/proc/PID/task/*/schedstat`, first field).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Messages (or bytes, with `per = size`) per second of one batch; the batch is made before
 /// the clock starts.
 fn one_way_of<T: Transport, P: Payload>(c: &mut T, n: usize, make: impl Fn(u64) -> P) -> f64 {
@@ -625,16 +692,20 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
             let mut m = Msgport::spawn(Role::Echo, cpu);
             let mut raw = Raw::<false>::spawn(Role::Echo, cpu);
             let mut ipc = IpcChannel::spawn(Role::Echo, cpu);
+            // Each rep also keeps its single round trips' percentiles and the CPU time spent.
+            let mut details: [Vec<RttDetail>; 3] = Default::default();
+            let [dm, dr, di] = &mut details;
             let s = compare(
                 reps,
                 &mut [
-                    &mut || rtt_of(&mut m, n_rtt),
-                    &mut || rtt_of(&mut raw, n_rtt),
-                    &mut || rtt_of(&mut ipc, n_rtt),
+                    &mut || keep(dm, rtt_detail(&mut m, n_rtt)),
+                    &mut || keep(dr, rtt_detail(&mut raw, n_rtt)),
+                    &mut || keep(di, rtt_detail(&mut ipc, n_rtt)),
                 ],
             );
             let name = format!("round trip, 64 B struct, {p}");
-            for (rival, i) in [(Raw::<false>::NAME, 1), (IpcChannel::NAME, 2)] {
+            let rivals = [(Raw::<false>::NAME, 1), (IpcChannel::NAME, 2)];
+            for (rival, i) in rivals {
                 report.versus(
                     "xproc",
                     name.clone(),
@@ -644,6 +715,27 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
                     rival,
                     &s[i],
                 );
+            }
+            // The warm-up rep is not a sample.
+            let of = |d: &[RttDetail], f: Pick| Samples(d.iter().skip(1).map(f).collect());
+            let figures: [(&str, Pick); 4] = [
+                ("p50 of single round trips", |d| d.percentiles[0]),
+                ("p99 of single round trips", |d| d.percentiles[1]),
+                ("p999 of single round trips", |d| d.percentiles[2]),
+                ("CPU time per round trip, both processes", |d| d.cpu),
+            ];
+            for (what, f) in figures {
+                for (rival, i) in rivals {
+                    report.versus(
+                        "xproc",
+                        format!("round trip, 64 B struct, {what}, {p}"),
+                        "µs",
+                        Better::Lower,
+                        &of(&details[0], f),
+                        rival,
+                        &of(&details[i], f),
+                    );
+                }
             }
         }
 
