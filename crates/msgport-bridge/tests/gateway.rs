@@ -115,7 +115,10 @@ async fn refused_before_the_upgrade() {
     };
     let no_token = format!("ws://{addr}/msgport");
     assert!(refused(Client::connect(&no_token, None).await).contains("401"));
-    let wrong = format!("ws://{addr}/msgport?token=0{}", &bridge.token()[1..]);
+    // The token with its first digit changed (to another digit: always a different token).
+    let token = bridge.token();
+    let first = if token.starts_with('0') { '1' } else { '0' };
+    let wrong = format!("ws://{addr}/msgport?token={first}{}", &token[1..]);
     assert!(refused(Client::connect(&wrong, None).await).contains("401"));
     let e = refused(Client::connect(&good, Some("http://evil.example")).await);
     assert!(e.contains("403"), "{e}");
@@ -541,4 +544,28 @@ async fn mounted_in_an_application_router() {
             transfer: vec![]
         }
     );
+}
+
+/// `IpcMain::shutdown` reaches pages as it reaches children: a goodbye, then the connection's
+/// normal close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_shutting_down_says_goodbye_and_closes() {
+    let main = IpcMain::new();
+    let bridge = Bridge::new(&main);
+    let connected = peers(&bridge);
+    let serving = serve(&bridge).await;
+    let mut client = Client::connect(serving.url(), None).await.unwrap();
+    connected.recv_timeout(LONG).unwrap();
+    let shutdown = tokio::task::spawn_blocking(move || main.shutdown());
+    assert_eq!(
+        client.next().await.unwrap(),
+        Frame::Message {
+            port: 0,
+            data: value!({ "t": "bye" }),
+            transfer: vec![]
+        }
+    );
+    assert_eq!(client.next().await, Ok(Frame::Close { port: 0 }));
+    assert_eq!(client.next().await, Err(Some(1000)));
+    shutdown.await.unwrap();
 }

@@ -65,3 +65,14 @@ test('a batch from the gateway is read frame by frame', async () => {
   assert.deepEqual(got, [1, 2, 3])
   client.close()
 })
+
+test('a goodbye before the close marks the end as a shutdown; pending invokes fail with main-gone', async () => {
+  const ws = new FakeSocket()
+  const client = new IpcClient(ws)
+  const pending = client.invoke('slow', 1)
+  ws.deliver([0, 0, new Map([['t', 'bye']]), []])
+  ws.close()
+  const info = await client.closed
+  assert.equal(info.shutdown, true)
+  await assert.rejects(pending, (e) => e.name === 'InvokeError' && e.kind === 'main-gone')
+})
