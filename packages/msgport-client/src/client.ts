@@ -60,6 +60,9 @@ export interface ConnectOptions {
 const QUEUED_PER_CHANNEL = 1024
 
 const IS_NODE = !!(globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node
+/** Node.js's setImmediate (a check-phase callback after the turn's I/O), where it exists. */
+const nodeSetImmediate = (globalThis as { setImmediate?: (f: () => void) => unknown }).setImmediate
+
 /** Whether MessagePorts here fire `close` themselves (Node.js; Chromium with MessagePortCloseEvent). */
 export const NATIVE_CLOSE =
   IS_NODE || (typeof MessagePort !== 'undefined' && 'onclose' in MessagePort.prototype)
@@ -191,6 +194,8 @@ export class IpcClient {
   /** Resolves when the connection has ended, for whatever reason. */
   readonly closed: Promise<ClosedInfo>
   private pendingFrames: unknown[][] = []
+  /** A frame left at once and the flusher's task has not run since. */
+  private sentThisTurn = false
   /** A zero-delay task (unlike setTimeout, never clamped) for flushing batched frames. */
   private readonly flusher = new MessageChannel()
 
@@ -353,15 +358,24 @@ export class IpcClient {
    * network process), and a lone message (a request, a reply) leaves at once.
    */
   private write(frame: unknown[]): void {
-    if (this.pendingFrames.length === 0 && this.ws.bufferedAmount === 0) {
+    if (this.pendingFrames.length === 0 && this.ws.bufferedAmount === 0 && !this.sentThisTurn) {
       this.ws.send(encodeTree(frame))
+      if (IS_NODE && nodeSetImmediate) {
+        // In Node.js a socket write completes at once (bufferedAmount stays 0): frames
+        // written later in the same turn of the event loop join a batch, sent by
+        // setImmediate. (In a browser this would cost a task per message; bufferedAmount
+        // tells there.)
+        this.sentThisTurn = true
+        nodeSetImmediate!(() => this.flush())
+      }
       return
     }
     this.pendingFrames.push(frame)
-    if (this.pendingFrames.length === 1) this.flusher.port2.postMessage(null)
+    if (this.pendingFrames.length === 1 && !this.sentThisTurn) this.flusher.port2.postMessage(null)
   }
 
   private flush(): void {
+    this.sentThisTurn = false
     const frames = this.pendingFrames
     this.pendingFrames = []
     if (frames.length && this.open()) {

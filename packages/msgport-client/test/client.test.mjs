@@ -76,3 +76,16 @@ test('a goodbye before the close marks the end as a shutdown; pending invokes fa
   assert.equal(info.shutdown, true)
   await assert.rejects(pending, (e) => e.name === 'InvokeError' && e.kind === 'main-gone')
 })
+
+test('in Node.js, frames written in the same turn after the first leave as one batch', async () => {
+  const ws = new FakeSocket()
+  const client = new IpcClient(ws)
+  for (let i = 1; i <= 4; i++) client.send('a', i) // bufferedAmount stays 0, as in Node
+  assert.equal(ws.sent.length, 1, 'the first at once, the rest held until the turn ends')
+  await new Promise((resolve) => setImmediate(resolve))
+  assert.deepEqual(ids(ws.sent), [1, [2, 3, 4]])
+  await flushed()
+  client.send('a', 5) // a new turn: at once
+  assert.deepEqual(ids(ws.sent), [1, [2, 3, 4], 5])
+  client.close()
+})
