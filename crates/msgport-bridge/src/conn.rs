@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use msgport::{MessageChannel, MessageEvent, MessagePort, Value};
+use msgport::{MessageChannel, MessageEvent, MessagePort};
 use tokio::sync::{mpsc, watch};
 
 use crate::frame::Frame;
@@ -247,7 +247,7 @@ impl Conn {
                 data,
                 transfer,
             } => {
-                if let Some(slot) = highest_slot(&data) {
+                if let Some(slot) = data.max_port_slot() {
                     if slot as usize >= transfer.len() {
                         return Err(violation(format!(
                             "port slot {slot} past the {} transferred port(s)",
@@ -316,20 +316,4 @@ impl Conn {
             port.close();
         }
     }
-}
-
-/// The largest port slot in `data`, if any.
-fn highest_slot(data: &Value) -> Option<u32> {
-    let mut stack = vec![data];
-    let mut highest = None;
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::Port(i) => highest = highest.max(Some(*i)),
-            Value::Array(items) | Value::Set(items) => stack.extend(items),
-            Value::Object(entries) => stack.extend(entries.iter().map(|(_, v)| v)),
-            Value::Map(entries) => stack.extend(entries.iter().flat_map(|(k, v)| [k, v])),
-            _ => {}
-        }
-    }
-    highest
 }

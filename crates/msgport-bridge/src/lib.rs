@@ -221,7 +221,8 @@ impl Bridge {
     }
 
     /// Calls `f` for each client that connects, with the peer its messages will come from,
-    /// before any of them is read. It runs on the connection's task: keep it short.
+    /// before any of them is read. It runs on a thread of tokio's blocking pool: it may take
+    /// its time (that connection waits for it; no other does).
     pub fn on_connect<F>(&self, f: F)
     where
         F: Fn(&ChildRef) + Send + Sync + 'static,
@@ -229,7 +230,8 @@ impl Bridge {
         self.config.on_connect.add(Arc::new(f));
     }
 
-    /// Calls `f` when a client's connection has ended (and every port it held is closed).
+    /// Calls `f` when a client's connection has ended (and every port it held is closed), on a
+    /// thread of tokio's blocking pool.
     pub fn on_disconnect<F>(&self, f: F)
     where
         F: Fn(&ChildRef) + Send + Sync + 'static,

@@ -72,7 +72,7 @@ pub(crate) async fn bind(
     // (a DNS-rebinding site could otherwise read the token from them).
     let routes = routes.layer(axum::middleware::from_fn(
         move |request: Request, next: axum::middleware::Next| async move {
-            if !any_host && !host_allowed(&request) {
+            if !any_host && !host_allowed(host(request.headers())) {
                 return refuse(
                     StatusCode::FORBIDDEN,
                     "Host is not an IP address or localhost",
@@ -126,12 +126,17 @@ fn host_name(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
-fn host_allowed(request: &Request) -> bool {
-    let host = request
-        .headers()
+/// The `Host` header, or "" (a request without one names no host we accept).
+fn host(headers: &axum::http::HeaderMap) -> &str {
+    headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
+        .unwrap_or("")
+}
+
+/// Whether `host` names this machine by address or as `localhost`: a DNS name could be
+/// rebound to loopback by a foreign site.
+fn host_allowed(host: &str) -> bool {
     let name = host_name(host);
     name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()
 }
@@ -143,13 +148,8 @@ fn admit(config: &Config, parts: &axum::http::request::Parts) -> Result<Option<S
     if config.token.is_empty() || !same(token.as_bytes(), config.token.as_bytes()) {
         return Err(refuse(StatusCode::UNAUTHORIZED, "missing or wrong token"));
     }
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let name = host_name(host);
-    if !config.any_host && name != "localhost" && name.parse::<std::net::IpAddr>().is_err() {
+    let host = host(&parts.headers);
+    if !config.any_host && !host_allowed(host) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "Host is not an IP address or localhost",
@@ -209,13 +209,27 @@ async fn upgrade(config: Arc<Config>, request: Request) -> Response {
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
-            connection(&config, socket, remote).await;
+            connection(config, socket, remote).await;
             drop(counted);
         })
 }
 
+/// Runs connection listeners on a blocking-pool thread, awaited: a listener that takes long
+/// (or blocks) delays its own connection only, never the tokio workers that serve the others.
+async fn listeners(
+    config: &Arc<Config>,
+    peer: &msgport_ipc::ChildRef,
+    which: fn(&Config) -> &crate::Listeners,
+) {
+    let (config, peer) = (config.clone(), peer.clone());
+    let ran = tokio::task::spawn_blocking(move || which(&config).call(&peer)).await;
+    if ran.is_err() {
+        tracing::error!("msgport-bridge: a connection listener panicked");
+    }
+}
+
 /// Serves one connection until either side ends it.
-async fn connection(config: &Config, socket: WebSocket, remote: RemoteInfo) {
+async fn connection(config: Arc<Config>, socket: WebSocket, remote: RemoteInfo) {
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let queued = Arc::new(AtomicUsize::new(0));
     let (shut_tx, mut shut_rx) = watch::channel(None::<Shut>);
@@ -223,7 +237,7 @@ async fn connection(config: &Config, socket: WebSocket, remote: RemoteInfo) {
     let (theirs, ours) = MessageChannel::new().into_ports();
     let peer = config.main.admit_remote(theirs, remote);
     conn.attach(0, ours);
-    config.on_connect.call(&peer);
+    listeners(&config, &peer, |c| &c.on_connect).await;
 
     let (mut sink, mut stream) = socket.split();
     let mut writer_shut = shut_rx.clone();
@@ -342,5 +356,5 @@ async fn connection(config: &Config, socket: WebSocket, remote: RemoteInfo) {
     reader.await;
     conn.end();
     let _ = writer.await;
-    config.on_disconnect.call(&peer);
+    listeners(&config, &peer, |c| &c.on_disconnect).await;
 }

@@ -102,6 +102,15 @@ fn peers(bridge: &Bridge) -> mpsc::Receiver<ChildRef> {
     rx
 }
 
+/// The first port of each message clients send on `channel`.
+fn ports_given(main: &IpcMain, channel: &str) -> mpsc::Receiver<MessagePort> {
+    let (tx, rx) = mpsc::channel();
+    main.on(channel, move |e| {
+        let _ = tx.send(e.take_ports().remove(0));
+    });
+    rx
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_before_the_upgrade() {
     let main = IpcMain::new();
@@ -257,10 +266,7 @@ async fn ports_both_ways_and_close_both_ways() {
     assert_eq!(client.next().await.unwrap(), Frame::Close { port: 2 });
 
     // Client → Rust, then the client closes it.
-    let (tx, rx) = mpsc::channel::<MessagePort>();
-    main.on("yours", move |e| {
-        let _ = tx.send(e.take_ports().remove(0));
-    });
+    let rx = ports_given(&main, "yours");
     client
         .ipc(send_envelope("yours", Value::Null), vec![1])
         .await;
@@ -329,10 +335,7 @@ async fn a_broken_protocol_ends_only_that_connection() {
     });
     let connected = peers(&bridge);
     let serving = serve(&bridge).await;
-    let (tx, rx) = mpsc::channel::<MessagePort>();
-    main.on("yours", move |e| {
-        let _ = tx.send(e.take_ports().remove(0));
-    });
+    let rx = ports_given(&main, "yours");
     let mut bystander = Client::connect(serving.url(), None).await.unwrap();
     let bystander_peer = connected.recv_timeout(LONG).unwrap();
 
@@ -467,10 +470,7 @@ async fn a_dropped_connection_closes_its_ports() {
     let bridge = Bridge::new(&main);
     let connected = peers(&bridge);
     let serving = serve(&bridge).await;
-    let (tx, rx) = mpsc::channel::<MessagePort>();
-    main.on("yours", move |e| {
-        let _ = tx.send(e.take_ports().remove(0));
-    });
+    let rx = ports_given(&main, "yours");
     let mut client = Client::connect(serving.url(), None).await.unwrap();
     let peer = connected.recv_timeout(LONG).unwrap();
     client

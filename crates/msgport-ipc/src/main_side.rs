@@ -344,22 +344,11 @@ impl IpcMain {
                     drop(port);
                     continue;
                 }
-                let child = ChildRef {
-                    id: shared.next_child.fetch_add(1, Ordering::Relaxed) + 1,
-                    pid: creds.pid,
-                    port: Arc::new(port),
-                    life: Arc::new(Life::of_pid(creds.pid, false)),
-                    remote: None,
-                };
-                shared
-                    .children
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(child.clone());
-                let shared = shared.clone();
-                let _ = std::thread::Builder::new()
-                    .name(format!("msgport-ipc-child-{}", child.id))
-                    .spawn(move || serve(&shared, &child));
+                let life = Life::of_pid(creds.pid, false);
+                let child = new_peer(&shared, port, creds.pid, life, None);
+                if let Err(e) = start_serving(&shared, &child) {
+                    tracing::warn!("msgport-ipc: cannot serve an admitted process: {e}");
+                }
             })?;
         Ok(())
     }
@@ -374,23 +363,8 @@ impl IpcMain {
         *life.stdin.lock().unwrap_or_else(|p| p.into_inner()) = child.stdin.take();
         *life.stdout.lock().unwrap_or_else(|p| p.into_inner()) = child.stdout.take();
         *life.stderr.lock().unwrap_or_else(|p| p.into_inner()) = child.stderr.take();
-        let child_ref = ChildRef {
-            id: self.shared.next_child.fetch_add(1, Ordering::Relaxed) + 1,
-            pid: child.id(),
-            port: Arc::new(port),
-            life: Arc::new(life),
-            remote: None,
-        };
-        self.shared
-            .children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(child_ref.clone());
-        let shared = self.shared.clone();
-        let me = child_ref.clone();
-        std::thread::Builder::new()
-            .name(format!("msgport-ipc-child-{}", me.id))
-            .spawn(move || serve(&shared, &me))?;
+        let child_ref = new_peer(&self.shared, port, child.id(), life, None);
+        start_serving(&self.shared, &child_ref)?;
         let shared = self.shared.clone();
         let me = child_ref.clone();
         std::thread::Builder::new()
@@ -419,33 +393,11 @@ impl IpcMain {
     /// `ChildRef` sends to it. The peer's end is its connection closing (no exit status).
     /// Gateways call this; see msgport-bridge.
     pub fn admit_remote(&self, connection: MessagePort, remote: RemoteInfo) -> ChildRef {
-        let peer = ChildRef {
-            id: self.shared.next_child.fetch_add(1, Ordering::Relaxed) + 1,
-            pid: 0,
-            port: Arc::new(connection),
-            life: Arc::new(Life::default()),
-            remote: Some(Arc::new(remote)),
-        };
-        self.shared
-            .children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(peer.clone());
-        let shared = self.shared.clone();
-        let me = peer.clone();
-        let name = format!("msgport-ipc-remote-{}", me.id);
-        let spawned = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || serve(&shared, &me));
-        if let Err(e) = spawned {
+        let peer = new_peer(&self.shared, connection, 0, Life::default(), Some(remote));
+        if let Err(e) = start_serving(&self.shared, &peer) {
             // No thread, no service: the peer sees its connection close.
             tracing::warn!("msgport-ipc: cannot serve a remote peer: {e}");
             peer.port.close();
-            self.shared
-                .children
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|c| c != &peer);
         }
         peer
     }
@@ -660,6 +612,44 @@ impl IpcMain {
             .unwrap_or_else(|p| p.into_inner())
             .push(Arc::new(f));
     }
+}
+
+/// A peer with the next id.
+fn new_peer(
+    shared: &Shared,
+    port: MessagePort,
+    pid: u32,
+    life: Life,
+    remote: Option<RemoteInfo>,
+) -> ChildRef {
+    ChildRef {
+        id: shared.next_child.fetch_add(1, Ordering::Relaxed) + 1,
+        pid,
+        port: Arc::new(port),
+        life: Arc::new(life),
+        remote: remote.map(Arc::new),
+    }
+}
+
+/// Counts `peer` among the connected ones (for `shutdown`) and serves its connection on a
+/// thread of its own; undone if the thread cannot start.
+fn start_serving(shared: &Arc<Shared>, peer: &ChildRef) -> std::io::Result<()> {
+    let children = || shared.children.lock().unwrap_or_else(|p| p.into_inner());
+    children().push(peer.clone());
+    let kind = if peer.remote.is_some() {
+        "remote"
+    } else {
+        "child"
+    };
+    let (me, serving) = (peer.clone(), shared.clone());
+    let spawned = std::thread::Builder::new()
+        .name(format!("msgport-ipc-{kind}-{}", peer.id))
+        .spawn(move || serve(&serving, &me));
+    if let Err(e) = spawned {
+        children().retain(|c| c != peer);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Serves one child's connection until it closes. This thread only ever pulls from the

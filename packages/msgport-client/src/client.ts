@@ -112,7 +112,7 @@ class Relay {
     const { local, partner } = this
     local.onmessage = (e: MessageEvent) => {
       this.forwarded++
-      this.client.forward(this.id, e.data, [...e.ports])
+      this.client.forward(this.id, e.data, e.ports)
       this.checkPageClose()
     }
     if (NATIVE_CLOSE) {
