@@ -1,5 +1,6 @@
 //! The code a link runs on what a peer writes: a fuzzer-chosen sequence of writes of any size,
-//! each carrying any number of descriptors (`/dev/null`, or real sockets), read by the link's
+//! each carrying any number of descriptors (`/dev/null`, real sockets, or shared-memory regions
+//! with fuzzer-made bodies, sealed or not), read by the link's
 //! own read path (framing, descriptor accounting, decoding, importing ports). Never a panic, an
 //! abort, a hang, or a descriptor left behind.
 #![no_main]

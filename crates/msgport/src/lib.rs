@@ -114,6 +114,7 @@ compile_error!(
      crate documentation, section Platform"
 );
 
+mod buffers;
 pub mod codec;
 mod dispatch;
 mod error;

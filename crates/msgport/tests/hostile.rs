@@ -516,8 +516,12 @@ fn a_closed_port_whose_peer_never_reads_is_released() {
                 ..msgport::Limits::default()
             });
             let (port, peer) = hostile_pair();
-            let big = Value::Binary(bin(vec![0u8; 16 << 20]));
-            port.post_message(big, []).unwrap();
+            // 16 MiB the socket cannot take, in messages small enough to travel in it (larger
+            // ones go through shared memory, whose frames the socket takes at once).
+            for _ in 0..80 {
+                let chunk = Value::Binary(bin(vec![0u8; 200 << 10]));
+                port.post_message(chunk, []).unwrap();
+            }
             let before = open_fds();
             drop(port);
             std::thread::sleep(Duration::from_secs(2));

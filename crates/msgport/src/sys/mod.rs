@@ -7,7 +7,7 @@
 //! Contract: every descriptor this module creates or receives is close-on-exec (a copy leaked
 //! into a child would hide the death of a port's peer), and only `OwnedFd` / `BorrowedFd` leave
 //! it. The `unsafe` code of the crate lives here (inheriting and adopting the bootstrap socket,
-//! reading `SO_PEERCRED`), besides the in-place message storage of `inline.rs`. Proven by the
+//! reading `SO_PEERCRED`, mapping shared-memory regions in [`shm`]), besides the in-place message storage of `inline.rs`. Proven by the
 //! unit tests below and by `tests/hostile.rs` (inheritance, adoption, credentials).
 
 use std::collections::VecDeque;
@@ -16,6 +16,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 pub(crate) mod poll;
+pub(crate) mod shm;
 
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,

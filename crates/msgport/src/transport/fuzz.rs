@@ -11,11 +11,16 @@ use crate::sys;
 ///
 /// ```text
 /// input = piece*
-/// piece = len: u8 | fds: u8 | bytes[len]    fds: low 7 bits = count (mod 254), top bit = sockets
+/// piece = len: u8 | fds: u8 | bytes[len]
+/// fds   = 1 count[7]          ends of fresh socket pairs (at most 8)
+///       | 0 1 sealed count[5] shared-memory regions (at most 4): bytes = split: u8 | sent[split] | region
+///       | 0 0 count[6]        /dev/null
 /// ```
 ///
-/// A piece is one `sendmsg` of its bytes with `count` descriptors attached: `/dev/null`, or
-/// (top bit) ends of fresh socket pairs, so that records carrying sockets take the import path.
+/// A piece is one `sendmsg` of its bytes with `count` descriptors attached: `/dev/null`, ends of
+/// fresh socket pairs (so that records carrying sockets take the import path), or `memfd`
+/// regions holding the piece's last bytes at the body offset, sealed against shrinking or not
+/// (so that region frames take the shared-memory path with fuzzer-made bodies).
 /// Checks that whatever the input, no descriptor is left behind once the port is closed and
 /// drained (the fuzzer runs one thread; other threads opening descriptors would confuse the
 /// count). Returns how many messages arrived.
@@ -48,24 +53,36 @@ fn play(mut input: &[u8], started: &mut dyn FnMut()) -> usize {
         let len = usize::from(*len).min(rest.len());
         let (bytes, next) = rest.split_at(len);
         input = next;
-        let count = usize::from(kind & 0x7f) % (sys::MAX_FDS_PER_SEND + 1);
+        let mut bytes = bytes;
         let mut pairs = Vec::new();
+        let mut regions = Vec::new();
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         if kind & 0x80 != 0 {
-            for _ in 0..count.min(8) {
+            for _ in 0..usize::from(kind & 0x7f).min(8) {
                 if let Ok((a, b)) = sys::socketpair() {
                     pairs.push((a, b));
                 }
             }
             fds.extend(pairs.iter().map(|(a, _)| a.as_fd()));
+        } else if kind & 0x40 != 0 {
+            let (sent, region) = match bytes.split_first() {
+                Some((&split, rest)) => rest.split_at(usize::from(split).min(rest.len())),
+                None => (bytes, &[][..]),
+            };
+            bytes = sent;
+            for _ in 0..usize::from(kind & 0x1f).min(4) {
+                regions.extend(region_with(region, kind & 0x20 != 0));
+            }
+            fds.extend(regions.iter().map(|r| r.as_fd()));
         } else {
-            fds.extend(std::iter::repeat_n(null.as_fd(), count));
+            fds.extend(std::iter::repeat_n(null.as_fd(), usize::from(kind & 0x3f)));
         }
         if !bytes.is_empty() {
             let _ = sys::send(raw.as_fd(), &[IoSlice::new(bytes)], &fds);
         }
         drop(fds);
         drop(pairs);
+        drop(regions);
         messages += drain(&port);
     }
     drop(raw);
@@ -73,6 +90,27 @@ fn play(mut input: &[u8], started: &mut dyn FnMut()) -> usize {
     drop(port);
     drop(null);
     messages
+}
+
+/// A `memfd` holding `body` at the body offset (after a state word saying "in flight"), sealed
+/// against shrinking and growing when `sealed`.
+fn region_with(body: &[u8], sealed: bool) -> Option<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(
+        "fuzz-region",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .ok()?;
+    let mut content = vec![0u8; super::shm::BODY_AT];
+    content[..4].copy_from_slice(&1u32.to_ne_bytes());
+    content.extend_from_slice(body);
+    let file = std::fs::File::from(fd);
+    std::os::unix::fs::FileExt::write_all_at(&file, &content, 0).ok()?;
+    let fd = OwnedFd::from(file);
+    if sealed {
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).ok()?;
+    }
+    Some(fd)
 }
 
 /// Takes every message the port has now, with its ports (which are closed at once).
@@ -105,10 +143,10 @@ mod tests {
         let frame = [3, 0, 0, 0, 0, 0, 0, 0, 0x82, 0xf6, 0x80];
         let input = [piece(&frame[..5], 0), piece(&frame[5..], 0)].concat();
         assert_eq!(play(&input, &mut || ()), 1);
-        // A frame announcing no descriptors, sent with 100 of them: the frame is whole in that
+        // A frame announcing no descriptors, sent with 60 of them: the frame is whole in that
         // read and may be delivered (the stray descriptors could belong to a later frame of the
         // same read), then the port closes instead of reading the second copy.
-        let input = [piece(&frame, 100), piece(&frame, 0)].concat();
+        let input = [piece(&frame, 60), piece(&frame, 0)].concat();
         assert_eq!(play(&input, &mut || ()), 1);
         // A socket record with a real socket.
         let body = [0x82, 0xf6, 0x81, 0x85, 0x01, 0x80, 0x40, 0x00, 0x80];
@@ -116,5 +154,21 @@ mod tests {
         frame.extend(1u32.to_le_bytes());
         frame.extend(body);
         assert_eq!(play(&piece(&frame, 0x81), &mut || ()), 1);
+        // A region frame with its body in a sealed region, then one whose region is not sealed
+        // (the port closes: one message).
+        let body = [0x82, 0xf6, 0x80];
+        let mut region_frame = 8u32.to_le_bytes().to_vec();
+        region_frame.extend((1u32 | 1 << 31).to_le_bytes());
+        region_frame.extend((body.len() as u64).to_le_bytes());
+        let split = [&[region_frame.len() as u8][..], &region_frame, &body].concat();
+        let input = [piece(&split, 0x61), piece(&split, 0x61)].concat();
+        assert_eq!(play(&input, &mut || ()), 2);
+        let input = [
+            piece(&split, 0x61),
+            piece(&split, 0x41),
+            piece(&split, 0x61),
+        ]
+        .concat();
+        assert_eq!(play(&input, &mut || ()), 1);
     }
 }

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::handoff::{self, Backlog, Handover, Outgoing, Segment};
 use super::reactor::{self, reactor, SharedFd};
+use super::shm;
 use super::wire::{self, Frame, WireError};
 use crate::error::PostError;
 use crate::event::MessageEvent;
@@ -91,6 +92,10 @@ struct Io {
     sized: bool,
     /// Close once `out` is flushed.
     closing: bool,
+    /// Shared-memory regions for this link's large frames.
+    regions: shm::Regions,
+    /// Regions the peer sent, kept mapped for its next large frames.
+    mapped: shm::Mapped,
 }
 
 struct Chunk {
@@ -112,29 +117,6 @@ const LARGE_FRAME: usize = 256 * 1024;
 /// The most bytes one reactor turn reads from one link before it serves the others.
 pub(crate) const READ_BUDGET: usize = 1 << 20;
 const MAX_IOV: usize = 64;
-
-/// Receive buffers larger than [`READ_CHUNK`], kept for the next large frame of any link (at
-/// most [`POOL_BUFFERS`] of at most [`KEEP_BUFFER`] bytes): a link gives its large buffer back
-/// as soon as it holds no partial frame, so what a process keeps does not grow with its links.
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-const POOL_BUFFERS: usize = 2;
-const KEEP_BUFFER: usize = 32 << 20;
-
-fn pool_take() -> Vec<u8> {
-    POOL.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .pop()
-        .unwrap_or_default()
-}
-
-fn pool_put(buf: Vec<u8>) {
-    if buf.len() <= KEEP_BUFFER {
-        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL_BUFFERS {
-            pool.push(buf);
-        }
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -205,8 +187,31 @@ impl Link {
     /// Exports the ports, encodes and writes a message.
     fn send(&self, data: WireData, ports: Vec<MessagePort>) -> Result<(), PostError> {
         let message = handoff::export_message(data, ports)?;
-        self.send_frame(wire::encode_frame(message)?);
+        let frame = wire::encode_frame(message)?;
+        let frame = if shm::wants(&frame) {
+            self.through_region(frame)
+        } else {
+            frame
+        };
+        self.send_frame(frame);
         Ok(())
+    }
+
+    /// A large frame's body written into one of the link's shared-memory regions (outside the
+    /// lock), and the region frame that stands for it; the frame itself when no region can be
+    /// had (every one in flight, or the process's budget spent).
+    fn through_region(&self, frame: Frame) -> Frame {
+        let region = {
+            let mut io = lock(&self.io);
+            if io.fd.is_none() {
+                return frame;
+            }
+            shm::lease(&mut io.regions, &frame)
+        };
+        match region {
+            Some(region) => shm::stage(&region, frame).unwrap_or_else(|frame| frame),
+            None => frame,
+        }
     }
 
     /// Writes a frame, or queues it behind earlier ones. Never blocks.
@@ -304,7 +309,9 @@ impl Link {
                                 "msgport: descriptors left without bytes to carry them"
                             );
                         }
-                        io.out.pop_front();
+                        if let Some(done) = io.out.pop_front() {
+                            crate::buffers::give(done.bytes);
+                        }
                         if n == 0 {
                             break;
                         }
@@ -576,15 +583,26 @@ impl Link {
         ports: &mut Vec<(usize, Vec<Handover>)>,
     ) -> Result<(), WireError> {
         let mut start = 0;
-        while let Some((len, nfds)) = wire::next_frame(&io.inbuf[start..io.filled])? {
+        while let Some(head) = wire::next_frame(&io.inbuf[start..io.filled])? {
+            let (len, nfds) = (head.len, head.nfds);
             if nfds > io.infds.len() {
                 return Err(WireError::Descriptors);
             }
-            let fds: VecDeque<OwnedFd> = io.infds.drain(..nfds).collect();
+            let mut fds: VecDeque<OwnedFd> = io.infds.drain(..nfds).collect();
             let body = &io.inbuf[start + wire::HEADER..start + wire::HEADER + len];
-            let frame = wire::decode_body(body, fds)?;
+            let (frame, size) = if head.shared {
+                let size = wire::shared_size(body)?;
+                let region = fds.pop_front().ok_or(WireError::Descriptors)?;
+                let frame = shm::receive(&mut io.mapped, region.as_fd(), size, |body| {
+                    wire::decode_body(body, fds)
+                })
+                .map_err(WireError::Region)??;
+                (frame, size)
+            } else {
+                (wire::decode_body(body, fds)?, len)
+            };
             let cost =
-                wire::HEADER + len + frame.records * wire::RECORD_COST + nfds * wire::FD_COST;
+                wire::HEADER + size + frame.records * wire::RECORD_COST + nfds * wire::FD_COST;
             let Outgoing {
                 data,
                 ports: handovers,
@@ -603,7 +621,7 @@ impl Link {
             return Err(WireError::Descriptors);
         }
         if io.filled == 0 && io.inbuf.len() > READ_CHUNK {
-            pool_put(std::mem::take(&mut io.inbuf));
+            crate::buffers::give(std::mem::take(&mut io.inbuf));
         }
         Ok(())
     }
@@ -619,6 +637,7 @@ impl Link {
         }
         io.out.clear();
         io.closing = false;
+        io.regions.clear();
     }
 
     /// A bug of ours panicked while serving this link (caught by the reactor): close the port
@@ -691,6 +710,10 @@ impl Link {
                 fds: chunk.fds,
             })
             .collect();
+        // Region frames not yet written travel with their regions' descriptors; this process
+        // writes no more frames here, and reads none.
+        io.regions.clear();
+        io.mapped.clear();
         let filled = io.filled;
         let mut prefix = std::mem::take(&mut io.inbuf);
         prefix.truncate(filled);
@@ -732,12 +755,12 @@ impl Io {
             return;
         }
         if want > READ_CHUNK {
-            let mut big = pool_take();
-            if big.len() > self.inbuf.len() {
+            // A kept buffer (a link holds a large one only while it holds a partial frame),
+            // or else this one grown in place.
+            if let Some(mut big) = crate::buffers::take_filled(want) {
                 big[..self.filled].copy_from_slice(&self.inbuf[..self.filled]);
-                self.inbuf = big;
-            } else if !big.is_empty() {
-                pool_put(big);
+                let small = std::mem::replace(&mut self.inbuf, big);
+                crate::buffers::give(small);
             }
         }
         if self.inbuf.len() < want {
@@ -747,6 +770,7 @@ impl Io {
 
     /// Drops what was read: the socket is gone.
     fn release_input(&mut self) {
+        self.mapped.clear();
         self.inbuf = Vec::new();
         self.filled = 0;
         self.infds.clear();

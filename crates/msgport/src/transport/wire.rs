@@ -69,35 +69,89 @@ pub(crate) enum WireError {
     BadSlot(u32),
     #[error("frame carries more than {MAX_PORTS} ports or descriptors")]
     TooManyPorts,
+    #[error("shared-memory region refused: {0}")]
+    Region(std::io::Error),
+}
+
+/// Set in a frame header's descriptor count: the body is in a shared-memory region
+/// ([`shm`](super::shm)), the frame's own body is that body's length, and its first descriptor
+/// is the region.
+pub(crate) const SHARED: u32 = 1 << 31;
+/// A region frame's size: its header and the region body's length (u64 LE).
+pub(crate) const SHARED_FRAME: usize = HEADER + 8;
+
+/// A frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    /// Length of the body that follows the header.
+    pub len: usize,
+    /// Descriptors of the frame (a region frame's region included).
+    pub nfds: usize,
+    /// A region frame.
+    pub shared: bool,
+}
+
+fn head(bytes: &[u8]) -> Option<Head> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let nfds = u32::from_le_bytes(bytes.get(4..HEADER)?.try_into().ok()?);
+    Some(Head {
+        len,
+        nfds: (nfds & !SHARED) as usize,
+        shared: nfds & SHARED != 0,
+    })
 }
 
 /// Reads a frame header: (body length, descriptor count).
 pub(crate) fn header(bytes: &[u8]) -> Option<(usize, usize)> {
-    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    let nfds = u32::from_le_bytes(bytes.get(4..HEADER)?.try_into().ok()?) as usize;
-    Some((len, nfds))
+    head(bytes).map(|h| (h.len, h.nfds))
 }
 
 /// Checks a frame header against the limits.
-pub(crate) fn check_header(len: usize, nfds: usize) -> Result<(), WireError> {
-    if len > max_frame() {
-        return Err(WireError::TooLarge(len));
+fn check_header(h: Head) -> Result<(), WireError> {
+    if h.len > max_frame() {
+        return Err(WireError::TooLarge(h.len));
     }
-    if nfds > MAX_PORTS {
+    if h.nfds > MAX_PORTS + usize::from(h.shared) {
         return Err(WireError::TooManyPorts);
+    }
+    if h.shared && (h.len != SHARED_FRAME - HEADER || h.nfds == 0) {
+        return Err(CodecError::Invalid("a region frame is 8 bytes with its region").into());
     }
     Ok(())
 }
 
 /// The framing routine, for the link and the fuzzer alike: the next frame at the start of
-/// `buf`, if all of it is there, as (body length, descriptor count). A header that breaks a
-/// limit is an error as soon as it is complete, before its body arrives.
-pub(crate) fn next_frame(buf: &[u8]) -> Result<Option<(usize, usize)>, WireError> {
-    let Some((len, nfds)) = header(buf) else {
+/// `buf`, if all of it is there. A header that breaks a limit is an error as soon as it is
+/// complete, before its body arrives.
+pub(crate) fn next_frame(buf: &[u8]) -> Result<Option<Head>, WireError> {
+    let Some(h) = head(buf) else {
         return Ok(None);
     };
-    check_header(len, nfds)?;
-    Ok((buf.len() - HEADER >= len).then_some((len, nfds)))
+    check_header(h)?;
+    Ok((buf.len() - HEADER >= h.len).then_some(h))
+}
+
+/// A region frame: the header (`nfds` descriptors, the region first) and the length of the
+/// body in the region.
+pub(crate) fn shared_frame(size: usize, nfds: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SHARED_FRAME);
+    out.extend_from_slice(&((SHARED_FRAME - HEADER) as u32).to_le_bytes());
+    out.extend_from_slice(&(nfds as u32 | SHARED).to_le_bytes());
+    out.extend_from_slice(&(size as u64).to_le_bytes());
+    out
+}
+
+/// The length of the body a region frame's body announces, checked against the limit.
+pub(crate) fn shared_size(body: &[u8]) -> Result<usize, WireError> {
+    let size = body
+        .try_into()
+        .map(u64::from_le_bytes)
+        .map_err(|_| CodecError::Invalid("a region frame is 8 bytes"))?;
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    if size > max_frame() {
+        return Err(WireError::TooLarge(size));
+    }
+    Ok(size)
 }
 
 /// How many received descriptors may be waiting while `partial` (the start of a frame, not all
@@ -105,10 +159,10 @@ pub(crate) fn next_frame(buf: &[u8]) -> Result<Option<(usize, usize)>, WireError
 /// is complete, what the bytes read so far can carry. `Err` if `partial` is not the start of a
 /// valid frame.
 pub(crate) fn unclaimed_limit(partial: &[u8]) -> Result<usize, WireError> {
-    match header(partial) {
-        Some((len, nfds)) => {
-            check_header(len, nfds)?;
-            Ok(nfds)
+    match head(partial) {
+        Some(h) => {
+            check_header(h)?;
+            Ok(h.nfds)
         }
         None => Ok(partial.len() * sys::MAX_FDS_PER_SEND),
     }
@@ -117,6 +171,7 @@ pub(crate) fn unclaimed_limit(partial: &[u8]) -> Result<usize, WireError> {
 /// One encoded frame: its bytes in parts (the first starts with the header; large byte strings
 /// are parts of their own, moved out of the message, never copied), and the descriptors to
 /// attach.
+#[derive(Debug)]
 pub(crate) struct Frame {
     pub parts: Vec<Vec<u8>>,
     pub fds: Vec<OwnedFd>,
@@ -455,7 +510,7 @@ impl Reader<'_> {
 /// fuzz target's entry. Returns how many frames decoded before the first error or the end.
 pub(crate) fn decode_stream(mut bytes: &[u8]) -> usize {
     let mut frames = 0;
-    while let Ok(Some((len, nfds))) = next_frame(bytes) {
+    while let Ok(Some(Head { len, nfds, .. })) = next_frame(bytes) {
         if nfds > 0 {
             break;
         }
@@ -535,7 +590,7 @@ mod tests {
             "the large byte string is a part of its own"
         );
         let bytes: Vec<u8> = frame.parts.concat();
-        let (len, nfds) = next_frame(&bytes).unwrap().unwrap();
+        let Head { len, nfds, .. } = next_frame(&bytes).unwrap().unwrap();
         assert_eq!((HEADER + len, nfds), (bytes.len(), 5));
         let decoded = decode_body(&bytes[HEADER..], frame.fds.into()).unwrap();
         assert_eq!(decoded.records, 2);

@@ -1,0 +1,64 @@
+//! Large byte buffers kept for the next large message: a fresh buffer of many megabytes costs a
+//! page fault per page (each zero-filled by the kernel) every time, a kept one costs nothing. A
+//! link's receive buffer, and the buffer a large byte string is serialized into, come from here
+//! and go back here once their bytes are written or decoded.
+//!
+//! Bounded: at most [`KEPT`] buffers of at most [`KEEP_MAX`] bytes each, for the whole process,
+//! whatever the number of links.
+
+use std::sync::Mutex;
+
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// Buffers below this size are not worth keeping (the allocator serves them from its heap).
+const KEEP_MIN: usize = 64 * 1024;
+const KEEP_MAX: usize = 32 << 20;
+const KEPT: usize = 4;
+
+fn pool() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+    POOL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A buffer with room for at least `capacity` bytes; its length and contents are whatever it
+/// held before (callers `clear` or overwrite it).
+pub(crate) fn take(capacity: usize) -> Vec<u8> {
+    take_kept(capacity, Vec::capacity).unwrap_or_else(|| Vec::with_capacity(capacity))
+}
+
+/// A kept buffer already at least `len` bytes long (its bytes initialized: no need to fill it
+/// in before reading into it), if there is one.
+pub(crate) fn take_filled(len: usize) -> Option<Vec<u8>> {
+    take_kept(len, Vec::len)
+}
+
+fn take_kept(size: usize, measure: fn(&Vec<u8>) -> usize) -> Option<Vec<u8>> {
+    if size < KEEP_MIN {
+        return None;
+    }
+    let mut pool = pool();
+    let fits = pool
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| measure(b) >= size)
+        .min_by_key(|(_, b)| measure(b))
+        .map(|(i, _)| i)?;
+    Some(pool.swap_remove(fits))
+}
+
+/// Gives a buffer back for later use (kept only if it is large, and not too large; the smallest
+/// kept one makes way for a larger one).
+pub(crate) fn give(buf: Vec<u8>) {
+    let size = buf.capacity();
+    if !(KEEP_MIN..=KEEP_MAX).contains(&size) {
+        return;
+    }
+    let mut pool = pool();
+    if pool.len() < KEPT {
+        pool.push(buf);
+    } else if let Some(smallest) = pool.iter_mut().min_by_key(|b| b.capacity()) {
+        if smallest.capacity() < size {
+            let old = std::mem::replace(smallest, buf);
+            drop(pool);
+            drop(old);
+        }
+    }
+}

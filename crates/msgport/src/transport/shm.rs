@@ -1,0 +1,312 @@
+//! Large frames through shared memory (docs/wire-format.md, "Large frames").
+//!
+//! A frame whose body is at least [`MIN`] bytes is written into a `memfd` region of the link
+//! that sends it, and the socket carries only a 16-byte *region frame*: a header flagged
+//! [`wire::SHARED`], the body's length, and the region's descriptor as the frame's first
+//! descriptor (the message's own descriptors follow). The receiver maps the region, decodes the
+//! body from it as it would from the socket, marks the region free again through its state word
+//! and unmaps it: it keeps nothing of it. The sender reuses a region once its state says free.
+//!
+//! ```text
+//! region = state: u32 (native endian) | unused[60] | body
+//! state  = 0 free (written by the receiver when done) | 1 in flight (written by the sender)
+//! ```
+//!
+//! Each link keeps its own regions and reuses them only on that link: a process that received
+//! a region (and may keep a mapping of it) never sees another peer's messages in it. What this
+//! costs is bounded per link ([`KEEP_IDLE`], [`PER_LINK`]) and per process ([`MAX_REGIONS`],
+//! [`MAX_BYTES`]); when a region cannot be had, the frame goes through the socket as any other.
+//! A receiver that never frees its regions keeps at most that much of the sender's memory.
+//!
+//! Proven by: the unit tests below, `tests/transport.rs` (`large_messages_travel_in_shared_memory`
+//! and the hostile region frames of `tests/hostile.rs`), and the `link` fuzz target, which
+//! sends fuzzer-made regions.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::wire::{self, Frame};
+use crate::sys::shm::{self, Mapping};
+
+/// Frame bodies at least this large travel in a region.
+pub(crate) const MIN: usize = 256 << 10;
+/// Where a region's body starts: its first bytes are the state word.
+pub(crate) const BODY_AT: usize = 64;
+/// Regions are sized in steps of this many bytes (so that one region serves messages of
+/// similar sizes).
+const GRAIN: usize = 1 << 20;
+/// The most regions, in flight or free, one link holds.
+const PER_LINK: usize = 8;
+/// The most bytes of free regions one link keeps for later frames.
+const KEEP_IDLE: usize = 64 << 20;
+/// The most regions, and bytes of regions, a process holds over all its links.
+const MAX_REGIONS: usize = 256;
+const MAX_BYTES: usize = 2 << 30;
+
+const FREE: u32 = 0;
+const IN_FLIGHT: u32 = 1;
+
+static REGIONS: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// A region this process made for one link.
+pub(crate) struct Region {
+    fd: OwnedFd,
+    map: Mapping,
+}
+
+impl Region {
+    /// Makes a region of at least `need` bytes, if the process's budget allows it.
+    fn create(need: usize) -> Option<Region> {
+        let size = need.checked_next_multiple_of(GRAIN)?;
+        if REGIONS.fetch_add(1, Ordering::Relaxed) >= MAX_REGIONS
+            || BYTES.fetch_add(size, Ordering::Relaxed) + size > MAX_BYTES
+        {
+            // Undone by the drop of a region that never existed: count it as one.
+            REGIONS.fetch_sub(1, Ordering::Relaxed);
+            BYTES.fetch_sub(size, Ordering::Relaxed);
+            return None;
+        }
+        match shm::create(size) {
+            Ok((fd, map)) => Some(Region { fd, map }),
+            Err(e) => {
+                tracing::debug!("msgport: no shared-memory region ({e}); using the socket");
+                REGIONS.fetch_sub(1, Ordering::Relaxed);
+                BYTES.fetch_sub(size, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.map.len()
+    }
+
+    fn is_free(&self) -> bool {
+        // Acquire: the receiver's reads of the last body happen before our next write.
+        self.map.state().load(Ordering::Acquire) == FREE
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        REGIONS.fetch_sub(1, Ordering::Relaxed);
+        BYTES.fetch_sub(self.size(), Ordering::Relaxed);
+    }
+}
+
+/// A link's regions.
+#[derive(Default)]
+pub(crate) struct Regions {
+    all: Vec<Arc<Region>>,
+}
+
+impl Regions {
+    /// A free region of at least `need` bytes, now marked in flight: the smallest free one that
+    /// fits, else a new one (dropping free ones to stay within the link's bounds). Free regions
+    /// past [`KEEP_IDLE`] bytes are dropped.
+    fn lease(&mut self, need: usize) -> Option<Arc<Region>> {
+        let fits = self
+            .all
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_free() && r.size() >= need)
+            .min_by_key(|(_, r)| r.size())
+            .map(|(i, _)| i);
+        let region = match fits {
+            Some(i) => self.all[i].clone(),
+            None => {
+                while self.all.len() >= PER_LINK {
+                    let i = self.all.iter().position(|r| r.is_free())?;
+                    self.all.swap_remove(i);
+                }
+                let region = Arc::new(Region::create(need)?);
+                self.all.push(region.clone());
+                region
+            }
+        };
+        region.map.state().store(IN_FLIGHT, Ordering::Relaxed);
+        let mut idle: usize = self
+            .all
+            .iter()
+            .filter(|r| r.is_free())
+            .map(|r| r.size())
+            .sum();
+        while idle > KEEP_IDLE {
+            let Some((i, size)) = self
+                .all
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_free())
+                .map(|(i, r)| (i, r.size()))
+                .max_by_key(|&(_, size)| size)
+            else {
+                break;
+            };
+            self.all.swap_remove(i);
+            idle -= size;
+        }
+        Some(region)
+    }
+
+    /// Drops every region (the link is closed: a receiver still holding one keeps its pages
+    /// alive until it is done with them).
+    pub(crate) fn clear(&mut self) {
+        self.all.clear();
+    }
+}
+
+/// Whether a frame of this body size goes through a region.
+pub(crate) fn wants(frame: &Frame) -> bool {
+    let size = frame.parts.iter().map(Vec::len).sum::<usize>() - wire::HEADER;
+    // A region frame's 16 bytes must be able to carry the message's descriptors too.
+    size >= MIN && frame.fds.len() < wire::SHARED_FRAME * crate::sys::MAX_FDS_PER_SEND
+}
+
+/// Takes a region of `regions` for `frame`'s body (under the link's lock, briefly).
+pub(crate) fn lease(regions: &mut Regions, frame: &Frame) -> Option<Arc<Region>> {
+    let size = frame.parts.iter().map(Vec::len).sum::<usize>() - wire::HEADER;
+    regions.lease(BODY_AT.checked_add(size)?)
+}
+
+/// Writes `frame`'s body into `region` (outside the link's lock) and returns the region frame
+/// that stands for it, with the region's descriptor first. The frame comes back (and the region
+/// is free again) if the descriptor cannot be duplicated: it then goes through the socket.
+pub(crate) fn stage(region: &Region, frame: Frame) -> Result<Frame, Frame> {
+    let fd = match crate::sys::dup(region.fd.as_fd()) {
+        Ok(fd) => fd,
+        Err(_) => {
+            region.map.state().store(FREE, Ordering::Release);
+            return Err(frame);
+        }
+    };
+    let mut at = BODY_AT;
+    let mut skip = wire::HEADER;
+    for part in &frame.parts {
+        let bytes = &part[skip..];
+        skip = 0;
+        let written = region.map.write(at, bytes);
+        debug_assert!(written, "the region was leased for this body");
+        at += bytes.len();
+    }
+    let size = at - BODY_AT;
+    // The parts are spent: large ones (serialized byte strings) are kept for the next message.
+    frame.parts.into_iter().for_each(crate::buffers::give);
+    let mut fds = Vec::with_capacity(frame.fds.len() + 1);
+    fds.push(fd);
+    fds.extend(frame.fds);
+    Ok(Frame {
+        parts: vec![wire::shared_frame(size, fds.len())],
+        fds,
+    })
+}
+
+/// The regions a link's peer sent, still mapped: a region comes back with every frame it
+/// carries, and mapping it again each time (page tables and all) cost as much as copying its
+/// body. At most [`PER_LINK`] (the most a sender uses per link), the oldest unmapped first.
+#[derive(Default)]
+pub(crate) struct Mapped {
+    maps: std::collections::VecDeque<((u64, u64), Mapping)>,
+}
+
+impl Mapped {
+    pub(crate) fn clear(&mut self) {
+        self.maps.clear();
+    }
+}
+
+/// Reads a region frame's body: maps `region` (checked: sealed, large enough), or finds it
+/// mapped from an earlier frame, decodes the body with `decode`, then frees the region for its
+/// sender.
+pub(crate) fn receive<T>(
+    mapped: &mut Mapped,
+    region: BorrowedFd<'_>,
+    size: usize,
+    decode: impl FnOnce(&[u8]) -> T,
+) -> Result<T, std::io::Error> {
+    let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidData);
+    let need = BODY_AT.checked_add(size).ok_or_else(invalid)?;
+    let (dev, ino, file_size) = shm::identify(region)?;
+    let key = (dev, ino);
+    let found = mapped.maps.iter().position(|(k, _)| *k == key);
+    let map = match found {
+        Some(i) if mapped.maps[i].1.len() >= need => &mapped.maps[i].1,
+        _ => {
+            if let Some(i) = found {
+                mapped.maps.remove(i);
+            }
+            // The whole region (up to what a frame may use), so that later frames fit.
+            let limit = BODY_AT.saturating_add(wire::max_frame());
+            let len = usize::try_from(file_size).unwrap_or(usize::MAX).min(limit);
+            let map = shm::open(region, len.max(need))?;
+            if mapped.maps.len() >= PER_LINK {
+                mapped.maps.pop_front();
+            }
+            mapped.maps.push_back((key, map));
+            &mapped.maps.back().ok_or_else(invalid)?.1
+        }
+    };
+    let body = map.bytes(BODY_AT, size).ok_or_else(invalid)?;
+    let out = decode(body);
+    // Release: our reads of the body happen before the sender's next write.
+    map.state().store(FREE, Ordering::Release);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(size: usize) -> Frame {
+        let mut head = vec![0u8; wire::HEADER];
+        head.extend(std::iter::repeat_n(7u8, size));
+        Frame {
+            parts: vec![head],
+            fds: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_region_is_reused_once_the_receiver_frees_it() {
+        let mut regions = Regions::default();
+        let f = frame(MIN);
+        assert!(wants(&f));
+        assert!(!wants(&frame(MIN - 1)));
+        let first = lease(&mut regions, &f).unwrap();
+        // In flight: a second frame gets a second region.
+        let second = lease(&mut regions, &f).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        let sent = stage(&first, f).unwrap();
+        assert_eq!(sent.fds.len(), 1);
+        let mut mapped = Mapped::default();
+        let body = receive(&mut mapped, sent.fds[0].as_fd(), MIN, |b| b.to_vec()).unwrap();
+        assert_eq!(body, vec![7u8; MIN]);
+        // Freed by the receiver: reused.
+        let third = lease(&mut regions, &frame(MIN)).unwrap();
+        assert!(Arc::ptr_eq(&first, &third));
+        assert_eq!(regions.all.len(), 2);
+    }
+
+    #[test]
+    fn a_link_holds_a_bounded_number_of_regions() {
+        let mut regions = Regions::default();
+        let held: Vec<_> = (0..PER_LINK)
+            .map(|_| lease(&mut regions, &frame(MIN)).unwrap())
+            .collect();
+        // Every region in flight: the frame goes through the socket.
+        assert!(lease(&mut regions, &frame(MIN)).is_none());
+        held[3].map.state().store(FREE, Ordering::Release);
+        assert!(lease(&mut regions, &frame(MIN)).is_some());
+        regions.clear();
+    }
+
+    #[test]
+    fn a_receiver_refuses_a_region_smaller_than_the_frame() {
+        let mut regions = Regions::default();
+        let region = lease(&mut regions, &frame(MIN)).unwrap();
+        let sent = stage(&region, frame(MIN)).unwrap();
+        let mut mapped = Mapped::default();
+        assert!(receive(&mut mapped, sent.fds[0].as_fd(), 64 << 20, |_| ()).is_err());
+    }
+}
