@@ -18,9 +18,10 @@
 //! [`MAX_BYTES`]); when a region cannot be had, the frame goes through the socket as any other.
 //! A receiver that never frees its regions keeps at most that much of the sender's memory.
 //!
-//! Proven by: the unit tests below, `tests/transport.rs` (`large_messages_travel_in_shared_memory`
-//! and the hostile region frames of `tests/hostile.rs`), and the `link` fuzz target, which
-//! sends fuzzer-made regions.
+//! Proven by: the unit tests below, `tests/shared_memory.rs` (`large_messages_travel_in_shared_memory`,
+//! `regions_are_reused_and_bounded`, `a_port_moved_with_region_frames_unread_loses_nothing`,
+//! `hostile_region_frames_close_only_their_port`), and the `link` fuzz target, which sends
+//! fuzzer-made regions.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
