@@ -31,7 +31,7 @@ use crate::event::{MessageEvent, Payload};
 use crate::sync::Arc;
 use crate::value::Value;
 pub(crate) use endpoint::{Endpoint, Pulled};
-pub(crate) use outbound::{Outbound, PullMode, WireData};
+pub(crate) use outbound::{Encoder, Outbound, PullMode, WireData};
 
 /// A connected pair of ports: a message posted on one arrives on the other.
 ///
@@ -271,24 +271,25 @@ impl MessagePort {
                 // A `Value` is taken as is (no allocation to find out); anything else is
                 // serialized straight to CBOR (the bytes the `Value` would have made).
                 let mut slot = Some(data);
-                let data =
-                    match (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Value>>() {
-                        Some(v) => WireData::Value(v.take().unwrap_or(Value::Undefined)),
-                        None => match slot.as_ref() {
-                            Some(data) => match encode_direct(data, ports.len()) {
-                                Ok(encoded) => WireData::Encoded(encoded),
-                                Err(error) => return Err(Refused { error, ports }),
-                            },
-                            None => WireData::Value(Value::Undefined),
-                        },
-                    };
                 if !self.awaiting_answer.load(Ordering::Relaxed) {
                     self.awaiting_answer.store(true, Ordering::Relaxed);
                 }
-                out.post(data, ports).map_err(|error| Refused {
-                    error,
-                    ports: Vec::new(),
-                })
+                match (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Value>>() {
+                    Some(v) => {
+                        let data = WireData::Value(v.take().unwrap_or(Value::Undefined));
+                        out.post(data, ports).map_err(|error| Refused {
+                            error,
+                            ports: Vec::new(),
+                        })
+                    }
+                    None => match slot.as_ref() {
+                        Some(data) => {
+                            let n = ports.len();
+                            out.post_encoded(&mut |spill| encode_direct(data, n, spill), ports)
+                        }
+                        None => Ok(()),
+                    },
+                }
             }
         }
     }
@@ -320,9 +321,10 @@ impl MessagePort {
         let ports: Vec<MessagePort> = transfer.into_iter().collect();
         match &self.peer {
             Peer::Remote(out) => {
-                let encoded = encode_direct(data, ports.len())?;
                 self.awaiting_answer.store(true, Ordering::Relaxed);
-                out.post(WireData::Encoded(encoded), ports)
+                let n = ports.len();
+                out.post_encoded(&mut |spill| encode_direct(data, n, spill), ports)
+                    .map_err(|refused| refused.error)
             }
             Peer::Local(_) => match crate::value::to_value(data) {
                 Ok(value) => self.post_message(value, ports),
@@ -520,8 +522,9 @@ impl futures_core::Stream for MessagePort {
 fn encode_direct<T: Serialize + ?Sized>(
     data: &T,
     transferred: usize,
+    spill: Option<&mut dyn crate::value::cbor::Spill>,
 ) -> Result<crate::value::cbor::Encoded, PostError> {
-    match crate::value::cbor::to_parts(data) {
+    match crate::value::cbor::to_parts(data, spill) {
         Ok(encoded) => match encoded.max_slot {
             Some(slot) if slot as usize >= transferred => {
                 Err(PostError::PortNotTransferred { slot, transferred })

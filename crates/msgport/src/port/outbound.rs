@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use super::endpoint::{Endpoint, Pulled};
 use super::MessagePort;
-use crate::error::PostError;
+use crate::error::{PostError, Refused};
 use crate::event::MessageEvent;
+use crate::value::cbor::{Encoded, Spill};
 use crate::value::Value;
 
 /// A message's data, ready to leave the process: a [`Value`] (posted as one, or forwarded), or
@@ -42,9 +43,31 @@ pub(crate) enum PullMode {
     Spin,
 }
 
+/// Serializes a message's data, large byte strings in the given [`Spill`] when there is one.
+pub(crate) type Encoder<'a> = dyn FnMut(Option<&mut dyn Spill>) -> Result<Encoded, PostError> + 'a;
+
 pub(crate) trait Outbound: Send + Sync + 'static {
     /// Sends a message to the peer; the ports leave with it. Never blocks.
     fn post(&self, data: WireData, ports: Vec<MessagePort>) -> Result<(), PostError>;
+
+    /// Serializes a message with `encode` and sends it. A backing that can take large byte
+    /// strings in place (a link's shared-memory region) offers `encode` somewhere to put them.
+    /// A message refused before it left (`encode` failed) hands its ports back.
+    fn post_encoded(
+        &self,
+        encode: &mut Encoder<'_>,
+        ports: Vec<MessagePort>,
+    ) -> Result<(), Refused> {
+        match encode(None) {
+            Ok(encoded) => self
+                .post(WireData::Encoded(encoded), ports)
+                .map_err(|error| Refused {
+                    error,
+                    ports: Vec::new(),
+                }),
+            Err(error) => Err(Refused { error, ports }),
+        }
+    }
 
     /// Forwards a message posted to an end that has left (the poster is long gone: a message
     /// that cannot be sent is logged and dropped, with its ports).

@@ -32,10 +32,10 @@ use super::handoff::{self, Backlog, Handover, Outgoing, Segment};
 use super::reactor::{self, reactor, SharedFd};
 use super::shm;
 use super::wire::{self, Frame, WireError};
-use crate::error::PostError;
+use crate::error::{PostError, Refused};
 use crate::event::MessageEvent;
 use crate::port::WireData;
-use crate::port::{Endpoint, MessagePort, Outbound, PullMode, Pulled};
+use crate::port::{Encoder, Endpoint, MessagePort, Outbound, PullMode, Pulled};
 use crate::sys;
 
 /// One socket end: what we write to it, and the endpoint that gets what we read.
@@ -186,8 +186,28 @@ impl Link {
 
     /// Exports the ports, encodes and writes a message.
     fn send(&self, data: WireData, ports: Vec<MessagePort>) -> Result<(), PostError> {
-        let message = handoff::export_message(data, ports)?;
-        let frame = wire::encode_frame(message)?;
+        self.send_placed(data, ports, None)
+    }
+
+    /// [`send`](Self::send) for data whose large byte strings the serializer may have written
+    /// into `region` already (see `shm::Placer`).
+    fn send_placed(
+        &self,
+        data: WireData,
+        ports: Vec<MessagePort>,
+        region: Option<Arc<shm::Region>>,
+    ) -> Result<(), PostError> {
+        let frame = handoff::export_message(data, ports).and_then(wire::encode_frame);
+        let frame = match (frame, region) {
+            (Ok(frame), Some(region)) => shm::stage(&region, frame).unwrap_or_else(|f| f),
+            (Ok(frame), None) => frame,
+            (Err(e), region) => {
+                if let Some(region) = region {
+                    shm::release(&region);
+                }
+                return Err(e);
+            }
+        };
         let frame = if shm::wants(&frame) {
             self.through_region(frame)
         } else {
@@ -780,6 +800,37 @@ impl Io {
 impl Outbound for Link {
     fn post(&self, data: WireData, ports: Vec<MessagePort>) -> Result<(), PostError> {
         self.send(data, ports)
+    }
+
+    fn post_encoded(
+        &self,
+        encode: &mut Encoder<'_>,
+        ports: Vec<MessagePort>,
+    ) -> Result<(), Refused> {
+        let lease = |need: usize| {
+            let mut io = lock(&self.io);
+            if io.fd.is_none() || io.closing {
+                return None;
+            }
+            io.regions.lease(need)
+        };
+        let mut placer = shm::Placer::new(&lease);
+        let encoded = encode(Some(&mut placer));
+        let region = placer.into_region();
+        match encoded {
+            Ok(encoded) => self
+                .send_placed(WireData::Encoded(encoded), ports, region)
+                .map_err(|error| Refused {
+                    error,
+                    ports: Vec::new(),
+                }),
+            Err(error) => {
+                if let Some(region) = region {
+                    shm::release(&region);
+                }
+                Err(Refused { error, ports })
+            }
+        }
     }
 
     fn close(&self) {

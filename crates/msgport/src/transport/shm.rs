@@ -10,6 +10,7 @@
 //! ```text
 //! region = state: u32 (native endian) | unused[60] | body
 //! state  = 0 free (written by the receiver when done) | 1 in flight (written by the sender)
+//!        | 2 retired (written by the sender when it drops the region: a receiver unmaps it)
 //! ```
 //!
 //! Each link keeps its own regions and reuses them only on that link: a process that received
@@ -29,6 +30,7 @@ use std::sync::Arc;
 
 use super::wire::{self, Frame};
 use crate::sys::shm::{self, Mapping};
+use crate::value::cbor::Spill;
 
 /// Frame bodies at least this large travel in a region.
 pub(crate) const MIN: usize = 256 << 10;
@@ -38,15 +40,17 @@ pub(crate) const BODY_AT: usize = 64;
 /// similar sizes).
 const GRAIN: usize = 1 << 20;
 /// The most regions, in flight or free, one link holds.
-const PER_LINK: usize = 8;
+const PER_LINK: usize = 16;
 /// The most bytes of free regions one link keeps for later frames.
-const KEEP_IDLE: usize = 64 << 20;
+const KEEP_IDLE: usize = 128 << 20;
 /// The most regions, and bytes of regions, a process holds over all its links.
 const MAX_REGIONS: usize = 256;
 const MAX_BYTES: usize = 2 << 30;
 
 const FREE: u32 = 0;
 const IN_FLIGHT: u32 = 1;
+/// Written by the sender when it drops a region: a receiver that kept it mapped unmaps it.
+const RETIRED: u32 = 2;
 
 static REGIONS: AtomicUsize = AtomicUsize::new(0);
 static BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -92,6 +96,9 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        // A receiver keeping it mapped lets go at its next region frame (its pages live as
+        // long as any mapping does).
+        self.map.state().store(RETIRED, Ordering::Release);
         REGIONS.fetch_sub(1, Ordering::Relaxed);
         BYTES.fetch_sub(self.size(), Ordering::Relaxed);
     }
@@ -106,8 +113,8 @@ pub(crate) struct Regions {
 impl Regions {
     /// A free region of at least `need` bytes, now marked in flight: the smallest free one that
     /// fits, else a new one (dropping free ones to stay within the link's bounds). Free regions
-    /// past [`KEEP_IDLE`] bytes are dropped.
-    fn lease(&mut self, need: usize) -> Option<Arc<Region>> {
+    /// past [`KEEP_IDLE`] bytes are dropped. `need` counts the offset [`BODY_AT`].
+    pub(crate) fn lease(&mut self, need: usize) -> Option<Arc<Region>> {
         let fits = self
             .all
             .iter()
@@ -160,47 +167,151 @@ impl Regions {
 
 /// Whether a frame of this body size goes through a region.
 pub(crate) fn wants(frame: &Frame) -> bool {
-    let size = frame.parts.iter().map(Vec::len).sum::<usize>() - wire::HEADER;
     // A region frame's 16 bytes must be able to carry the message's descriptors too.
-    size >= MIN && frame.fds.len() < wire::SHARED_FRAME * crate::sys::MAX_FDS_PER_SEND
+    frame.body_len() >= MIN && frame.fds.len() < wire::SHARED_FRAME * crate::sys::MAX_FDS_PER_SEND
 }
 
 /// Takes a region of `regions` for `frame`'s body (under the link's lock, briefly).
 pub(crate) fn lease(regions: &mut Regions, frame: &Frame) -> Option<Arc<Region>> {
-    let size = frame.parts.iter().map(Vec::len).sum::<usize>() - wire::HEADER;
-    regions.lease(BODY_AT.checked_add(size)?)
+    regions.lease(BODY_AT.checked_add(frame.body_len())?)
+}
+
+/// Gives a region back unused: the frame it was leased for went another way.
+pub(crate) fn release(region: &Region) {
+    region.map.state().store(FREE, Ordering::Release);
+}
+
+/// Room kept after a placed byte string for what follows it in the message (more data, its
+/// port records), so that one region takes the whole body.
+const SLACK: usize = 64 << 10;
+
+/// What a link offers the serializer ([`Spill`]): the first large byte string of a message
+/// leases a region (through `lease`, under the link's lock), and it and the later ones are
+/// written straight where the frame body will hold them: the message's bytes are copied once,
+/// from the caller's data into the region.
+pub(crate) struct Placer<'a> {
+    lease: &'a dyn Fn(usize) -> Option<Arc<Region>>,
+    region: Option<Arc<Region>>,
+    tried: bool,
+}
+
+impl<'a> Placer<'a> {
+    pub(crate) fn new(lease: &'a dyn Fn(usize) -> Option<Arc<Region>>) -> Self {
+        Placer {
+            lease,
+            region: None,
+            tried: false,
+        }
+    }
+
+    /// The region leased, if any (in flight: [`stage`] or [`release`] it).
+    pub(crate) fn into_region(self) -> Option<Arc<Region>> {
+        self.region
+    }
+}
+
+impl Spill for Placer<'_> {
+    fn place(&mut self, at: usize, bytes: &[u8]) -> bool {
+        let Some(offset) = BODY_AT.checked_add(at) else {
+            return false;
+        };
+        if self.region.is_none() {
+            if std::mem::replace(&mut self.tried, true) {
+                return false;
+            }
+            self.region = (self.lease)(offset.saturating_add(bytes.len()).saturating_add(SLACK));
+        }
+        self.region
+            .as_ref()
+            .is_some_and(|r| r.map.write(offset, bytes))
+    }
 }
 
 /// Writes `frame`'s body into `region` (outside the link's lock) and returns the region frame
-/// that stands for it, with the region's descriptor first. The frame comes back (and the region
-/// is free again) if the descriptor cannot be duplicated: it then goes through the socket.
+/// that stands for it, with the region's descriptor first. Stretches the serializer already
+/// placed in this region ([`Frame::gaps`]) stay where they are. The frame comes back, its placed
+/// stretches copied out and the region free again, when it cannot go this way: the body does
+/// not fit, a placed stretch is not where the body needs it (a container's head grew in front
+/// of it), or the descriptor cannot be duplicated. It then goes on as any frame.
 pub(crate) fn stage(region: &Region, frame: Frame) -> Result<Frame, Frame> {
+    let size = frame.body_len();
+    let fits = BODY_AT
+        .checked_add(size)
+        .is_some_and(|end| end <= region.size());
+    if !fits || !gaps_in_place(&frame) {
+        return Err(materialize(region, frame));
+    }
     let fd = match crate::sys::dup(region.fd.as_fd()) {
         Ok(fd) => fd,
-        Err(_) => {
-            region.map.state().store(FREE, Ordering::Release);
-            return Err(frame);
-        }
+        Err(_) => return Err(materialize(region, frame)),
     };
-    let mut at = BODY_AT;
-    let mut skip = wire::HEADER;
-    for part in &frame.parts {
-        let bytes = &part[skip..];
-        skip = 0;
-        let written = region.map.write(at, bytes);
-        debug_assert!(written, "the region was leased for this body");
+    let Frame { parts, fds, gaps } = frame;
+    let mut at = 0;
+    let mut gaps = gaps.iter().peekable();
+    for (i, part) in parts.iter().enumerate() {
+        while let Some(gap) = gaps.next_if(|g| g.before == i) {
+            at += gap.len;
+        }
+        let bytes = if i == 0 {
+            &part[wire::HEADER..]
+        } else {
+            &part[..]
+        };
+        let written = region.map.write(BODY_AT + at, bytes);
+        debug_assert!(written, "the body fits the region");
         at += bytes.len();
     }
-    let size = at - BODY_AT;
     // The parts are spent: large ones (serialized byte strings) are kept for the next message.
-    frame.parts.into_iter().for_each(crate::buffers::give);
-    let mut fds = Vec::with_capacity(frame.fds.len() + 1);
-    fds.push(fd);
-    fds.extend(frame.fds);
+    parts.into_iter().for_each(crate::buffers::give);
+    let mut all = Vec::with_capacity(fds.len() + 1);
+    all.push(fd);
+    all.extend(fds);
     Ok(Frame {
-        parts: vec![wire::shared_frame(size, fds.len())],
-        fds,
+        parts: vec![wire::shared_frame(size, all.len())],
+        fds: all,
+        gaps: Vec::new(),
     })
+}
+
+/// Whether every placed stretch is at the body offset the frame's layout gives it.
+fn gaps_in_place(frame: &Frame) -> bool {
+    let mut at = 0;
+    let mut gaps = frame.gaps.iter().peekable();
+    for (i, part) in frame.parts.iter().enumerate() {
+        while let Some(gap) = gaps.next_if(|g| g.before == i) {
+            if gap.at != at {
+                return false;
+            }
+            at += gap.len;
+        }
+        at += if i == 0 {
+            part.len() - wire::HEADER
+        } else {
+            part.len()
+        };
+    }
+    gaps.all(|gap| {
+        let ok = gap.at == at;
+        at += gap.len;
+        ok
+    })
+}
+
+/// `frame` with its placed stretches copied out of `region` into parts of their own; the
+/// region is free again.
+fn materialize(region: &Region, mut frame: Frame) -> Frame {
+    for gap in std::mem::take(&mut frame.gaps).into_iter().rev() {
+        let mut bytes = crate::buffers::take(gap.len);
+        bytes.clear();
+        let placed = BODY_AT
+            .checked_add(gap.at)
+            .and_then(|at| region.map.bytes(at, gap.len));
+        debug_assert!(placed.is_some(), "a placed stretch lies within its region");
+        bytes.extend_from_slice(placed.unwrap_or_default());
+        frame.parts.insert(gap.before, bytes);
+    }
+    release(region);
+    frame
 }
 
 /// The regions a link's peer sent, still mapped: a region comes back with every frame it
@@ -230,6 +341,9 @@ pub(crate) fn receive<T>(
     let need = BODY_AT.checked_add(size).ok_or_else(invalid)?;
     let (dev, ino, file_size) = shm::identify(region)?;
     let key = (dev, ino);
+    mapped
+        .maps
+        .retain(|(_, map)| map.state().load(Ordering::Acquire) != RETIRED);
     let found = mapped.maps.iter().position(|(k, _)| *k == key);
     let map = match found {
         Some(i) if mapped.maps[i].1.len() >= need => &mapped.maps[i].1,
@@ -265,6 +379,7 @@ mod tests {
         Frame {
             parts: vec![head],
             fds: Vec::new(),
+            gaps: Vec::new(),
         }
     }
 
@@ -287,6 +402,23 @@ mod tests {
         let third = lease(&mut regions, &frame(MIN)).unwrap();
         assert!(Arc::ptr_eq(&first, &third));
         assert_eq!(regions.all.len(), 2);
+    }
+
+    #[test]
+    fn a_receiver_unmaps_the_regions_its_sender_dropped() {
+        let mut regions = Regions::default();
+        let mut mapped = Mapped::default();
+        let first = lease(&mut regions, &frame(MIN)).unwrap();
+        let sent = stage(&first, frame(MIN)).unwrap();
+        receive(&mut mapped, sent.fds[0].as_fd(), MIN, |_| ()).unwrap();
+        assert_eq!(mapped.maps.len(), 1);
+        drop(first);
+        regions.clear();
+        let mut others = Regions::default();
+        let second = lease(&mut others, &frame(MIN)).unwrap();
+        let sent = stage(&second, frame(MIN)).unwrap();
+        receive(&mut mapped, sent.fds[0].as_fd(), MIN, |_| ()).unwrap();
+        assert_eq!(mapped.maps.len(), 1, "the retired region was unmapped");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::codec::{self, ok, CodecError};
 use crate::error::PostError;
 use crate::port::WireData;
 use crate::sys;
-use crate::value::cbor::Piece;
+use crate::value::cbor::{Hole, Piece};
 use crate::value::Value;
 
 /// Bytes before a frame's body.
@@ -175,6 +175,27 @@ pub(crate) fn unclaimed_limit(partial: &[u8]) -> Result<usize, WireError> {
 pub(crate) struct Frame {
     pub parts: Vec<Vec<u8>>,
     pub fds: Vec<OwnedFd>,
+    /// Stretches of the body already written in a shared-memory region by the serializer
+    /// (`value::cbor::Spill`), in order: only a frame about to go through that region has any.
+    pub gaps: Vec<Gap>,
+}
+
+/// A stretch of a frame's body that is not in its parts: `len` bytes written at body offset
+/// `at` of a region, which belong just before part `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Gap {
+    pub before: usize,
+    pub at: usize,
+    pub len: usize,
+}
+
+impl Frame {
+    /// The body's length (parts and gaps, without the header).
+    pub(crate) fn body_len(&self) -> usize {
+        self.parts.iter().map(Vec::len).sum::<usize>()
+            + self.gaps.iter().map(|g| g.len).sum::<usize>()
+            - HEADER
+    }
 }
 
 /// Byte strings at least this large are moved into the frame as parts of their own.
@@ -185,6 +206,7 @@ struct FrameWriter {
     parts: Vec<Vec<u8>>,
     cur: Vec<u8>,
     fds: Vec<OwnedFd>,
+    gaps: Vec<Gap>,
     records: usize,
 }
 
@@ -200,6 +222,19 @@ impl FrameWriter {
             self.parts.push(cur);
         }
         self.parts.push(bytes);
+    }
+
+    /// Leaves room for `len` bytes written in a region at body offset `at`.
+    fn gap(&mut self, at: usize, len: usize) {
+        let cur = std::mem::take(&mut self.cur);
+        if !cur.is_empty() {
+            self.parts.push(cur);
+        }
+        self.gaps.push(Gap {
+            before: self.parts.len(),
+            at,
+            len,
+        });
     }
 
     /// Writes `v` as `codec::encode` would, moving large byte strings instead of copying them.
@@ -251,7 +286,8 @@ impl FrameWriter {
             WireData::Cbor { bytes, .. } => self.cur.extend_from_slice(&bytes),
             WireData::Encoded(encoded) => encoded.pieces(|piece| match piece {
                 Piece::Inline(bytes) => self.cur.extend_from_slice(bytes),
-                Piece::Apart(bytes) => self.part(bytes),
+                Piece::Hole(Hole::Apart(bytes)) => self.part(bytes),
+                Piece::Hole(Hole::Placed { at, len }) => self.gap(at, len),
             }),
         }
         let _ = ok(self.enc().array(message.ports.len() as u64));
@@ -310,6 +346,7 @@ pub(crate) fn encode_frame(message: Outgoing) -> Result<Frame, PostError> {
         parts: Vec::new(),
         cur: vec![0u8; HEADER],
         fds: Vec::new(),
+        gaps: Vec::new(),
         records: 0,
     };
     w.body(message)?;
@@ -317,12 +354,15 @@ pub(crate) fn encode_frame(message: Outgoing) -> Result<Frame, PostError> {
         mut parts,
         cur,
         fds,
+        gaps,
         ..
     } = w;
     if !cur.is_empty() {
         parts.push(cur);
     }
-    let size = parts.iter().map(Vec::len).sum::<usize>() - HEADER;
+    let size = parts.iter().map(Vec::len).sum::<usize>()
+        + gaps.iter().map(|g| g.len).sum::<usize>()
+        - HEADER;
     if size > max_frame() {
         return Err(PostError::TooLarge {
             size,
@@ -332,7 +372,7 @@ pub(crate) fn encode_frame(message: Outgoing) -> Result<Frame, PostError> {
     let head = &mut parts[0];
     head[..4].copy_from_slice(&(size as u32).to_le_bytes());
     head[4..8].copy_from_slice(&(fds.len() as u32).to_le_bytes());
-    Ok(Frame { parts, fds })
+    Ok(Frame { parts, fds, gaps })
 }
 
 /// A decoded frame body: the message, and how many port records it held (at every depth).
@@ -643,7 +683,7 @@ mod tests {
         // Data serialized straight to CBOR makes the same frame, large or small.
         for data in [data, Value::from("small")] {
             let direct = encode_frame(Outgoing {
-                data: WireData::Encoded(crate::value::cbor::to_parts(&data).unwrap()),
+                data: WireData::Encoded(crate::value::cbor::to_parts(&data, None).unwrap()),
                 ports: Vec::new(),
             })
             .unwrap();

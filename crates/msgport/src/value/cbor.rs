@@ -22,30 +22,48 @@ pub(crate) fn to_cbor<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<Option<u32>, ValueError> {
-    let encoded = to_parts(value)?;
+    let encoded = to_parts(value, None)?;
     let max_slot = encoded.max_slot;
-    encoded.pieces(|piece| match piece {
-        Piece::Inline(bytes) => out.extend_from_slice(bytes),
-        Piece::Apart(bytes) => out.extend_from_slice(&bytes),
-    });
+    out.extend_from_slice(&encoded.into_bytes());
     Ok(max_slot)
 }
 
-/// A value's encoding in parts: `head`, with each large byte string's content (its own
-/// buffer, copied once from the caller's data) to be put at its position in `head`.
+/// A value's encoding in parts: `head`, with each large byte string's content to be put at its
+/// position in `head`: in a buffer of its own (copied once from the caller's data), or already
+/// written where the frame body will hold it ([`Spill`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct Encoded {
     pub head: Vec<u8>,
-    pub holes: Vec<(usize, Vec<u8>)>,
+    pub holes: Vec<(usize, Hole)>,
     pub max_slot: Option<u32>,
+    /// Bytes of the holes so far.
+    apart: usize,
+}
+
+/// A large byte string's content.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Hole {
+    /// In a buffer of its own.
+    Apart(Vec<u8>),
+    /// Written by a [`Spill`] at offset `at` of the frame body (where it lands only if nothing
+    /// before it changed size since: a frame writer checks).
+    Placed { at: usize, len: usize },
+}
+
+/// Somewhere large byte strings can be written in place instead of into a buffer of their own:
+/// the shared-memory region of the link a message is about to take.
+pub(crate) trait Spill {
+    /// Writes `bytes` at offset `at` of the frame body (the data starts at offset 1, after the
+    /// body's array head), if it can.
+    fn place(&mut self, at: usize, bytes: &[u8]) -> bool;
 }
 
 /// A stretch of an [`Encoded`] value, in order.
 pub(crate) enum Piece<'a> {
     /// Bytes of the head.
     Inline(&'a [u8]),
-    /// A large byte string's content, in its own buffer.
-    Apart(Vec<u8>),
+    /// A large byte string's content.
+    Hole(Hole),
 }
 
 impl Encoded {
@@ -53,45 +71,83 @@ impl Encoded {
     pub(crate) fn pieces(self, mut each: impl FnMut(Piece<'_>)) {
         let Encoded { head, holes, .. } = self;
         let mut at = 0;
-        for (pos, bytes) in holes {
+        for (pos, hole) in holes {
             each(Piece::Inline(&head[at..pos]));
-            each(Piece::Apart(bytes));
+            each(Piece::Hole(hole));
             at = pos;
         }
         each(Piece::Inline(&head[at..]));
     }
 
-    /// The encoding in one buffer (the head itself when nothing was set apart).
+    /// Whether some large byte string was written in place.
+    pub(crate) fn has_placed(&self) -> bool {
+        self.holes
+            .iter()
+            .any(|(_, h)| matches!(h, Hole::Placed { .. }))
+    }
+
+    /// The encoding in one buffer (the head itself when nothing was set apart). Only for an
+    /// encoding with nothing placed ([`has_placed`](Self::has_placed)): placed bytes are not
+    /// here to copy (they come out empty).
     pub(crate) fn into_bytes(self) -> Vec<u8> {
+        debug_assert!(!self.has_placed(), "placed bytes cannot be gathered here");
         if self.holes.is_empty() {
             return self.head;
         }
-        let mut out = Vec::with_capacity(
-            self.head.len() + self.holes.iter().map(|(_, b)| b.len()).sum::<usize>(),
-        );
+        let mut out = Vec::with_capacity(self.head.len() + self.apart);
         self.pieces(|piece| match piece {
             Piece::Inline(bytes) => out.extend_from_slice(bytes),
-            Piece::Apart(bytes) => out.extend_from_slice(&bytes),
+            Piece::Hole(Hole::Apart(bytes)) => out.extend_from_slice(&bytes),
+            Piece::Hole(Hole::Placed { .. }) => {}
         });
         out
     }
 }
 
+/// What the serializer writes into: the encoding, and where large byte strings may go.
+struct Sink<'b> {
+    enc: Encoded,
+    spill: Option<&'b mut dyn Spill>,
+}
+
+impl std::ops::Deref for Sink<'_> {
+    type Target = Encoded;
+    fn deref(&self) -> &Encoded {
+        &self.enc
+    }
+}
+
+impl std::ops::DerefMut for Sink<'_> {
+    fn deref_mut(&mut self) -> &mut Encoded {
+        &mut self.enc
+    }
+}
+
 /// Encodes `value`, large byte strings apart (see [`Encoded`]): a frame sends them as parts of
-/// their own, never copied into one buffer with the rest.
-pub(crate) fn to_parts<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, ValueError> {
-    let mut sink = Encoded {
-        head: Vec::with_capacity(64),
-        ..Encoded::default()
+/// their own, never copied into one buffer with the rest. Byte strings of at least
+/// [`PLACE_MIN`] are offered to `spill` first.
+pub(crate) fn to_parts<T: Serialize + ?Sized>(
+    value: &T,
+    spill: Option<&mut dyn Spill>,
+) -> Result<Encoded, ValueError> {
+    let mut sink = Sink {
+        enc: Encoded {
+            head: Vec::with_capacity(64),
+            ..Encoded::default()
+        },
+        spill,
     };
     value.serialize(Cbor { s: &mut sink })?;
-    Ok(sink)
+    Ok(sink.enc)
 }
 
 const MAX_SAFE: f64 = 9_007_199_254_740_992.0; // 2^53
 
 /// Byte strings at least this large get a buffer of their own size (see `serialize_bytes`).
 const LARGE: usize = 64 * 1024;
+/// Byte strings at least this large are offered to a [`Spill`] (a frame this large goes through
+/// shared memory).
+pub(crate) const PLACE_MIN: usize = crate::transport::shm::MIN;
 
 /// A head: major type and argument, in the shortest form (RFC 8949 §4.2.1).
 fn head(out: &mut Vec<u8>, major: u8, n: u64) {
@@ -158,11 +214,11 @@ fn text(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-struct Cbor<'a> {
-    s: &'a mut Encoded,
+struct Cbor<'a, 'b> {
+    s: &'a mut Sink<'b>,
 }
 
-impl<'a> Cbor<'a> {
+impl<'a, 'b> Cbor<'a, 'b> {
     /// One item through `to_value` (the kinds serde lacks).
     fn via_value(self, v: super::Value) -> Result<(), ValueError> {
         if let Some(slot) = v.max_port_slot() {
@@ -178,7 +234,12 @@ impl<'a> Cbor<'a> {
         text(&mut self.s.head, variant);
     }
 
-    fn container(mut self, major: u8, len: Option<usize>, variant: Option<&str>) -> Container<'a> {
+    fn container(
+        mut self,
+        major: u8,
+        len: Option<usize>,
+        variant: Option<&str>,
+    ) -> Container<'a, 'b> {
         if let Some(v) = variant {
             self.variant(v);
         }
@@ -199,8 +260,8 @@ impl<'a> Cbor<'a> {
 
 /// An array or a map being written: its head goes in front at the end when its length was not
 /// declared, or was declared wrong, or (for a map) when a key is not a string.
-pub(crate) struct Container<'a> {
-    s: &'a mut Encoded,
+pub(crate) struct Container<'a, 'b> {
+    s: &'a mut Sink<'b>,
     /// 4 (array) or 5 (map).
     major: u8,
     /// Where the head is (or goes).
@@ -210,7 +271,7 @@ pub(crate) struct Container<'a> {
     all_text_keys: bool,
 }
 
-impl Container<'_> {
+impl Container<'_, '_> {
     fn item<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), ValueError> {
         value.serialize(Cbor { s: &mut *self.s })
     }
@@ -273,16 +334,16 @@ macro_rules! integer_methods {
     )*};
 }
 
-impl<'a> ser::Serializer for Cbor<'a> {
+impl<'a, 'b> ser::Serializer for Cbor<'a, 'b> {
     type Ok = ();
     type Error = ValueError;
-    type SerializeSeq = Container<'a>;
-    type SerializeTuple = Container<'a>;
-    type SerializeTupleStruct = Container<'a>;
-    type SerializeTupleVariant = Container<'a>;
-    type SerializeMap = Container<'a>;
-    type SerializeStruct = Container<'a>;
-    type SerializeStructVariant = Container<'a>;
+    type SerializeSeq = Container<'a, 'b>;
+    type SerializeTuple = Container<'a, 'b>;
+    type SerializeTupleStruct = Container<'a, 'b>;
+    type SerializeTupleVariant = Container<'a, 'b>;
+    type SerializeMap = Container<'a, 'b>;
+    type SerializeStruct = Container<'a, 'b>;
+    type SerializeStructVariant = Container<'a, 'b>;
 
     fn serialize_bool(self, v: bool) -> Result<(), ValueError> {
         self.s.head.push(if v { 0xf5 } else { 0xf4 });
@@ -326,13 +387,27 @@ impl<'a> ser::Serializer for Cbor<'a> {
     fn serialize_bytes(self, v: &[u8]) -> Result<(), ValueError> {
         head(&mut self.s.head, 2, v.len() as u64);
         if v.len() >= LARGE {
+            let pos = self.s.head.len();
+            // Where it lands in the frame body: after the body's array head, the head so far
+            // and the holes before it.
+            let at = 1 + pos + self.s.apart;
+            self.s.apart += v.len();
+            if v.len() >= PLACE_MIN {
+                if let Some(spill) = self.s.spill.as_mut() {
+                    if spill.place(at, v) {
+                        let len = v.len();
+                        self.s.holes.push((pos, Hole::Placed { at, len }));
+                        return Ok(());
+                    }
+                }
+            }
             // A buffer of its own, as `to_value` makes, that a frame sends as a part of its
             // own (one buffer holding everything measured 0.74x on 16 MiB split across CPUs);
             // a kept one when there is one (its pages are already there).
             let mut apart = crate::buffers::take(v.len());
             apart.clear();
             apart.extend_from_slice(v);
-            self.s.holes.push((self.s.head.len(), apart));
+            self.s.holes.push((pos, Hole::Apart(apart)));
         } else {
             self.s.head.extend_from_slice(v);
         }
@@ -386,17 +461,17 @@ impl<'a> ser::Serializer for Cbor<'a> {
         self.variant(variant);
         value.serialize(self)
     }
-    fn serialize_seq(self, len: Option<usize>) -> Result<Container<'a>, ValueError> {
+    fn serialize_seq(self, len: Option<usize>) -> Result<Container<'a, 'b>, ValueError> {
         Ok(self.container(4, len, None))
     }
-    fn serialize_tuple(self, len: usize) -> Result<Container<'a>, ValueError> {
+    fn serialize_tuple(self, len: usize) -> Result<Container<'a, 'b>, ValueError> {
         Ok(self.container(4, Some(len), None))
     }
     fn serialize_tuple_struct(
         self,
         _name: &'static str,
         len: usize,
-    ) -> Result<Container<'a>, ValueError> {
+    ) -> Result<Container<'a, 'b>, ValueError> {
         Ok(self.container(4, Some(len), None))
     }
     fn serialize_tuple_variant(
@@ -405,17 +480,17 @@ impl<'a> ser::Serializer for Cbor<'a> {
         _index: u32,
         variant: &'static str,
         len: usize,
-    ) -> Result<Container<'a>, ValueError> {
+    ) -> Result<Container<'a, 'b>, ValueError> {
         Ok(self.container(4, Some(len), Some(variant)))
     }
-    fn serialize_map(self, len: Option<usize>) -> Result<Container<'a>, ValueError> {
+    fn serialize_map(self, len: Option<usize>) -> Result<Container<'a, 'b>, ValueError> {
         Ok(self.container(5, len, None))
     }
     fn serialize_struct(
         self,
         _name: &'static str,
         len: usize,
-    ) -> Result<Container<'a>, ValueError> {
+    ) -> Result<Container<'a, 'b>, ValueError> {
         Ok(self.container(5, Some(len), None))
     }
     fn serialize_struct_variant(
@@ -424,14 +499,14 @@ impl<'a> ser::Serializer for Cbor<'a> {
         _index: u32,
         variant: &'static str,
         len: usize,
-    ) -> Result<Container<'a>, ValueError> {
+    ) -> Result<Container<'a, 'b>, ValueError> {
         Ok(self.container(5, Some(len), Some(variant)))
     }
 }
 
 macro_rules! sequence {
     ($($trait:ident :: $method:ident),*) => {$(
-        impl ser::$trait for Container<'_> {
+        impl ser::$trait for Container<'_, '_> {
             type Ok = ();
             type Error = ValueError;
             fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), ValueError> {
@@ -451,7 +526,7 @@ sequence!(
     SerializeTupleVariant::serialize_field
 );
 
-impl ser::SerializeMap for Container<'_> {
+impl ser::SerializeMap for Container<'_, '_> {
     type Ok = ();
     type Error = ValueError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), ValueError> {
@@ -467,7 +542,7 @@ impl ser::SerializeMap for Container<'_> {
 
 macro_rules! record {
     ($($trait:ident),*) => {$(
-        impl ser::$trait for Container<'_> {
+        impl ser::$trait for Container<'_, '_> {
             type Ok = ();
             type Error = ValueError;
             fn serialize_field<T: Serialize + ?Sized>(
