@@ -213,6 +213,112 @@ impl InProc for Crossbeam {
     }
 }
 
+/// Runs `f` to completion on a current-thread tokio runtime of this thread (as a task).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+        .block_on(f)
+}
+
+/// msgport, awaited: each side a task on its own thread's current-thread tokio runtime
+/// (`recv().await`).
+pub(crate) struct MsgportAsync;
+impl InProc for MsgportAsync {
+    const NAME: &'static str = "msgport, async";
+    fn throughput(n: u64, placement: Placement) -> f64 {
+        let (tx, rx) = MessageChannel::new().into_ports();
+        let secs = two_threads(
+            placement,
+            move || {
+                for i in 0..n {
+                    tx.post_message(Small::new(i), []).unwrap();
+                }
+            },
+            move || {
+                block_on(async move {
+                    for i in 0..n {
+                        let s: Small = rx.recv().await.unwrap().take_data().unwrap();
+                        assert_eq!(s.seq, i);
+                    }
+                })
+            },
+        );
+        n as f64 / secs
+    }
+    fn round_trip(n: u64, placement: Placement) -> f64 {
+        let (a, b) = MessageChannel::new().into_ports();
+        let secs = two_threads(
+            placement,
+            move || {
+                block_on(async move {
+                    for i in 0..n {
+                        a.post_message(Small::new(i), []).unwrap();
+                        black_box(a.recv().await.unwrap());
+                    }
+                })
+            },
+            move || {
+                block_on(async move {
+                    for _ in 0..n {
+                        let m: Small = b.recv().await.unwrap().take_data().unwrap();
+                        b.post_message(m, []).unwrap();
+                    }
+                })
+            },
+        );
+        secs * 1e6 / n as f64
+    }
+}
+
+/// `tokio::sync::mpsc`, unbounded, awaited the same way.
+pub(crate) struct TokioAsync;
+impl InProc for TokioAsync {
+    const NAME: &'static str = "tokio::sync::mpsc, async";
+    fn throughput(n: u64, placement: Placement) -> f64 {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Small>();
+        let secs = two_threads(
+            placement,
+            move || {
+                for i in 0..n {
+                    tx.send(Small::new(i)).unwrap();
+                }
+            },
+            move || {
+                block_on(async move {
+                    for i in 0..n {
+                        assert_eq!(rx.recv().await.unwrap().seq, i);
+                    }
+                })
+            },
+        );
+        n as f64 / secs
+    }
+    fn round_trip(n: u64, placement: Placement) -> f64 {
+        let (tx1, mut rx1) = tokio::sync::mpsc::unbounded_channel::<Small>();
+        let (tx2, mut rx2) = tokio::sync::mpsc::unbounded_channel::<Small>();
+        let secs = two_threads(
+            placement,
+            move || {
+                block_on(async move {
+                    for i in 0..n {
+                        tx1.send(Small::new(i)).unwrap();
+                        black_box(rx2.recv().await.unwrap());
+                    }
+                })
+            },
+            move || {
+                block_on(async move {
+                    for _ in 0..n {
+                        tx2.send(rx1.recv().await.unwrap()).unwrap();
+                    }
+                })
+            },
+        );
+        secs * 1e6 / n as f64
+    }
+}
+
 /// msgport against every rival, each metric's reps interleaved across all of them.
 pub(crate) fn group(cfg: &Config, report: &mut Report) {
     let n = if cfg.quick { 200_000 } else { 1_000_000 };
@@ -278,6 +384,39 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
             &s[3],
             "msgport (moved)",
             &s[0],
+        );
+
+        // The async path: `recv().await` on a current-thread runtime, against tokio's own.
+        let s = compare(
+            cfg.reps,
+            &mut [&mut || MsgportAsync::throughput(n, placement), &mut || {
+                TokioAsync::throughput(n, placement)
+            }],
+        );
+        report.versus(
+            "inproc",
+            format!("throughput, 64 B struct, awaited, {p}"),
+            "msg/s",
+            Better::Higher,
+            &s[0],
+            TokioAsync::NAME,
+            &s[1],
+        );
+        let s = compare(
+            cfg.reps,
+            &mut [
+                &mut || MsgportAsync::round_trip(rtt_n, placement),
+                &mut || TokioAsync::round_trip(rtt_n, placement),
+            ],
+        );
+        report.versus(
+            "inproc",
+            format!("round trip, 64 B struct, awaited, {p}"),
+            "µs",
+            Better::Lower,
+            &s[0],
+            TokioAsync::NAME,
+            &s[1],
         );
     }
 }

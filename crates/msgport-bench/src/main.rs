@@ -97,6 +97,7 @@ struct Run<'a> {
     quick: bool,
     reps: usize,
     figures: &'a [measure::Figure],
+    sweep: &'a [measure::SweepPoint],
 }
 
 fn commit() -> String {
@@ -130,7 +131,7 @@ usage: msgport-bench [--quick] [--only inproc|xproc|ipc|bridge] [--json PATH] [-
   --svg PATH     draw the comparisons as an SVG bar chart
   -h, --help     this text
 
-MSGPORT_BENCH_CASE=rtt|rtt-binary|rtt-callback|rtt-ll|throughput|16mib|create|live|close
+MSGPORT_BENCH_CASE=rtt|rtt-binary|rtt-callback|rtt-ll|throughput|sweep|ports|senders|16mib|create|live|close
 runs one case of the xproc group (for profiling).";
 
 /// The command line.
@@ -239,6 +240,7 @@ fn main() {
             quick,
             reps: cfg.reps,
             figures: &report.figures,
+            sweep: &report.sweep,
         };
         let text = serde_json::to_string_pretty(&run).expect("figures serialize");
         if let Err(e) = std::fs::write(&path, text) {
@@ -248,7 +250,7 @@ fn main() {
         println!("wrote {path}");
     }
     if let Some(path) = svg {
-        if let Err(e) = std::fs::write(&path, chart::svg(&report.figures)) {
+        if let Err(e) = std::fs::write(&path, chart::svg(&report.figures, &report.sweep)) {
             eprintln!("cannot write {path}: {e}");
             std::process::exit(1);
         }

@@ -69,10 +69,22 @@ pub(crate) struct Figure {
     pub within_noise: bool,
 }
 
+/// One payload size of a sweep: what each side moved, in GB/s (medians of interleaved reps).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct SweepPoint {
+    pub placement: &'static str,
+    /// Bytes in the struct's byte string.
+    pub size: usize,
+    /// msgport first, then each rival.
+    pub series: Vec<(String, f64)>,
+}
+
 /// Collects the figures of a run and prints each as it is taken.
 #[derive(Default)]
 pub(crate) struct Report {
     pub figures: Vec<Figure>,
+    /// The payload-size sweep, drawn as its own chart.
+    pub sweep: Vec<SweepPoint>,
 }
 
 impl Report {

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{
     self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender,
 };
-use msgport::{process, MessagePort, Value};
+use msgport::{process, MessageChannel, MessagePort, Value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::measure::{compare, Better, Report, Samples};
+use crate::measure::{compare, Better, Report, Samples, SweepPoint};
 use crate::payload::{frame, unframe, Blob, Small};
 use crate::{pin, Config, Placement};
 
@@ -447,6 +447,59 @@ pub(crate) fn child(role: &str, cpu: usize, name: Option<String>) {
                 }
             }
         }
+        "msgport-multi" => {
+            // Echoes the 64 B struct on every port it is given (callbacks, no thread per port).
+            let port = process::bootstrap().unwrap();
+            let mut kept = Vec::new();
+            while let Some(e) = port.blocking_recv() {
+                for p in e.ports {
+                    let p = std::sync::Arc::new(p);
+                    let echo = std::sync::Arc::downgrade(&p);
+                    p.on_message(move |mut m| {
+                        if let Some(p) = echo.upgrade() {
+                            let _ = p.post_message(m.take_data::<Small>().unwrap(), []);
+                        }
+                    });
+                    p.start();
+                    kept.push(p);
+                }
+                port.post_message("ready", []).unwrap();
+            }
+        }
+        "ipc-multi" => {
+            // Echoes on every channel pair it is given, waiting on all of them at once.
+            let boot = IpcSender::<MultiBootstrap>::connect(name.expect("server name")).unwrap();
+            let (tx, rx) = ipc::channel::<MultiBoot>().unwrap();
+            let (ready, ready_rx) = ipc::channel::<()>().unwrap();
+            boot.send((tx, ready_rx)).unwrap();
+            let mut set = ipc_channel::ipc::IpcReceiverSet::new().unwrap();
+            let mut replies = std::collections::HashMap::new();
+            // The pairs come in batches (ipc-channel sends at most 64 descriptors a message),
+            // ended by an empty one.
+            loop {
+                let pairs = rx.recv().unwrap();
+                if pairs.is_empty() {
+                    break;
+                }
+                for (requests, reply) in pairs {
+                    replies.insert(set.add(requests).unwrap(), reply);
+                }
+            }
+            ready.send(()).unwrap();
+            while !replies.is_empty() {
+                for event in set.select().unwrap() {
+                    match event {
+                        ipc_channel::ipc::IpcSelectionResult::MessageReceived(id, msg) => {
+                            let m: Small = msg.to().unwrap();
+                            replies[&id].send(m).unwrap();
+                        }
+                        ipc_channel::ipc::IpcSelectionResult::ChannelClosed(id) => {
+                            replies.remove(&id);
+                        }
+                    }
+                }
+            }
+        }
         "msgport-hold" => {
             let port = process::bootstrap().unwrap();
             let held = port.blocking_recv().unwrap().ports;
@@ -690,7 +743,7 @@ fn one_way_of<T: Transport, P: Payload>(c: &mut T, n: usize, make: impl Fn(u64) 
 pub(crate) fn group(cfg: &Config, report: &mut Report) {
     let reps = cfg.reps;
     let n_rtt = if cfg.quick { 2_000 } else { 10_000 };
-    // MSGPORT_BENCH_CASE=rtt|rtt-binary|rtt-callback|rtt-ll|throughput|16mib|create|live|close
+    // MSGPORT_BENCH_CASE=rtt|rtt-binary|rtt-callback|rtt-ll|throughput|sweep|ports|senders|16mib|create|live|close
     // runs one case (for profiling).
     let case = std::env::var("MSGPORT_BENCH_CASE").ok();
     let runs = |c: &str| case.as_deref().is_none_or(|x| x == c);
@@ -921,6 +974,70 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
             }
         }
 
+        if runs("sweep") {
+            sweep(cfg, report, placement, cpu);
+        }
+
+        if runs("ports") {
+            many_ports(cfg, report, placement, cpu);
+        }
+
+        if runs("senders") {
+            // Four threads posting on one port (msgport) or one cloned sender each
+            // (ipc-channel), to one consuming child.
+            let n = if cfg.quick { 20_000 } else { 200_000 };
+            let threads = 4;
+            let m = Msgport::spawn(Role::Sink(Kind::Small), cpu);
+            let ipc = IpcChannel::spawn(Role::Sink(Kind::Small), cpu);
+            let s = compare(
+                reps,
+                &mut [
+                    &mut || {
+                        let port = m.port();
+                        let t = Instant::now();
+                        port.post_message(n as u64, []).unwrap();
+                        std::thread::scope(|scope| {
+                            for k in 0..threads {
+                                scope.spawn(move || {
+                                    for i in (k..n).step_by(threads) {
+                                        port.post_message(Small::new(i as u64), []).unwrap();
+                                    }
+                                });
+                            }
+                        });
+                        port.blocking_recv().unwrap();
+                        n as f64 / t.elapsed().as_secs_f64()
+                    },
+                    &mut || {
+                        let sender = ipc.small.as_ref().expect("a small sink");
+                        let t = Instant::now();
+                        ipc.control.send(n as u64).unwrap();
+                        std::thread::scope(|scope| {
+                            for k in 0..threads {
+                                let sender = sender.clone();
+                                scope.spawn(move || {
+                                    for i in (k..n).step_by(threads) {
+                                        sender.send(Small::new(i as u64)).unwrap();
+                                    }
+                                });
+                            }
+                        });
+                        ipc.acks.recv().unwrap();
+                        n as f64 / t.elapsed().as_secs_f64()
+                    },
+                ],
+            );
+            report.versus(
+                "xproc",
+                format!("one-way throughput, 4 threads posting, 64 B struct, {p}"),
+                "msg/s",
+                Better::Higher,
+                &s[0],
+                IpcChannel::NAME,
+                &s[1],
+            );
+        }
+
         if runs("16mib") {
             let size = 16 << 20;
             let k = if cfg.quick { 4 } else { 16 };
@@ -1131,4 +1248,188 @@ fn live_ports(cfg: &Config, cpu: usize, report: &mut Report) {
     );
     drop(ports);
     drop(m);
+}
+
+/// What the "ipc-multi" child is given: channel pairs (requests in, replies out), in batches.
+type MultiBoot = Vec<(IpcReceiver<Small>, IpcSender<Small>)>;
+/// What it sends main first: where the batches go, and where it says it is ready.
+type MultiBootstrap = (IpcSender<MultiBoot>, IpcReceiver<()>);
+
+/// Many ports through one process's I/O path: `n` ports between main and one child, which
+/// echoes on each; a round posts a 64 B struct on every port, then reads every echo. msgport's
+/// child serves its ports with `on_message` callbacks, ipc-channel's waits on all its receivers
+/// with an `IpcReceiverSet`: each as its users would write it.
+fn many_ports(cfg: &Config, report: &mut Report, placement: Placement, cpu: usize) {
+    let p = placement.label();
+    for n in [1usize, 10, 100, 1000] {
+        let total = if cfg.quick { 4_000 } else { 20_000 };
+        let rounds = (total / n).max(4);
+        let m = Msgport::spawn_role("msgport-multi", cpu);
+        // Memory before and after: an empty batch first, so that the child is up.
+        m.port().post_message((), []).unwrap();
+        m.port().blocking_recv().unwrap();
+        let child_pid = m.child.as_ref().map_or(0, Child::id);
+        let rss = || rss_kib(std::process::id()) + rss_kib(child_pid);
+        let before = rss();
+        let (ports, theirs): (Vec<MessagePort>, Vec<MessagePort>) =
+            (0..n).map(|_| MessageChannel::new().into_ports()).unzip();
+        m.port().post_message((), theirs).unwrap();
+        m.port().blocking_recv().unwrap();
+        let idle = rss();
+
+        let (server, name) = IpcOneShotServer::<MultiBootstrap>::new().unwrap();
+        let child = child_cmd("ipc-multi", cpu, Some(&name)).spawn().unwrap();
+        let (_rx, (boot, ready)) = server.accept().unwrap();
+        let mut requests = Vec::new();
+        let mut replies = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..n {
+            let (req_tx, req_rx) = ipc::channel::<Small>().unwrap();
+            let (rep_tx, rep_rx) = ipc::channel::<Small>().unwrap();
+            requests.push(req_tx);
+            replies.push(rep_rx);
+            theirs.push((req_rx, rep_tx));
+        }
+        let mut theirs = theirs.into_iter().peekable();
+        while theirs.peek().is_some() {
+            boot.send(theirs.by_ref().take(32).collect()).unwrap();
+        }
+        boot.send(Vec::new()).unwrap();
+        ready.recv().unwrap();
+
+        let s = compare(
+            cfg.reps,
+            &mut [
+                &mut || {
+                    let t = Instant::now();
+                    for r in 0..rounds {
+                        for port in &ports {
+                            port.post_message(Small::new(r as u64), []).unwrap();
+                        }
+                        for port in &ports {
+                            std::hint::black_box(port.blocking_recv().unwrap());
+                        }
+                    }
+                    (rounds * n) as f64 / t.elapsed().as_secs_f64()
+                },
+                &mut || {
+                    let t = Instant::now();
+                    for r in 0..rounds {
+                        for tx in &requests {
+                            tx.send(Small::new(r as u64)).unwrap();
+                        }
+                        for rx in &replies {
+                            std::hint::black_box(rx.recv().unwrap());
+                        }
+                    }
+                    (rounds * n) as f64 / t.elapsed().as_secs_f64()
+                },
+            ],
+        );
+        report.versus(
+            "xproc",
+            format!("{n} ports to one child, a 64 B struct on each then its echo, {p}"),
+            "msg/s",
+            Better::Higher,
+            &s[0],
+            "ipc-channel, a channel pair per port",
+            &s[1],
+        );
+        if n == 1000 {
+            let busy = rss();
+            let per_port = |after: u64| after.saturating_sub(before) as f64 / n as f64;
+            for (what, after) in [("idle", idle), ("after use", busy)] {
+                report.solo(
+                    "xproc",
+                    format!("memory per cross-process port, {what}, both processes, {p}"),
+                    "KiB",
+                    Better::Lower,
+                    &Samples(vec![per_port(after)]),
+                    "resident set growth / 1,000 ports",
+                );
+            }
+        }
+        drop((ports, requests, replies));
+        finish(child);
+        drop(m);
+    }
+}
+
+/// A process's resident set, in KiB (0 if it cannot be read).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Sizes of the sweep: across msgport's thresholds (64 B inline in process, 64 KiB a part of
+/// its own, 256 KiB shared memory) up to 64 MiB.
+const SWEEP: [usize; 8] = [
+    64,
+    65,
+    1 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+    16 << 20,
+    64 << 20,
+];
+
+fn size_label(size: usize) -> String {
+    match size {
+        s if s >= 1 << 20 && s % (1 << 20) == 0 => format!("{} MiB", s >> 20),
+        s if s >= 1 << 10 && s % (1 << 10) == 0 => format!("{} KiB", s >> 10),
+        s => format!("{s} B"),
+    }
+}
+
+/// One-way throughput of a struct holding `size` bytes (`serde_bytes`), for each size of
+/// [`SWEEP`], against ipc-channel's typed sender and a raw socket through a `BufWriter`
+/// (postcard): each posts the structs by value as its users do, batches made outside the
+/// timed part.
+fn sweep(cfg: &Config, report: &mut Report, placement: Placement, cpu: usize) {
+    let p = placement.label();
+    let mut m = Msgport::spawn(Role::Sink(Kind::Blob), cpu);
+    let mut rawb = Raw::<true>::spawn(Role::Sink(Kind::Blob), cpu);
+    let mut ipc = IpcChannel::spawn(Role::Sink(Kind::Blob), cpu);
+    for size in SWEEP {
+        // About 64 MiB per rep (16 with --quick), at least 4 messages, at most 20,000.
+        let budget: usize = if cfg.quick { 16 << 20 } else { 64 << 20 };
+        let n = (budget / size).clamp(4, 20_000);
+        let gbps = |rate: f64| rate * size as f64 / 1e9;
+        let blob = |_| Blob::new(size);
+        let s = compare(
+            cfg.reps,
+            &mut [
+                &mut || gbps(one_way_of(&mut m, n, blob)),
+                &mut || gbps(one_way_of(&mut rawb, n, blob)),
+                &mut || gbps(one_way_of(&mut ipc, n, blob)),
+            ],
+        );
+        let name = format!("sweep: one-way, struct of {}, {p}", size_label(size));
+        let rivals = [(Raw::<true>::NAME, 1), (IpcChannel::NAME, 2)];
+        for (rival, i) in rivals {
+            report.versus(
+                "xproc",
+                name.clone(),
+                "GB/s",
+                Better::Higher,
+                &s[0],
+                rival,
+                &s[i],
+            );
+        }
+        let mut series = vec![("msgport".to_owned(), s[0].median())];
+        series.extend(rivals.iter().map(|&(r, i)| (r.to_owned(), s[i].median())));
+        report.sweep.push(SweepPoint {
+            placement: p,
+            size,
+            series,
+        });
+    }
 }

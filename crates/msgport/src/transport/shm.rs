@@ -15,7 +15,7 @@
 //!
 //! Each link keeps its own regions and reuses them only on that link: a process that received
 //! a region (and may keep a mapping of it) never sees another peer's messages in it. What this
-//! costs is bounded per link ([`KEEP_IDLE`], [`PER_LINK`]) and per process ([`MAX_REGIONS`],
+//! costs is bounded per link ([`KEEP_IDLE`], [`PER_LINK`], [`LINK_BYTES`]) and per process ([`MAX_REGIONS`],
 //! [`MAX_BYTES`]); when a region cannot be had, the frame goes through the socket as any other.
 //! A receiver that never frees its regions keeps at most that much of the sender's memory.
 //!
@@ -36,11 +36,13 @@ use crate::value::cbor::Spill;
 pub(crate) const MIN: usize = 256 << 10;
 /// Where a region's body starts: its first bytes are the state word.
 pub(crate) const BODY_AT: usize = 64;
-/// Regions are sized in steps of this many bytes (so that one region serves messages of
-/// similar sizes).
-const GRAIN: usize = 1 << 20;
-/// The most regions, in flight or free, one link holds.
-const PER_LINK: usize = 16;
+/// Regions are sized in steps of at least this many bytes, and at least an eighth of their size
+/// (one region serves messages of similar sizes, and wastes at most an eighth).
+const GRAIN: usize = 64 << 10;
+/// The most regions, in flight or free, one link holds, and their most bytes: a sender that
+/// posts faster than its peer reads keeps that much in regions before it uses the socket.
+const PER_LINK: usize = 64;
+const LINK_BYTES: usize = 256 << 20;
 /// The most bytes of free regions one link keeps for later frames.
 const KEEP_IDLE: usize = 128 << 20;
 /// The most regions, and bytes of regions, a process holds over all its links.
@@ -64,7 +66,7 @@ pub(crate) struct Region {
 impl Region {
     /// Makes a region of at least `need` bytes, if the process's budget allows it.
     fn create(need: usize) -> Option<Region> {
-        let size = need.checked_next_multiple_of(GRAIN)?;
+        let size = size_for(need)?;
         if REGIONS.fetch_add(1, Ordering::Relaxed) >= MAX_REGIONS
             || BYTES.fetch_add(size, Ordering::Relaxed) + size > MAX_BYTES
         {
@@ -104,6 +106,12 @@ impl Drop for Region {
     }
 }
 
+/// The size of a region made for a body of `need` bytes (offset included).
+fn size_for(need: usize) -> Option<usize> {
+    let eighth = need.checked_next_power_of_two()? / 16;
+    need.checked_next_multiple_of(eighth.max(GRAIN))
+}
+
 /// A link's regions.
 #[derive(Default)]
 pub(crate) struct Regions {
@@ -125,7 +133,9 @@ impl Regions {
         let region = match fits {
             Some(i) => self.all[i].clone(),
             None => {
-                while self.all.len() >= PER_LINK {
+                let size = size_for(need)?;
+                let total = |all: &[Arc<Region>]| all.iter().map(|r| r.size()).sum::<usize>();
+                while self.all.len() >= PER_LINK || total(&self.all) + size > LINK_BYTES {
                     let i = self.all.iter().position(|r| r.is_free())?;
                     self.all.swap_remove(i);
                 }
