@@ -29,6 +29,21 @@ pub(crate) trait IpcSystem {
 pub(crate) fn child(role: &str, cpu: usize) {
     pin(cpu);
     let ipc = IpcChild::connect().unwrap();
+    if role == "mpipc-many" {
+        // One of many children: says it is up, then sends its share when told, and says done
+        // once main has taken all of it.
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        ipc.on("go", move |e| tx.send(e.data::<u64>().unwrap()).unwrap());
+        ipc.send("ready", ()).unwrap();
+        let n = rx.recv().unwrap();
+        for i in 0..n {
+            ipc.send("data", Small::new(i)).unwrap();
+        }
+        ipc.invoke_blocking("sync", ()).unwrap();
+        ipc.send("done", ()).unwrap();
+        ipc.wait_main_gone();
+        return;
+    }
     let (tx, rx) = std::sync::mpsc::channel::<u64>();
     ipc.on("go", move |e| tx.send(e.data::<u64>().unwrap()).unwrap());
     let n = rx.recv().unwrap();
@@ -79,6 +94,49 @@ impl MsgportIpc {
         main.shutdown();
         let _ = child.wait();
         figure
+    }
+}
+
+impl MsgportIpc {
+    /// Messages per second main takes from `k` children sending `n` each at once (the time from
+    /// telling them to go, every child up, to the last one done).
+    fn many_children(k: usize, placement: Placement, n: u64) -> Option<f64> {
+        let main = IpcMain::new();
+        main.handle("sync", |_| Ok(Value::Null));
+        main.on("data", |e| {
+            std::hint::black_box(&e.data);
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let done = tx.clone();
+        main.on("ready", move |_| {
+            let _ = tx.send(());
+        });
+        main.on("done", move |_| {
+            let _ = done.send(());
+        });
+        let mut children = Vec::new();
+        for _ in 0..k {
+            let mut cmd = Command::new(std::env::current_exe().ok()?);
+            cmd.arg("--child")
+                .arg("mpipc-many")
+                .arg(placement.cpu(1).to_string());
+            children.push(main.spawn(&mut cmd).ok()?);
+        }
+        let wait_all = || (0..k).all(|_| rx.recv_timeout(Duration::from_secs(120)).is_ok());
+        if !wait_all() {
+            return None;
+        }
+        let t = Instant::now();
+        for child in &children {
+            child.send("go", n).ok()?;
+        }
+        let all_done = wait_all();
+        let rate = (k as u64 * n) as f64 / t.elapsed().as_secs_f64();
+        main.shutdown();
+        for child in children {
+            let _ = child.wait();
+        }
+        all_done.then_some(rate)
     }
 }
 
@@ -180,12 +238,37 @@ impl<const ADVANCED: bool> IpcSystem for Node<ADVANCED> {
 }
 
 pub(crate) fn group(cfg: &Config, report: &mut Report) {
+    let n_inv = if cfg.quick { 2_000 } else { 10_000 };
+    let n_send = if cfg.quick { 20_000 } else { 200_000 };
+    for placement in Placement::BOTH {
+        pin(placement.cpu(0));
+        for k in [1usize, 10, 50] {
+            let per_child = (n_send / k as u64).max(1);
+            let samples: Vec<f64> = (0..cfg.reps)
+                .filter_map(|_| MsgportIpc::many_children(k, placement, per_child))
+                .collect();
+            if samples.is_empty() {
+                println!("ipc     {k} children: no rep completed");
+                continue;
+            }
+            report.solo(
+                "ipc",
+                format!(
+                    "send throughput, {k} {} at once → main, 64 B struct, {}",
+                    if k == 1 { "child" } else { "children" },
+                    placement.label()
+                ),
+                "msg/s",
+                Better::Higher,
+                &crate::measure::Samples(samples),
+                "all children's messages / time from go to the last done",
+            );
+        }
+    }
     if !Node::<true>::available() {
         println!("ipc     node is not on this machine: the Node.js comparisons are skipped");
         return;
     }
-    let n_inv = if cfg.quick { 2_000 } else { 10_000 };
-    let n_send = if cfg.quick { 20_000 } else { 200_000 };
     let nan = f64::NAN;
     for placement in Placement::BOTH {
         pin(placement.cpu(0));
