@@ -774,3 +774,34 @@ fn a_listening_socket_is_private_and_removed_on_drop() {
     assert_eq!(mode & 0o600, 0o600, "mode {mode:o}");
     drop(listener);
 }
+
+/// Memory per port: a port that has read its messages keeps no receive buffer of its own (its
+/// reads go through its thread's buffer while no frame is half read). It used to keep 64 KiB
+/// per link for good after its first message: 500 socket pairs (1,000 links) grew the process
+/// by ~64 MiB.
+#[test]
+fn a_port_that_read_its_messages_keeps_no_receive_buffer() {
+    isolated(
+        "a_port_that_read_its_messages_keeps_no_receive_buffer",
+        &[],
+        LIMIT,
+        || {
+            let pairs: Vec<_> = (0..500).map(|_| hostile::socket_pair()).collect();
+            let before = hostile::rss_kib();
+            for (a, b) in &pairs {
+                a.post_message("ping", []).unwrap();
+                b.post_message("pong", []).unwrap();
+            }
+            for (a, b) in &pairs {
+                assert_eq!(b.blocking_recv().unwrap().data::<String>().unwrap(), "ping");
+                assert_eq!(a.blocking_recv().unwrap().data::<String>().unwrap(), "pong");
+            }
+            let grown = hostile::rss_kib().saturating_sub(before);
+            let per_link = grown as f64 / 1000.0;
+            assert!(
+                per_link < 8.0,
+                "{per_link:.1} KiB per link after one message"
+            );
+        },
+    );
+}

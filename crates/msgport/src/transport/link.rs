@@ -562,18 +562,47 @@ impl Link {
         ports: &mut Vec<(usize, Vec<Handover>)>,
     ) -> Step {
         loop {
-            io.reserve_read();
-            let Io {
-                inbuf,
-                filled,
-                infds,
-                fd: Some(sock),
-                ..
-            } = io
-            else {
-                return Step::Dry;
-            };
-            return match sys::recv(sock.as_fd(), &mut inbuf[*filled..], infds) {
+            // A link holding no partial frame reads into this thread's buffer and keeps none
+            // of its own: an idle port costs no receive buffer.
+            let borrowed = io.filled == 0;
+            if borrowed {
+                let mut scratch = SCRATCH.take();
+                if scratch.len() < READ_CHUNK {
+                    scratch.resize(READ_CHUNK, 0);
+                }
+                io.inbuf = scratch;
+            } else {
+                io.reserve_read();
+            }
+            let step = Self::recv_and_decode(io, events, ports);
+            if borrowed || io.filled == 0 {
+                io.give_back_scratch();
+            }
+            match step {
+                None => continue,
+                Some(step) => return step,
+            }
+        }
+    }
+
+    /// One `recvmsg` into `io.inbuf` and the frames it completed; `None` when interrupted.
+    fn recv_and_decode(
+        io: &mut Io,
+        events: &mut Vec<(MessageEvent, usize)>,
+        ports: &mut Vec<(usize, Vec<Handover>)>,
+    ) -> Option<Step> {
+        let Io {
+            inbuf,
+            filled,
+            infds,
+            fd: Some(sock),
+            ..
+        } = io
+        else {
+            return Some(Step::Dry);
+        };
+        Some(
+            match sys::recv(sock.as_fd(), &mut inbuf[*filled..], infds) {
                 Ok(0) => Step::Ended("end of stream"),
                 Ok(n) => {
                     io.filled += n;
@@ -586,13 +615,13 @@ impl Link {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Dry,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
                 Err(e) => {
                     tracing::debug!("msgport: link read error: {e}");
                     Step::Ended("read error")
                 }
-            };
-        }
+            },
+        )
     }
 
     /// Decodes every complete frame in the buffer into `events` / `ports`, then checks that the
@@ -759,7 +788,29 @@ enum Step {
     Ended(&'static str),
 }
 
+thread_local! {
+    /// The buffer a thread reads links into while they hold no partial frame.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl Io {
+    /// After a read into the thread's buffer: the buffer goes back to the thread; what is left
+    /// of a frame not yet complete moves to a buffer of the link's own.
+    /// A link's own buffer that is empty again goes the same way (the larger of the two is
+    /// kept for the thread).
+    fn give_back_scratch(&mut self) {
+        let own = if self.filled == 0 {
+            Vec::new()
+        } else {
+            self.inbuf[..self.filled].to_vec()
+        };
+        let used = std::mem::replace(&mut self.inbuf, own);
+        if used.len() == READ_CHUNK {
+            let kept = SCRATCH.take();
+            SCRATCH.set(if kept.len() >= used.len() { kept } else { used });
+        }
+    }
+
     /// Makes room to read into. The buffer grows with what has arrived (at most doubling what
     /// is held), never with what a header announces: a peer that announces a large frame and
     /// sends nothing costs one read chunk.
