@@ -669,9 +669,6 @@ impl Link {
         if io.infds.len() > wire::unclaimed_limit(&io.inbuf[..io.filled])? {
             return Err(WireError::Descriptors);
         }
-        if io.filled == 0 && io.inbuf.len() > READ_CHUNK {
-            crate::buffers::give(std::mem::take(&mut io.inbuf));
-        }
         Ok(())
     }
 
@@ -793,22 +790,47 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// The largest buffer a thread keeps for reading.
+const SCRATCH_MAX: usize = 1 << 20;
+/// The start of a frame short enough to copy out of the thread's buffer.
+const SHORT_PARTIAL: usize = 4096;
+
+/// Keeps `buf` as the thread's read buffer if it is larger than the one kept (within
+/// [`SCRATCH_MAX`]); what is not kept goes to the process's pool (or is freed).
+fn keep_scratch(buf: Vec<u8>) {
+    if buf.len() < READ_CHUNK {
+        return;
+    }
+    if buf.len() > SCRATCH_MAX {
+        crate::buffers::give(buf);
+        return;
+    }
+    let kept = SCRATCH.take();
+    let (keep, spare) = if kept.len() >= buf.len() {
+        (kept, buf)
+    } else {
+        (buf, kept)
+    };
+    SCRATCH.set(keep);
+    crate::buffers::give(spare);
+}
+
 impl Io {
-    /// After a read into the thread's buffer: the buffer goes back to the thread; what is left
-    /// of a frame not yet complete moves to a buffer of the link's own.
-    /// A link's own buffer that is empty again goes the same way (the larger of the two is
-    /// kept for the thread).
+    /// After a read into the thread's buffer, or once the link's own buffer is empty again.
+    /// Empty: the buffer goes to the thread (the larger of the two is kept, up to
+    /// [`SCRATCH_MAX`]; a larger one goes to the process's pool). A frame half read: a short
+    /// start is copied into a buffer of the link's own and the thread keeps its buffer; a long
+    /// one keeps the buffer it is in (no copy), and the thread makes another when it needs one.
     fn give_back_scratch(&mut self) {
-        let own = if self.filled == 0 {
-            Vec::new()
-        } else {
-            self.inbuf[..self.filled].to_vec()
-        };
-        let used = std::mem::replace(&mut self.inbuf, own);
-        if used.len() == READ_CHUNK {
-            let kept = SCRATCH.take();
-            SCRATCH.set(if kept.len() >= used.len() { kept } else { used });
+        if self.filled > 0 {
+            if self.filled <= SHORT_PARTIAL {
+                let own = self.inbuf[..self.filled].to_vec();
+                let used = std::mem::replace(&mut self.inbuf, own);
+                keep_scratch(used);
+            }
+            return;
         }
+        keep_scratch(std::mem::take(&mut self.inbuf));
     }
 
     /// Makes room to read into. The buffer grows with what has arrived (at most doubling what
