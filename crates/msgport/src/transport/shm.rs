@@ -326,15 +326,66 @@ fn materialize(region: &Region, mut frame: Frame) -> Frame {
 
 /// The regions a link's peer sent, still mapped: a region comes back with every frame it
 /// carries, and mapping it again each time (page tables and all) cost as much as copying its
-/// body. At most [`PER_LINK`] (the most a sender uses per link), the oldest unmapped first.
+/// body. Bounded, since what this process reads of a kept mapping stays in its resident set:
+/// at most [`PER_LINK`] mappings and [`LINK_BYTES`] per link (the most an honest sender uses),
+/// the oldest unmapped first, and [`MAPPED_MAX`] over the process; past that, a region is
+/// mapped for its frame only.
 #[derive(Default)]
 pub(crate) struct Mapped {
     maps: std::collections::VecDeque<((u64, u64), Mapping)>,
+    bytes: usize,
 }
+
+/// The most bytes of kept mappings, over all links of the process.
+const MAPPED_MAX: usize = 1 << 30;
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
 
 impl Mapped {
     pub(crate) fn clear(&mut self) {
-        self.maps.clear();
+        while self.pop_front() {}
+    }
+
+    fn pop_front(&mut self) -> bool {
+        match self.maps.pop_front() {
+            Some((_, map)) => {
+                self.forget(map.len());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn forget(&mut self, len: usize) {
+        self.bytes -= len;
+        MAPPED.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Keeps `map` if the bounds allow (dropping the oldest of this link first); gives it back
+    /// otherwise.
+    fn keep(&mut self, key: (u64, u64), map: Mapping) -> Result<&Mapping, Mapping> {
+        let len = map.len();
+        if len > LINK_BYTES {
+            return Err(map);
+        }
+        while self.maps.len() >= PER_LINK || self.bytes + len > LINK_BYTES {
+            self.pop_front();
+        }
+        if MAPPED.fetch_add(len, Ordering::Relaxed) + len > MAPPED_MAX {
+            MAPPED.fetch_sub(len, Ordering::Relaxed);
+            return Err(map);
+        }
+        self.bytes += len;
+        self.maps.push_back((key, map));
+        match self.maps.back() {
+            Some((_, map)) => Ok(map),
+            None => unreachable!("just pushed"),
+        }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -351,25 +402,35 @@ pub(crate) fn receive<T>(
     let need = BODY_AT.checked_add(size).ok_or_else(invalid)?;
     let (dev, ino, file_size) = shm::identify(region)?;
     let key = (dev, ino);
-    mapped
-        .maps
-        .retain(|(_, map)| map.state().load(Ordering::Acquire) != RETIRED);
+    let mut i = 0;
+    while i < mapped.maps.len() {
+        if mapped.maps[i].1.state().load(Ordering::Acquire) == RETIRED {
+            if let Some((_, map)) = mapped.maps.remove(i) {
+                mapped.forget(map.len());
+            }
+        } else {
+            i += 1;
+        }
+    }
     let found = mapped.maps.iter().position(|(k, _)| *k == key);
+    let once;
     let map = match found {
         Some(i) if mapped.maps[i].1.len() >= need => &mapped.maps[i].1,
         _ => {
-            if let Some(i) = found {
-                mapped.maps.remove(i);
+            if let Some((_, old)) = found.and_then(|i| mapped.maps.remove(i)) {
+                mapped.forget(old.len());
             }
             // The whole region (up to what a frame may use), so that later frames fit.
             let limit = BODY_AT.saturating_add(wire::max_frame());
             let len = usize::try_from(file_size).unwrap_or(usize::MAX).min(limit);
             let map = shm::open(region, len.max(need))?;
-            if mapped.maps.len() >= PER_LINK {
-                mapped.maps.pop_front();
+            match mapped.keep(key, map) {
+                Ok(map) => map,
+                Err(map) => {
+                    once = map;
+                    &once
+                }
             }
-            mapped.maps.push_back((key, map));
-            &mapped.maps.back().ok_or_else(invalid)?.1
         }
     };
     let body = map.bytes(BODY_AT, size).ok_or_else(invalid)?;
@@ -429,6 +490,31 @@ mod tests {
         let sent = stage(&second, frame(MIN)).unwrap();
         receive(&mut mapped, sent.fds[0].as_fd(), MIN, |_| ()).unwrap();
         assert_eq!(mapped.maps.len(), 1, "the retired region was unmapped");
+    }
+
+    #[test]
+    fn a_receiver_keeps_no_mapping_past_its_bounds() {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        // A sparse region larger than a link's bound: read, but not kept mapped (what is read
+        // of a kept mapping stays resident).
+        let fd = rustix::fs::memfd_create("big", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .unwrap();
+        rustix::fs::ftruncate(&fd, (LINK_BYTES + (1 << 20)) as u64).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+        let mut mapped = Mapped::default();
+        let got = receive(&mut mapped, fd.as_fd(), 3, |b| b.to_vec()).unwrap();
+        assert_eq!(got, vec![0, 0, 0]);
+        assert!(mapped.maps.is_empty());
+        assert_eq!(mapped.bytes, 0);
+        // A region within bounds is kept, and counted until dropped.
+        let mut regions = Regions::default();
+        let region = lease(&mut regions, &frame(MIN)).unwrap();
+        let sent = stage(&region, frame(MIN)).unwrap();
+        receive(&mut mapped, sent.fds[0].as_fd(), MIN, |_| ()).unwrap();
+        assert_eq!(mapped.maps.len(), 1);
+        assert!(mapped.bytes >= MIN);
+        mapped.clear();
+        assert_eq!(mapped.bytes, 0);
     }
 
     #[test]
