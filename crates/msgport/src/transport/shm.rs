@@ -4,8 +4,10 @@
 //! that sends it, and the socket carries only a 16-byte *region frame*: a header flagged
 //! [`wire::SHARED`], the body's length, and the region's descriptor as the frame's first
 //! descriptor (the message's own descriptors follow). The receiver maps the region, decodes the
-//! body from it as it would from the socket, marks the region free again through its state word
-//! and unmaps it: it keeps nothing of it. The sender reuses a region once its state says free.
+//! body from it as it would from the socket and marks the region free again through its state
+//! word; it may keep the mapping for the region's next frames ([`Mapped`], bounded). The sender
+//! reuses a region once its state says free. A typed message's large byte strings are written
+//! into the region by the serializer itself ([`Placer`]): the sender copies them once.
 //!
 //! ```text
 //! region = state: u32 (native endian) | unused[60] | body
@@ -15,11 +17,13 @@
 //!
 //! Each link keeps its own regions and reuses them only on that link: a process that received
 //! a region (and may keep a mapping of it) never sees another peer's messages in it. What this
-//! costs is bounded per link ([`KEEP_IDLE`], [`PER_LINK`], [`LINK_BYTES`]) and per process ([`MAX_REGIONS`],
-//! [`MAX_BYTES`]); when a region cannot be had, the frame goes through the socket as any other.
-//! A receiver that never frees its regions keeps at most that much of the sender's memory.
+//! costs is bounded per link ([`KEEP_IDLE`], [`PER_LINK`], [`LINK_BYTES`]) and per process
+//! ([`MAX_REGIONS`], [`MAX_BYTES`]); when a region cannot be had, the frame goes through the
+//! socket as any other. A receiver that never frees its regions keeps at most that much of the
+//! sender's memory.
 //!
-//! Proven by: the unit tests below, `tests/shared_memory.rs` (`large_messages_travel_in_shared_memory`,
+//! Proven by: the unit tests below, `tests/shared_memory.rs`
+//! (`large_messages_travel_in_shared_memory`, `typed_large_messages_written_in_place_arrive_whole`,
 //! `regions_are_reused_and_bounded`, `a_port_moved_with_region_frames_unread_loses_nothing`,
 //! `hostile_region_frames_close_only_their_port`), and the `link` fuzz target, which sends
 //! fuzzer-made regions.
