@@ -418,3 +418,29 @@ fn hostile_region_frames_close_only_their_port() {
         },
     );
 }
+
+/// A typed message with a large byte string (written in place into a region) and more ports
+/// than a region frame's 16 bytes can carry descriptors for: it goes through the socket, whole.
+#[test]
+fn a_large_typed_message_with_four_thousand_ports_arrives() {
+    let (a, b) = socket_pair();
+    let mut kept = Vec::new();
+    let mut sent = Vec::new();
+    for _ in 0..4_050 {
+        let (here, there) = MessageChannel::new().into_ports();
+        kept.push(here);
+        sent.push(there);
+    }
+    a.post_message_ref(&(Bytes(raw(1 << 20, 9)), Value::Port(4_049)), sent)
+        .unwrap();
+    let mut got = b.recv_timeout(LIMIT).unwrap();
+    assert_eq!(got.ports.len(), 4_050);
+    let Value::Array(items) = got.value().unwrap() else {
+        panic!("an array")
+    };
+    assert_eq!(items[0], bytes(1 << 20, 9));
+    kept[4_049].post_message("last", []).unwrap();
+    let port = got.ports.pop().unwrap();
+    let said = port.recv_timeout(LIMIT).unwrap();
+    assert_eq!(said.value().unwrap().as_str(), Some("last"));
+}

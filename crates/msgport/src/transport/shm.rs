@@ -251,7 +251,9 @@ pub(crate) fn stage(region: &Region, frame: Frame) -> Result<Frame, Frame> {
     let size = frame.body_len();
     let fits = BODY_AT
         .checked_add(size)
-        .is_some_and(|end| end <= region.size());
+        .is_some_and(|end| end <= region.size())
+        // The region frame's 16 bytes carry its descriptors, at most 253 a byte.
+        && frame.fds.len() < wire::SHARED_FRAME * crate::sys::MAX_FDS_PER_SEND;
     if !fits || !gaps_in_place(&frame) {
         return Err(materialize(region, frame));
     }
