@@ -24,7 +24,15 @@ pub(crate) fn to_cbor<T: Serialize + ?Sized>(
 ) -> Result<Option<u32>, ValueError> {
     let encoded = to_parts(value, None)?;
     let max_slot = encoded.max_slot;
-    out.extend_from_slice(&encoded.into_bytes());
+    encoded.pieces(|piece| match piece {
+        Piece::Inline(bytes) => out.extend_from_slice(bytes),
+        Piece::Hole(Hole::Apart(bytes)) => {
+            out.extend_from_slice(&bytes);
+            crate::buffers::give(bytes);
+        }
+        // Nothing is placed without a spill.
+        Piece::Hole(Hole::Placed { .. }) => {}
+    });
     Ok(max_slot)
 }
 
