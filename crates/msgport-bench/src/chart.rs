@@ -133,14 +133,23 @@ fn sweep_panel(
             yy = y(v)
         );
     }
+    let mut last_label = f64::NEG_INFINITY;
     for p in points {
         let xx = x((p.size as f64).log2());
         let _ = write!(
             s,
-            r##"<line x1="{xx:.1}" y1="{plot_top}" x2="{xx:.1}" y2="{bottom}" stroke="#eee"/><text x="{xx:.1}" y="{}" text-anchor="middle">{}</text>"##,
-            bottom + 16.0,
-            escape(&size_text(p.size))
+            r##"<line x1="{xx:.1}" y1="{plot_top}" x2="{xx:.1}" y2="{bottom}" stroke="#eee"/>"##
         );
+        // Sizes closer than a label's width (64 B and 65 B) share the first one's label.
+        if xx - last_label >= 28.0 {
+            last_label = xx;
+            let _ = write!(
+                s,
+                r#"<text x="{xx:.1}" y="{}" text-anchor="middle">{}</text>"#,
+                bottom + 16.0,
+                escape(&size_text(p.size))
+            );
+        }
     }
     for (k, (name, _)) in first.series.iter().enumerate() {
         let color = COLORS[k % COLORS.len()];
