@@ -358,6 +358,29 @@ fn msgport_sink<T: Payload>(port: &MessagePort) {
     }
 }
 
+/// A child that keeps every port it is given and echoes each message, as `T`, on the port it
+/// came on (callbacks, no thread per port); with `ready`, it answers each batch of ports.
+fn echo_on_every_port<T: Serialize + DeserializeOwned + Send + 'static>(ready: bool) {
+    let port = process::bootstrap().unwrap();
+    let mut kept = Vec::new();
+    while let Some(e) = port.blocking_recv() {
+        for p in e.ports {
+            let p = std::sync::Arc::new(p);
+            let echo = std::sync::Arc::downgrade(&p);
+            p.on_message(move |mut m| {
+                if let Some(p) = echo.upgrade() {
+                    let _ = p.post_message(m.take_data::<T>().unwrap(), []);
+                }
+            });
+            p.start();
+            kept.push(p);
+        }
+        if ready {
+            port.post_message("ready", []).unwrap();
+        }
+    }
+}
+
 fn raw_sink<T: Payload>(stream: UnixStream) {
     let mut ack = stream.try_clone().unwrap();
     let mut r = BufReader::with_capacity(64 << 10, stream);
@@ -429,43 +452,10 @@ pub(crate) fn child(role: &str, cpu: usize, name: Option<String>) {
                 port.post_message("done", []).unwrap();
             }
         }
-        "msgport-keep" => {
-            // Keeps every port it is given, echoing on each (callbacks, no thread per port).
-            let port = process::bootstrap().unwrap();
-            let mut kept = Vec::new();
-            while let Some(e) = port.blocking_recv() {
-                for p in e.ports {
-                    let p = std::sync::Arc::new(p);
-                    let echo = std::sync::Arc::downgrade(&p);
-                    p.on_message(move |mut m| {
-                        if let Some(p) = echo.upgrade() {
-                            let _ = p.post_message(m.take_data::<Value>().unwrap(), []);
-                        }
-                    });
-                    p.start();
-                    kept.push(p);
-                }
-            }
-        }
-        "msgport-multi" => {
-            // Echoes the 64 B struct on every port it is given (callbacks, no thread per port).
-            let port = process::bootstrap().unwrap();
-            let mut kept = Vec::new();
-            while let Some(e) = port.blocking_recv() {
-                for p in e.ports {
-                    let p = std::sync::Arc::new(p);
-                    let echo = std::sync::Arc::downgrade(&p);
-                    p.on_message(move |mut m| {
-                        if let Some(p) = echo.upgrade() {
-                            let _ = p.post_message(m.take_data::<Small>().unwrap(), []);
-                        }
-                    });
-                    p.start();
-                    kept.push(p);
-                }
-                port.post_message("ready", []).unwrap();
-            }
-        }
+        // Keeps every port it is given, echoing on each; "multi" echoes the typed struct and
+        // says "ready" after each batch.
+        "msgport-keep" => echo_on_every_port::<Value>(false),
+        "msgport-multi" => echo_on_every_port::<Small>(true),
         "ipc-multi" => {
             // Echoes on every channel pair it is given, waiting on all of them at once.
             let boot = IpcSender::<MultiBootstrap>::connect(name.expect("server name")).unwrap();

@@ -424,13 +424,9 @@ fn hostile_region_frames_close_only_their_port() {
 #[test]
 fn a_large_typed_message_with_four_thousand_ports_arrives() {
     let (a, b) = socket_pair();
-    let mut kept = Vec::new();
-    let mut sent = Vec::new();
-    for _ in 0..4_050 {
-        let (here, there) = MessageChannel::new().into_ports();
-        kept.push(here);
-        sent.push(there);
-    }
+    let (kept, sent): (Vec<_>, Vec<_>) = (0..4_050)
+        .map(|_| MessageChannel::new().into_ports())
+        .unzip();
     a.post_message_ref(&(Bytes(raw(1 << 20, 9)), Value::Port(4_049)), sent)
         .unwrap();
     let mut got = b.recv_timeout(LIMIT).unwrap();

@@ -221,17 +221,20 @@ impl Link {
     /// lock), and the region frame that stands for it; the frame itself when no region can be
     /// had (every one in flight, or the process's budget spent).
     fn through_region(&self, frame: Frame) -> Frame {
-        let region = {
-            let mut io = lock(&self.io);
-            if io.fd.is_none() {
-                return frame;
-            }
-            shm::lease(&mut io.regions, &frame)
-        };
-        match region {
+        match shm::need(&frame).and_then(|need| self.lease_region(need)) {
             Some(region) => shm::stage(&region, frame).unwrap_or_else(|frame| frame),
             None => frame,
         }
+    }
+
+    /// A free region of this link for `need` bytes, marked in flight; none once the link is
+    /// closed or closing (its frames would be dropped).
+    fn lease_region(&self, need: usize) -> Option<Arc<shm::Region>> {
+        let mut io = lock(&self.io);
+        if io.fd.is_none() || io.closing {
+            return None;
+        }
+        io.regions.lease(need)
     }
 
     /// Writes a frame, or queues it behind earlier ones. Never blocks.
@@ -880,13 +883,7 @@ impl Outbound for Link {
         encode: &mut Encoder<'_>,
         ports: Vec<MessagePort>,
     ) -> Result<(), Refused> {
-        let lease = |need: usize| {
-            let mut io = lock(&self.io);
-            if io.fd.is_none() || io.closing {
-                return None;
-            }
-            io.regions.lease(need)
-        };
+        let lease = |need: usize| self.lease_region(need);
         let mut placer = shm::Placer::new(&lease);
         let encoded = encode(Some(&mut placer));
         let region = placer.into_region();

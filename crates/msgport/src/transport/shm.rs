@@ -181,13 +181,18 @@ impl Regions {
 
 /// Whether a frame of this body size goes through a region.
 pub(crate) fn wants(frame: &Frame) -> bool {
-    // A region frame's 16 bytes must be able to carry the message's descriptors too.
-    frame.body_len() >= MIN && frame.fds.len() < wire::SHARED_FRAME * crate::sys::MAX_FDS_PER_SEND
+    frame.body_len() >= MIN && carries_descriptors(frame)
 }
 
-/// Takes a region of `regions` for `frame`'s body (under the link's lock, briefly).
-pub(crate) fn lease(regions: &mut Regions, frame: &Frame) -> Option<Arc<Region>> {
-    regions.lease(BODY_AT.checked_add(frame.body_len())?)
+/// Whether a region frame's 16 bytes can carry the frame's descriptors (at most 253 a byte)
+/// besides the region's own.
+fn carries_descriptors(frame: &Frame) -> bool {
+    frame.fds.len() < wire::SHARED_FRAME * crate::sys::MAX_FDS_PER_SEND
+}
+
+/// How many bytes a region needs for `frame`'s body.
+pub(crate) fn need(frame: &Frame) -> Option<usize> {
+    BODY_AT.checked_add(frame.body_len())
 }
 
 /// Gives a region back unused: the frame it was leased for went another way.
@@ -252,8 +257,7 @@ pub(crate) fn stage(region: &Region, frame: Frame) -> Result<Frame, Frame> {
     let fits = BODY_AT
         .checked_add(size)
         .is_some_and(|end| end <= region.size())
-        // The region frame's 16 bytes carry its descriptors, at most 253 a byte.
-        && frame.fds.len() < wire::SHARED_FRAME * crate::sys::MAX_FDS_PER_SEND;
+        && carries_descriptors(&frame);
     if !fits || !gaps_in_place(&frame) {
         return Err(materialize(region, frame));
     }
@@ -339,7 +343,6 @@ fn materialize(region: &Region, mut frame: Frame) -> Frame {
 #[derive(Default)]
 pub(crate) struct Mapped {
     maps: std::collections::VecDeque<((u64, u64), Mapping)>,
-    bytes: usize,
 }
 
 /// The most bytes of kept mappings, over all links of the process.
@@ -362,8 +365,12 @@ impl Mapped {
     }
 
     fn forget(&mut self, len: usize) {
-        self.bytes -= len;
         MAPPED.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Bytes of the mappings kept.
+    fn bytes(&self) -> usize {
+        self.maps.iter().map(|(_, map)| map.len()).sum()
     }
 
     /// Keeps `map` if the bounds allow (dropping the oldest of this link first); gives it back
@@ -373,14 +380,13 @@ impl Mapped {
         if len > LINK_BYTES {
             return Err(map);
         }
-        while self.maps.len() >= PER_LINK || self.bytes + len > LINK_BYTES {
+        while self.maps.len() >= PER_LINK || self.bytes() + len > LINK_BYTES {
             self.pop_front();
         }
         if MAPPED.fetch_add(len, Ordering::Relaxed) + len > MAPPED_MAX {
             MAPPED.fetch_sub(len, Ordering::Relaxed);
             return Err(map);
         }
-        self.bytes += len;
         self.maps.push_back((key, map));
         match self.maps.back() {
             Some((_, map)) => Ok(map),
@@ -466,9 +472,9 @@ mod tests {
         let f = frame(MIN);
         assert!(wants(&f));
         assert!(!wants(&frame(MIN - 1)));
-        let first = lease(&mut regions, &f).unwrap();
+        let first = regions.lease(need(&f).unwrap()).unwrap();
         // In flight: a second frame gets a second region.
-        let second = lease(&mut regions, &f).unwrap();
+        let second = regions.lease(need(&f).unwrap()).unwrap();
         assert!(!Arc::ptr_eq(&first, &second));
         let sent = stage(&first, f).unwrap();
         assert_eq!(sent.fds.len(), 1);
@@ -476,7 +482,7 @@ mod tests {
         let body = receive(&mut mapped, sent.fds[0].as_fd(), MIN, |b| b.to_vec()).unwrap();
         assert_eq!(body, vec![7u8; MIN]);
         // Freed by the receiver: reused.
-        let third = lease(&mut regions, &frame(MIN)).unwrap();
+        let third = regions.lease(need(&frame(MIN)).unwrap()).unwrap();
         assert!(Arc::ptr_eq(&first, &third));
         assert_eq!(regions.all.len(), 2);
     }
@@ -485,14 +491,14 @@ mod tests {
     fn a_receiver_unmaps_the_regions_its_sender_dropped() {
         let mut regions = Regions::default();
         let mut mapped = Mapped::default();
-        let first = lease(&mut regions, &frame(MIN)).unwrap();
+        let first = regions.lease(need(&frame(MIN)).unwrap()).unwrap();
         let sent = stage(&first, frame(MIN)).unwrap();
         receive(&mut mapped, sent.fds[0].as_fd(), MIN, |_| ()).unwrap();
         assert_eq!(mapped.maps.len(), 1);
         drop(first);
         regions.clear();
         let mut others = Regions::default();
-        let second = lease(&mut others, &frame(MIN)).unwrap();
+        let second = others.lease(need(&frame(MIN)).unwrap()).unwrap();
         let sent = stage(&second, frame(MIN)).unwrap();
         receive(&mut mapped, sent.fds[0].as_fd(), MIN, |_| ()).unwrap();
         assert_eq!(mapped.maps.len(), 1, "the retired region was unmapped");
@@ -511,35 +517,35 @@ mod tests {
         let got = receive(&mut mapped, fd.as_fd(), 3, |b| b.to_vec()).unwrap();
         assert_eq!(got, vec![0, 0, 0]);
         assert!(mapped.maps.is_empty());
-        assert_eq!(mapped.bytes, 0);
+        assert_eq!(mapped.bytes(), 0);
         // A region within bounds is kept, and counted until dropped.
         let mut regions = Regions::default();
-        let region = lease(&mut regions, &frame(MIN)).unwrap();
+        let region = regions.lease(need(&frame(MIN)).unwrap()).unwrap();
         let sent = stage(&region, frame(MIN)).unwrap();
         receive(&mut mapped, sent.fds[0].as_fd(), MIN, |_| ()).unwrap();
         assert_eq!(mapped.maps.len(), 1);
-        assert!(mapped.bytes >= MIN);
+        assert!(mapped.bytes() >= MIN);
         mapped.clear();
-        assert_eq!(mapped.bytes, 0);
+        assert_eq!(mapped.bytes(), 0);
     }
 
     #[test]
     fn a_link_holds_a_bounded_number_of_regions() {
         let mut regions = Regions::default();
         let held: Vec<_> = (0..PER_LINK)
-            .map(|_| lease(&mut regions, &frame(MIN)).unwrap())
+            .map(|_| regions.lease(need(&frame(MIN)).unwrap()).unwrap())
             .collect();
         // Every region in flight: the frame goes through the socket.
-        assert!(lease(&mut regions, &frame(MIN)).is_none());
+        assert!(regions.lease(need(&frame(MIN)).unwrap()).is_none());
         held[3].map.state().store(FREE, Ordering::Release);
-        assert!(lease(&mut regions, &frame(MIN)).is_some());
+        assert!(regions.lease(need(&frame(MIN)).unwrap()).is_some());
         regions.clear();
     }
 
     #[test]
     fn a_receiver_refuses_a_region_smaller_than_the_frame() {
         let mut regions = Regions::default();
-        let region = lease(&mut regions, &frame(MIN)).unwrap();
+        let region = regions.lease(need(&frame(MIN)).unwrap()).unwrap();
         let sent = stage(&region, frame(MIN)).unwrap();
         let mut mapped = Mapped::default();
         assert!(receive(&mut mapped, sent.fds[0].as_fd(), 64 << 20, |_| ()).is_err());
