@@ -805,3 +805,87 @@ fn a_port_that_read_its_messages_keeps_no_receive_buffer() {
         },
     );
 }
+
+/// A port whose socket came from a peer that kept a copy of it, and whose pulls have moved to
+/// waiting in `recvmsg` (three answered rounds): the raw peer answers each post on `reply`.
+fn waiting_port_with_shared_socket() -> (
+    msgport::MessagePort,
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+) {
+    let (port, peer) = hostile_pair();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let kept = ours.try_clone().unwrap();
+    let sent = std::os::fd::OwnedFd::from(ours);
+    peer.frame(
+        &cbor::body(cbor::NULL, &[cbor::socket_record()]),
+        1,
+        &borrow(std::slice::from_ref(&sent)),
+    )
+    .unwrap();
+    drop(sent);
+    let mut event = port.recv_timeout(Duration::from_secs(10)).unwrap();
+    let far = event.ports.pop().expect("the port arrived");
+    std::mem::forget(peer);
+    for round in 0..3u64 {
+        far.post_message(round, []).unwrap();
+        reply(&theirs, round);
+        assert_eq!(far.blocking_recv().unwrap().data::<u64>().unwrap(), round);
+    }
+    (far, kept, theirs)
+}
+
+/// Writes one message holding `n` to a raw socket.
+fn reply(mut to: &std::os::unix::net::UnixStream, n: u64) {
+    use std::io::Write;
+    to.write_all(&frame(&cbor::body(&cbor::uint(n), &[]), 0))
+        .unwrap();
+}
+
+/// A pull waits for its answer asleep in `recvmsg` on the port's socket. A peer that kept a
+/// copy of a socket it sent can make that socket non-blocking under us: the pull must go on
+/// waiting (in `poll`), not turn into a loop of `recvmsg` calls answered "try again".
+#[test]
+fn a_socket_made_non_blocking_by_its_sender_does_not_spin_a_pull() {
+    isolated(
+        "a_socket_made_non_blocking_by_its_sender_does_not_spin_a_pull",
+        &[],
+        LIMIT,
+        || {
+            let (port, kept, theirs) = waiting_port_with_shared_socket();
+            kept.set_nonblocking(true).unwrap();
+            port.post_message(7u64, []).unwrap();
+            let answer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(600));
+                reply(&theirs, 7);
+                theirs
+            });
+            let before = hostile::cpu_time();
+            assert_eq!(port.blocking_recv().unwrap().data::<u64>().unwrap(), 7);
+            let spent = hostile::cpu_time() - before;
+            assert!(
+                spent < Duration::from_millis(300),
+                "waiting 600 ms for an answer cost {spent:?} of CPU"
+            );
+            drop(answer.join().unwrap());
+        },
+    );
+}
+
+/// A peer that kept a copy of a socket it sent can also take away its receive timeout, so that
+/// a pull asleep in `recvmsg` would never wake by itself: closing the port from another thread
+/// still ends that pull.
+#[test]
+fn closing_a_port_wakes_a_pull_whose_socket_lost_its_timeout() {
+    watchdog(LIMIT, || {
+        let (port, kept, _theirs) = waiting_port_with_shared_socket();
+        kept.set_read_timeout(None).unwrap();
+        let port = Arc::new(port);
+        let puller = port.clone();
+        port.post_message(9u64, []).unwrap();
+        let pull = std::thread::spawn(move || puller.blocking_recv().is_none());
+        std::thread::sleep(Duration::from_millis(200));
+        port.close();
+        assert!(pull.join().unwrap(), "the pull ends with the port's close");
+    });
+}

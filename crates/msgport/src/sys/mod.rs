@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 pub(crate) mod poll;
 pub(crate) mod shm;
@@ -112,6 +113,28 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Lets [`recv_waiting`] sleep on `socket`, for at most `timeout` per call: clears the
+/// descriptor's `O_NONBLOCK` (every other send and receive passes `MSG_DONTWAIT`) and sets its
+/// receive timeout.
+pub(crate) fn prepare_blocking_reads(socket: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+    rustix::net::sockopt::set_socket_timeout(
+        socket,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(timeout),
+    )?;
+    let flags = rustix::fs::fcntl_getfl(socket)?;
+    if flags.contains(rustix::fs::OFlags::NONBLOCK) {
+        rustix::fs::fcntl_setfl(socket, flags - rustix::fs::OFlags::NONBLOCK)?;
+    }
+    Ok(())
+}
+
+/// Ends both directions of `socket` now (waking a thread asleep reading it), whoever else holds
+/// the descriptor.
+pub(crate) fn shutdown(socket: BorrowedFd<'_>) {
+    let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
+}
+
 /// Sends as much of `iov` as the socket takes now, with `fds` attached to the first byte.
 /// Never blocks (`EAGAIN` is `ErrorKind::WouldBlock`) and never raises `SIGPIPE`.
 pub(crate) fn send(
@@ -143,6 +166,26 @@ pub(crate) fn recv(
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
 ) -> io::Result<usize> {
+    recv_with(socket, buf, fds, RecvFlags::DONTWAIT)
+}
+
+/// [`recv`] that sleeps until something arrives, for at most the socket's receive timeout,
+/// when the socket is in blocking mode (see [`prepare_blocking_reads`]); after the timeout,
+/// `WouldBlock`. On a non-blocking socket it returns at once, as [`recv`] does.
+pub(crate) fn recv_waiting(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    recv_with(socket, buf, fds, RecvFlags::empty())
+}
+
+fn recv_with(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+    flags: RecvFlags,
+) -> io::Result<usize> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SEND))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(buf)];
@@ -150,7 +193,7 @@ pub(crate) fn recv(
         socket,
         &mut iov,
         &mut control,
-        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+        flags | RecvFlags::CMSG_CLOEXEC,
     )?;
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(received) = message {

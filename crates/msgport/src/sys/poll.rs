@@ -143,14 +143,15 @@ impl Waker {
     }
 }
 
-/// Waits until `fd` is readable (or hung up), for at most `timeout`.
-pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) {
+/// Waits until `fd` is readable (or hung up), for at most `timeout`. False when it is not
+/// (the time ran out); true also when the wait failed (the caller reads, and learns why).
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
     let ts = timespec(timeout);
     let mut fds = [rustix::event::PollFd::from_borrowed_fd(
         fd,
         rustix::event::PollFlags::IN,
     )];
-    let _ = rustix::event::poll(&mut fds, Some(&ts));
+    !matches!(rustix::event::poll(&mut fds, Some(&ts)), Ok(0))
 }
 
 fn timespec(d: Duration) -> rustix::event::Timespec {

@@ -53,6 +53,9 @@ pub(crate) struct Link {
     /// A copy of `io.pull_mode`, read without the lock by pulls that only need to know whether
     /// the reactor already feeds the endpoint (written under the lock).
     pulled: std::sync::atomic::AtomicBool,
+    /// The reactor found `deliver` held (a pulling thread asleep in `recvmsg` holds it) and left
+    /// the readiness it was told of: whoever releases `deliver` next re-arms the socket.
+    missed: std::sync::atomic::AtomicBool,
 }
 
 /// A reader's buffers from frames to queued messages, kept between turns (no allocation per
@@ -92,11 +95,58 @@ struct Io {
     sized: bool,
     /// Close once `out` is flushed.
     closing: bool,
+    /// How a pulling thread waits for this socket (see `read_here`).
+    wait: Wait,
     /// Shared-memory regions for this link's large frames.
     regions: shm::Regions,
     /// Regions the peer sent, kept mapped for its next large frames.
     mapped: shm::Mapped,
 }
+
+/// How a thread pulling on a link waits for its socket.
+///
+/// Asleep in `recvmsg` itself, a thread is woken straight into the read: one system call per
+/// message instead of `poll` and then `recvmsg`. That needs the socket in blocking mode with a
+/// receive timeout (two or three system calls, once per link), so a link switches after its
+/// first untimed wait: a port used for one request never pays for it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// In `poll`, then a read; the first untimed wait has not happened yet.
+    #[default]
+    Poll,
+    /// In `poll`; the next untimed wait prepares the socket and receives.
+    Prepare,
+    /// In `recvmsg` (the socket is prepared).
+    Receive,
+    /// In `poll`, for good: preparing failed, or the socket stopped blocking (a process holding
+    /// the same open socket set `O_NONBLOCK`, or shortened its receive timeout).
+    PollOnly,
+}
+
+/// Who is reading a link, for [`Link::read`].
+#[derive(Clone, Copy)]
+enum Reader<'a> {
+    /// The reactor, told the socket is readable.
+    Reactor,
+    /// A pulling thread, reading what is there now.
+    Pulling,
+    /// A pulling thread that sleeps in its first `recvmsg` until something arrives (at most
+    /// [`SLICE`]), on this descriptor.
+    Waiting(&'a SharedFd),
+}
+
+/// What a waiting read received, before it is taken in under `io`.
+struct Received {
+    buf: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+    got: io::Result<usize>,
+    /// It returned `WouldBlock` well before its timeout: the socket no longer blocks.
+    early: bool,
+}
+
+/// A pulling thread wakes at least this often to notice a close made by another thread on its
+/// port (a waiting `recvmsg` has this as its receive timeout).
+const SLICE: Duration = Duration::from_millis(50);
 
 struct Chunk {
     bytes: Vec<u8>,
@@ -160,6 +210,7 @@ impl Link {
             target,
             deliver: Mutex::new(Delivery::default()),
             pulled: std::sync::atomic::AtomicBool::new(!watch),
+            missed: std::sync::atomic::AtomicBool::new(false),
             io: Mutex::new(Io {
                 fd: Some(Arc::new(socket)),
                 inbuf: prefix,
@@ -430,7 +481,7 @@ impl Link {
     /// reactor thread in between. Returns false when the socket is gone (the endpoint has been
     /// told, or soon will be).
     fn read_here(&self, timeout: Duration) -> bool {
-        let fd = {
+        let (fd, receive) = {
             let mut io = lock(&self.io);
             let Some(fd) = io.fd.clone() else {
                 return false;
@@ -441,22 +492,50 @@ impl Link {
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 let _ = self.update_interest(&mut io);
             }
-            fd
+            // A partial frame stays in the link's buffer; a waiting read uses the thread's.
+            let receive = timeout >= SLICE && io.filled == 0 && Self::may_receive(&mut io, &fd);
+            (fd, receive)
         };
         // The reactor may have delivered just before it stopped watching: then there is no
         // need to wait.
-        if !self.target.has_pending() {
-            sys::poll::wait_readable(fd.as_fd(), timeout);
+        if self.target.has_pending() {
+            self.read(Reader::Pulling);
+        } else if receive && self.read(Reader::Waiting(&fd)) {
+            // Received (or timed out) in `recvmsg`.
+        } else if sys::poll::wait_readable(fd.as_fd(), timeout) {
+            self.read(Reader::Pulling);
         }
-        drop(fd);
-        self.read(true);
         true
+    }
+
+    /// Whether a thread may wait for this socket in `recvmsg` (see [`Wait`]), preparing the
+    /// socket on its second untimed wait.
+    fn may_receive(io: &mut Io, fd: &SharedFd) -> bool {
+        match io.wait {
+            Wait::Receive => true,
+            Wait::PollOnly => false,
+            Wait::Poll => {
+                io.wait = Wait::Prepare;
+                false
+            }
+            Wait::Prepare => match sys::prepare_blocking_reads(fd.as_fd(), SLICE) {
+                Ok(()) => {
+                    io.wait = Wait::Receive;
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!("msgport: a link's socket cannot block: {e}");
+                    io.wait = Wait::PollOnly;
+                    false
+                }
+            },
+        }
     }
 
     /// Reads what is there now, without waiting, when pulling threads do the reading.
     fn read_now(&self) {
         if self.pulled.load(std::sync::atomic::Ordering::Relaxed) {
-            self.read(true);
+            self.read(Reader::Pulling);
         }
     }
 
@@ -473,7 +552,46 @@ impl Link {
 
     /// The reactor saw the socket readable.
     pub(crate) fn on_readable(&self) {
-        self.read(false);
+        self.read(Reader::Reactor);
+    }
+
+    /// Takes `deliver` without waiting for it: its holder may be a thread asleep in `recvmsg`,
+    /// which delivers what it reads itself. `None` when it is held; the reactor then leaves a
+    /// note (`missed`) for the holder to re-arm the socket when it lets go, so the readiness it
+    /// was told of is not lost.
+    fn enter_delivery(&self, how: Reader<'_>) -> Option<MutexGuard<'_, Delivery>> {
+        use std::sync::atomic::{fence, Ordering::SeqCst};
+        use std::sync::TryLockError;
+        let try_enter = || match self.deliver.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        if let Some(guard) = try_enter() {
+            return Some(guard);
+        }
+        if !matches!(how, Reader::Reactor) {
+            return None;
+        }
+        self.missed.store(true, SeqCst);
+        // Either the holder's check after it lets go sees the note, or this sees it gone.
+        fence(SeqCst);
+        let guard = try_enter()?;
+        self.missed.store(false, SeqCst);
+        Some(guard)
+    }
+
+    /// Lets go of `deliver`, re-arming the socket if the reactor was turned away meanwhile.
+    fn leave_delivery(&self, guard: MutexGuard<'_, Delivery>) {
+        use std::sync::atomic::{fence, Ordering::SeqCst};
+        drop(guard);
+        fence(SeqCst);
+        if self.missed.swap(false, SeqCst) {
+            let mut io = lock(&self.io);
+            if !io.pull_mode && io.registered {
+                let _ = self.update_interest(&mut io);
+            }
+        }
     }
 
     /// Reads what is available, delivers complete frames, and reports the end of the stream.
@@ -482,8 +600,18 @@ impl Link {
     /// On the reactor, a turn stops after [`READ_BUDGET`] bytes (the link is re-armed, so the
     /// reactor comes back to it after the others) or when the port is over its high-water mark
     /// (the endpoint calls [`resume`](Outbound::resume) once drained).
-    fn read(&self, here: bool) {
-        let mut delivering = lock(&self.deliver);
+    ///
+    /// Only one reader at a time (`deliver`); a reader that finds another there leaves at once
+    /// (returns false): the other delivers what it reads.
+    fn read(&self, how: Reader<'_>) -> bool {
+        let Some(mut delivering) = self.enter_delivery(how) else {
+            return false;
+        };
+        let here = !matches!(how, Reader::Reactor);
+        let mut waiting = match how {
+            Reader::Waiting(fd) => Some(fd),
+            _ => None,
+        };
         let Delivery {
             events,
             ports,
@@ -493,6 +621,8 @@ impl Link {
         let mut ended = None;
         let mut more = false;
         loop {
+            // A waiting read sleeps outside `io`: posting on this port goes on meanwhile.
+            let received = waiting.take().map(|fd| (fd, Self::receive_waiting(fd)));
             // One read, its frames decoded, under `io`; then their messages queued, outside it
             // (importing a message's ports makes links and checks sockets).
             let step = {
@@ -500,7 +630,12 @@ impl Link {
                 if !here && (io.pull_mode || self.target.reading_paused()) {
                     break;
                 }
-                let step = Self::read_once(&mut io, events, ports);
+                let step = match received {
+                    Some((fd, received)) => {
+                        Self::take_received(&mut io, fd, received, events, ports)
+                    }
+                    None => Self::read_once(&mut io, events, ports),
+                };
                 if let Step::Ended(why) = step {
                     ended = Some(why);
                     self.shut(&mut io);
@@ -540,9 +675,70 @@ impl Link {
         }
         // Rejected messages own ports: closing them locks other endpoints, not under ours.
         let rejected = std::mem::take(rejected);
-        drop(delivering);
+        self.leave_delivery(delivering);
         drop(rejected);
         self.run_callbacks();
+        true
+    }
+
+    /// Sleeps in `recvmsg` on `fd` until something arrives or [`SLICE`] passes, reading into
+    /// this thread's buffer. Called holding `deliver`, not `io`.
+    fn receive_waiting(fd: &SharedFd) -> Received {
+        let mut buf = SCRATCH.take();
+        if buf.len() < READ_CHUNK {
+            buf.resize(READ_CHUNK, 0);
+        }
+        let mut fds = VecDeque::new();
+        let start = Instant::now();
+        let got = sys::recv_waiting(fd.as_fd(), &mut buf, &mut fds);
+        let early = matches!(&got, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            && start.elapsed() < SLICE / 2;
+        Received {
+            buf,
+            fds,
+            got,
+            early,
+        }
+    }
+
+    /// Takes in what a waiting read received, as if `recv_and_decode` had read it.
+    fn take_received(
+        io: &mut Io,
+        fd: &SharedFd,
+        received: Received,
+        events: &mut Vec<(MessageEvent, usize)>,
+        ports: &mut Vec<(usize, Vec<Handover>)>,
+    ) -> Step {
+        let Received {
+            buf,
+            fds,
+            got,
+            early,
+        } = received;
+        if !io.fd.as_ref().is_some_and(|now| Arc::ptr_eq(now, fd)) {
+            // Closed meanwhile (by this port's owner, or it failed): nothing more is read.
+            keep_scratch(buf);
+            return Step::Dry;
+        }
+        if early {
+            io.wait = Wait::PollOnly;
+        }
+        if let Ok(n @ 1..) = got {
+            io.infds.extend(fds);
+            if io.filled == 0 {
+                keep_scratch(std::mem::replace(&mut io.inbuf, buf));
+            } else {
+                // Not expected (a waiting read starts with no partial frame), but kept in order.
+                io.inbuf.truncate(io.filled);
+                io.inbuf.extend_from_slice(&buf[..n]);
+                keep_scratch(buf);
+            }
+        } else {
+            keep_scratch(buf);
+        }
+        let step = Self::received(io, got, events, ports).unwrap_or(Step::Dry);
+        io.give_back_scratch();
+        step
     }
 
     /// Runs the port's callbacks for what was just delivered: here, or, on the I/O thread, on
@@ -604,27 +800,37 @@ impl Link {
         else {
             return Some(Step::Dry);
         };
-        Some(
-            match sys::recv(sock.as_fd(), &mut inbuf[*filled..], infds) {
-                Ok(0) => Step::Ended("end of stream"),
-                Ok(n) => {
-                    io.filled += n;
-                    match Self::decode(io, events, ports) {
-                        Ok(()) => Step::Read(n),
-                        Err(e) => {
-                            tracing::warn!("msgport: closing a port after a bad frame: {e}");
-                            Step::Ended("bad frame")
-                        }
+        let got = sys::recv(sock.as_fd(), &mut inbuf[*filled..], infds);
+        Self::received(io, got, events, ports)
+    }
+
+    /// What a `recvmsg` that put `got` bytes at `io.inbuf[io.filled..]` amounts to, with the
+    /// frames it completed decoded; `None` when it was interrupted.
+    fn received(
+        io: &mut Io,
+        got: io::Result<usize>,
+        events: &mut Vec<(MessageEvent, usize)>,
+        ports: &mut Vec<(usize, Vec<Handover>)>,
+    ) -> Option<Step> {
+        Some(match got {
+            Ok(0) => Step::Ended("end of stream"),
+            Ok(n) => {
+                io.filled += n;
+                match Self::decode(io, events, ports) {
+                    Ok(()) => Step::Read(n),
+                    Err(e) => {
+                        tracing::warn!("msgport: closing a port after a bad frame: {e}");
+                        Step::Ended("bad frame")
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Dry,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
-                Err(e) => {
-                    tracing::debug!("msgport: link read error: {e}");
-                    Step::Ended("read error")
-                }
-            },
-        )
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Dry,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
+            Err(e) => {
+                tracing::debug!("msgport: link read error: {e}");
+                Step::Ended("read error")
+            }
+        })
     }
 
     /// Decodes every complete frame in the buffer into `events` / `ports`, then checks that the
@@ -678,6 +884,10 @@ impl Link {
     /// Stops using the socket: deregisters it and closes it.
     fn shut(&self, io: &mut Io) {
         if let Some(fd) = io.fd.take() {
+            if Arc::strong_count(&fd) > 1 {
+                // A pulling thread is asleep on it: wake it now, not at the end of its slice.
+                sys::shutdown(fd.as_fd());
+            }
             if std::mem::take(&mut io.registered) {
                 if let Some(r) = reactor::running() {
                     r.deregister(self.token, fd.as_fd());
@@ -931,8 +1141,6 @@ impl Outbound for Link {
             self.arm();
             return ep.pull_blocking(deadline);
         }
-        // Wake now and then to notice a close made by another thread on this port.
-        const SLICE: Duration = Duration::from_millis(50);
         let mut spins = if how == PullMode::Spin {
             0
         } else {
