@@ -383,3 +383,37 @@ fn garbage_on_a_port_socket_closes_that_port_only() {
         wait_ok(good);
     });
 }
+
+/// Low-latency mode: the pulling thread looks at the socket again and again before it sleeps.
+/// Its pulls still get every answer in order, keep their deadlines (also one shorter than
+/// the looking), and end with the peer.
+#[test]
+fn a_low_latency_port_answers_in_order_keeps_deadlines_and_sees_close() {
+    watchdog(LIMIT, || {
+        let (a, b) = msgport_testkit::hostile::socket_pair();
+        a.set_low_latency(true);
+        let echo = std::thread::spawn(move || {
+            // Numbers come back; anything else gets no answer.
+            while let Some(mut event) = b.blocking_recv() {
+                if let Ok(n) = event.take_data::<u64>() {
+                    b.post_message(n, []).unwrap();
+                }
+            }
+        });
+        for i in 0..2_000u64 {
+            a.post_message(i, []).unwrap();
+            assert_eq!(a.blocking_recv().unwrap().data::<u64>().unwrap(), i);
+        }
+        for timeout in [Duration::from_micros(10), Duration::from_millis(20)] {
+            a.post_message("no answer", []).ok();
+            let start = std::time::Instant::now();
+            assert!(matches!(
+                a.recv_timeout(timeout),
+                Err(msgport::RecvTimeoutError::Timeout)
+            ));
+            assert!(start.elapsed() >= timeout);
+        }
+        a.close();
+        echo.join().unwrap();
+    });
+}

@@ -159,9 +159,9 @@ impl MessagePort {
 
     /// Trades CPU for latency on this port's blocking pulls (`blocking_recv`, `recv_timeout`)
     /// when its peer is in another process: the pulling thread reads the socket itself (no
-    /// hand-off from the I/O thread) and looks again a few times, for some microseconds,
-    /// before it sleeps. Off by default: it makes a round trip across CPUs several times
-    /// faster, but burns CPU while it looks. Without it, a blocking pull that follows a post
+    /// hand-off from the I/O thread) and looks again and again, for 50 µs, before it sleeps.
+    /// Off by default: it makes a round trip across CPUs faster, but burns CPU while it looks.
+    /// Without it, a blocking pull that follows a post
     /// on the same port (a request waiting for its answer) already reads the socket itself,
     /// without looking again; a pull that follows no post (a consumer of a stream) is fed by
     /// the I/O thread, which reads ahead while the consumer works. Within one process it

@@ -1141,30 +1141,20 @@ impl Outbound for Link {
             self.arm();
             return ep.pull_blocking(deadline);
         }
-        let mut spins = if how == PullMode::Spin {
-            0
-        } else {
-            REMOTE_SPINS
-        };
+        // Low-latency mode: look at the socket again and again for a while before sleeping.
+        let spin_until = (how == PullMode::Spin).then(|| {
+            let until = Instant::now() + LOW_LATENCY_SPIN;
+            deadline.map_or(until, |deadline| deadline.min(until))
+        });
         loop {
             match ep.pull(None) {
                 Pulled::Empty => {}
                 event => return event,
             }
-            if spins < REMOTE_SPINS {
-                // A busy sender's next message is usually microseconds away: look again
-                // (yielding first, for a sender that shares this CPU) before sleeping in poll,
-                // whose wake-up the sender pays for.
-                spins += 1;
-                if spins == 1 {
-                    std::thread::yield_now();
-                } else {
-                    // Without a system call: a sender posting a stream has several messages
-                    // in the socket by the time we read, and we do not contend for its lock.
-                    for _ in 0..REMOTE_SPIN_HINTS {
-                        std::hint::spin_loop();
-                    }
-                }
+            if spin_until.is_some_and(|until| Instant::now() < until) {
+                // Yielding first lets a sender that shares this CPU run (it would otherwise wait
+                // for this thread's time slice to end); on a CPU of its own it returns at once.
+                std::thread::yield_now();
                 self.read_now();
                 continue;
             }
@@ -1190,8 +1180,7 @@ impl Outbound for Link {
     }
 }
 
-/// How many times a blocking pull on a socket-backed port looks at the socket again before it
-/// sleeps in `poll`.
-const REMOTE_SPINS: u32 = 4;
-/// Spin hints between two looks at the socket.
-const REMOTE_SPIN_HINTS: u32 = 256;
+/// How long a blocking pull in low-latency mode keeps looking at the socket before it sleeps:
+/// about what waking a sleeping thread on another CPU costs here (33 µs) and its scheduling, so
+/// that looking never costs much more than the sleep it saves.
+const LOW_LATENCY_SPIN: Duration = Duration::from_micros(50);
