@@ -342,9 +342,18 @@ impl FrameWriter {
 /// Encodes a message into one frame: bytes and the descriptors of its ports (which are closed
 /// when encoding fails).
 pub(crate) fn encode_frame(message: Outgoing) -> Result<Frame, PostError> {
+    // Room for what goes in the first part (header, array heads, the data's inline bytes), so
+    // that a small message's frame is one allocation, not one and two regrowths.
+    let inline = match &message.data {
+        WireData::Encoded(encoded) => encoded.head.len(),
+        WireData::Cbor { bytes, .. } if bytes.len() < ZERO_COPY_MIN => bytes.len(),
+        _ => 0,
+    };
+    let mut cur = Vec::with_capacity(HEADER + 2 + inline);
+    cur.resize(HEADER, 0);
     let mut w = FrameWriter {
         parts: Vec::new(),
-        cur: vec![0u8; HEADER],
+        cur,
         fds: Vec::new(),
         gaps: Vec::new(),
         records: 0,

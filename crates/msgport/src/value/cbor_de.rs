@@ -507,15 +507,19 @@ impl<'de, 'a> MapAccess<'de> for &mut Map<'_, 'a> {
         &mut self,
         seed: V,
     ) -> Result<V::Value, ValueError> {
-        let segment = match self.key.take() {
-            Some(name) => PathSegment::Key(name.to_owned()),
-            None => PathSegment::Entry(self.index.saturating_sub(1)),
-        };
+        // The error path's segment is built only for an error (a field name would cost an
+        // allocation per field otherwise).
+        let (key, index) = (self.key.take(), self.index.saturating_sub(1));
         seed.deserialize(Item {
             r: &mut *self.r,
             depth: self.depth,
         })
-        .map_err(|e| e.within(segment))
+        .map_err(|e| {
+            e.within(match key {
+                Some(name) => PathSegment::Key(name.to_owned()),
+                None => PathSegment::Entry(index),
+            })
+        })
     }
     fn size_hint(&self) -> Option<usize> {
         Some(self.left)
