@@ -1146,15 +1146,20 @@ impl Outbound for Link {
             let until = Instant::now() + LOW_LATENCY_SPIN;
             deadline.map_or(until, |deadline| deadline.min(until))
         });
+        let mut looks = 0u32;
         loop {
             match ep.pull(None) {
                 Pulled::Empty => {}
                 event => return event,
             }
             if spin_until.is_some_and(|until| Instant::now() < until) {
-                // Yielding first lets a sender that shares this CPU run (it would otherwise wait
-                // for this thread's time slice to end); on a CPU of its own it returns at once.
-                std::thread::yield_now();
+                // Yielding now and then lets a sender that shares this CPU run (it would
+                // otherwise wait for this thread's time slice to end); in between, the looks
+                // follow each other as closely as a busy-polling reader's.
+                if looks % YIELD_EVERY == 0 {
+                    std::thread::yield_now();
+                }
+                looks += 1;
                 self.read_now();
                 continue;
             }
@@ -1184,3 +1189,5 @@ impl Outbound for Link {
 /// about what waking a sleeping thread on another CPU costs here (33 µs) and its scheduling, so
 /// that looking never costs much more than the sleep it saves.
 const LOW_LATENCY_SPIN: Duration = Duration::from_micros(50);
+/// A low-latency pull yields the CPU before its first look and every this many looks after.
+const YIELD_EVERY: u32 = 8;
