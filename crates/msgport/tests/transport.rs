@@ -417,3 +417,46 @@ fn a_low_latency_port_answers_in_order_keeps_deadlines_and_sees_close() {
         echo.join().unwrap();
     });
 }
+
+/// One thread awaits `recv()` on a cross-process port while another posts on it and pulls its
+/// answer (the pulling thread then reads the socket itself, asleep in `recvmsg` after a few
+/// rounds, and the reactor stops watching it). Each gets one of the two messages that come
+/// back: the awaiting one is not left unfed once the pulling thread has its answer.
+#[test]
+fn an_answer_pull_does_not_starve_a_task_awaiting_the_same_port() {
+    watchdog(LIMIT, || {
+        let (a, b) = msgport_testkit::hostile::socket_pair();
+        let a = std::sync::Arc::new(a);
+        let peer = std::thread::spawn(move || {
+            for _ in 0..3 {
+                let mut ping = b.blocking_recv().unwrap();
+                b.post_message(ping.take_data::<u64>().unwrap(), [])
+                    .unwrap();
+            }
+            let _question = b.blocking_recv().unwrap();
+            b.post_message("answer", []).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            b.post_message("late", []).unwrap();
+            b
+        });
+        for round in 0..3u64 {
+            a.post_message(round, []).unwrap();
+            assert_eq!(a.blocking_recv().unwrap().data::<u64>().unwrap(), round);
+        }
+        let waiting = a.clone();
+        let task = std::thread::spawn(move || {
+            futures::executor::block_on(waiting.recv())
+                .unwrap()
+                .data::<String>()
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        a.post_message("question", []).unwrap();
+        let pulled: String = a.blocking_recv().unwrap().data().unwrap();
+        let awaited = task.join().unwrap();
+        let mut got = [pulled, awaited];
+        got.sort();
+        assert_eq!(got, ["answer", "late"]);
+        drop(peer.join().unwrap());
+    });
+}
