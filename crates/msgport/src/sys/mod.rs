@@ -129,6 +129,17 @@ pub(crate) fn prepare_blocking_reads(socket: BorrowedFd<'_>, timeout: Duration) 
     Ok(())
 }
 
+/// Whether a `recv_waiting` on `socket` still sleeps, for at least `at_least`: the descriptor
+/// is blocking and its receive timeout is unset or that long. A process holding the same
+/// socket can change both.
+pub(crate) fn blocks_for(socket: BorrowedFd<'_>, at_least: Duration) -> bool {
+    let blocking = rustix::fs::fcntl_getfl(socket)
+        .is_ok_and(|flags| !flags.contains(rustix::fs::OFlags::NONBLOCK));
+    blocking
+        && rustix::net::sockopt::socket_timeout(socket, rustix::net::sockopt::Timeout::Recv)
+            .is_ok_and(|timeout| timeout.is_none_or(|t| t >= at_least))
+}
+
 /// Ends both directions of `socket` now (waking a thread asleep reading it), whoever else holds
 /// the descriptor.
 pub(crate) fn shutdown(socket: BorrowedFd<'_>) {

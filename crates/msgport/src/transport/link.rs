@@ -140,8 +140,8 @@ struct Received {
     buf: Vec<u8>,
     fds: VecDeque<OwnedFd>,
     got: io::Result<usize>,
-    /// It returned `WouldBlock` well before its timeout: the socket no longer blocks.
-    early: bool,
+    /// It returned `WouldBlock`, and the socket no longer blocks as prepared.
+    unprepared: bool,
 }
 
 /// A pulling thread wakes at least this often to notice a close made by another thread on its
@@ -689,15 +689,16 @@ impl Link {
             buf.resize(READ_CHUNK, 0);
         }
         let mut fds = VecDeque::new();
-        let start = Instant::now();
         let got = sys::recv_waiting(fd.as_fd(), &mut buf, &mut fds);
-        let early = matches!(&got, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            && start.elapsed() < SLICE / 2;
+        // Only a timeout (or a socket changed under us) answers "try again": ask the socket
+        // which, then, rather than time every read.
+        let unprepared = matches!(&got, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            && !sys::blocks_for(fd.as_fd(), SLICE / 2);
         Received {
             buf,
             fds,
             got,
-            early,
+            unprepared,
         }
     }
 
@@ -713,14 +714,14 @@ impl Link {
             buf,
             fds,
             got,
-            early,
+            unprepared,
         } = received;
         if !io.fd.as_ref().is_some_and(|now| Arc::ptr_eq(now, fd)) {
             // Closed meanwhile (by this port's owner, or it failed): nothing more is read.
             keep_scratch(buf);
             return Step::Dry;
         }
-        if early {
+        if unprepared {
             io.wait = Wait::PollOnly;
         }
         if let Ok(n @ 1..) = got {
