@@ -335,17 +335,8 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
             ],
         );
         let name = format!("throughput, 64 B struct, {p}");
-        for (rival, i) in [(Tokio::NAME, 1), (Crossbeam::NAME, 2)] {
-            report.versus(
-                "inproc",
-                name.clone(),
-                "msg/s",
-                Better::Higher,
-                &s[0],
-                rival,
-                &s[i],
-            );
-        }
+        let rivals = [Tokio::NAME, Crossbeam::NAME];
+        report.versus_each("inproc", name.clone(), "msg/s", Better::Higher, &s, &rivals);
         report.versus(
             "inproc",
             format!("{name}, CBOR-encoded vs moved"),
@@ -365,17 +356,8 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
             ],
         );
         let name = format!("round trip, 64 B struct, {p}");
-        for (rival, i) in [(Tokio::NAME, 1), (Crossbeam::NAME, 2)] {
-            report.versus(
-                "inproc",
-                name.clone(),
-                "µs",
-                Better::Lower,
-                &s[0],
-                rival,
-                &s[i],
-            );
-        }
+        let rivals = [Tokio::NAME, Crossbeam::NAME];
+        report.versus_each("inproc", name.clone(), "µs", Better::Lower, &s, &rivals);
         report.versus(
             "inproc",
             format!("{name}, CBOR-encoded vs moved"),

@@ -282,17 +282,8 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
             ],
         );
         let name = format!("invoke round trip, 64 B struct, {p}");
-        for (rival, i) in [(Node::<true>::NAME, 1), (Node::<false>::NAME, 2)] {
-            report.versus(
-                "ipc",
-                name.clone(),
-                "µs",
-                Better::Lower,
-                &s[0],
-                rival,
-                &s[i],
-            );
-        }
+        let rivals = [Node::<true>::NAME, Node::<false>::NAME];
+        report.versus_each("ipc", name, "µs", Better::Lower, &s, &rivals);
         let s = compare(
             cfg.reps,
             &mut [
@@ -302,16 +293,7 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
             ],
         );
         let name = format!("send throughput child→main, 64 B struct, {p}");
-        for (rival, i) in [(Node::<true>::NAME, 1), (Node::<false>::NAME, 2)] {
-            report.versus(
-                "ipc",
-                name.clone(),
-                "msg/s",
-                Better::Higher,
-                &s[0],
-                rival,
-                &s[i],
-            );
-        }
+        let rivals = [Node::<true>::NAME, Node::<false>::NAME];
+        report.versus_each("ipc", name, "msg/s", Better::Higher, &s, &rivals);
     }
 }

@@ -88,6 +88,22 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// [`versus`](Self::versus) against each rival of one comparison: `s[0]` is msgport's
+    /// samples, `s[i]` those of `rivals[i - 1]`.
+    pub(crate) fn versus_each(
+        &mut self,
+        group: &'static str,
+        name: String,
+        unit: &'static str,
+        better: Better,
+        s: &[Samples],
+        rivals: &[&str],
+    ) {
+        for (i, rival) in rivals.iter().enumerate() {
+            self.versus(group, name.clone(), unit, better, &s[0], rival, &s[i + 1]);
+        }
+    }
+
     /// msgport against a rival, from interleaved samples.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn versus(

@@ -758,18 +758,8 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
                 ],
             );
             let name = format!("round trip, 64 B struct, {p}");
-            let rivals = [(Raw::<false>::NAME, 1), (IpcChannel::NAME, 2)];
-            for (rival, i) in rivals {
-                report.versus(
-                    "xproc",
-                    name.clone(),
-                    "µs",
-                    Better::Lower,
-                    &s[0],
-                    rival,
-                    &s[i],
-                );
-            }
+            let rivals = [Raw::<false>::NAME, IpcChannel::NAME];
+            report.versus_each("xproc", name, "µs", Better::Lower, &s, &rivals);
             // The warm-up rep is not a sample.
             let of = |d: &[RttDetail], f: Pick| Samples(d.iter().skip(1).map(f).collect());
             let figures: [(&str, Pick); 4] = [
@@ -779,17 +769,9 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
                 ("CPU time per round trip, both processes", |d| d.cpu),
             ];
             for (what, f) in figures {
-                for (rival, i) in rivals {
-                    report.versus(
-                        "xproc",
-                        format!("round trip, 64 B struct, {what}, {p}"),
-                        "µs",
-                        Better::Lower,
-                        &of(&details[0], f),
-                        rival,
-                        &of(&details[i], f),
-                    );
-                }
+                let s = details.each_ref().map(|d| of(d, f));
+                let name = format!("round trip, 64 B struct, {what}, {p}");
+                report.versus_each("xproc", name, "µs", Better::Lower, &s, &rivals);
             }
         }
 
@@ -920,21 +902,8 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
                 ],
             );
             let name = format!("one-way throughput, 64 B struct, {p}");
-            for (rival, i) in [
-                (Raw::<false>::NAME, 1),
-                (Raw::<true>::NAME, 2),
-                (IpcChannel::NAME, 3),
-            ] {
-                report.versus(
-                    "xproc",
-                    name.clone(),
-                    "msg/s",
-                    Better::Higher,
-                    &s[0],
-                    rival,
-                    &s[i],
-                );
-            }
+            let rivals = [Raw::<false>::NAME, Raw::<true>::NAME, IpcChannel::NAME];
+            report.versus_each("xproc", name, "msg/s", Better::Higher, &s, &rivals);
             drop((m, raw, rawb, ipc));
 
             let n = n / 4;
@@ -951,17 +920,8 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
                 ],
             );
             let name = format!("one-way throughput, 4 KiB struct, {p}");
-            for (rival, i) in [(Raw::<true>::NAME, 1), (IpcChannel::NAME, 2)] {
-                report.versus(
-                    "xproc",
-                    name.clone(),
-                    "msg/s",
-                    Better::Higher,
-                    &s[0],
-                    rival,
-                    &s[i],
-                );
-            }
+            let rivals = [Raw::<true>::NAME, IpcChannel::NAME];
+            report.versus_each("xproc", name, "msg/s", Better::Higher, &s, &rivals);
         }
 
         if runs("sweep") {
@@ -1402,20 +1362,13 @@ fn sweep(cfg: &Config, report: &mut Report, placement: Placement, cpu: usize) {
             ],
         );
         let name = format!("sweep: one-way, struct of {}, {p}", size_label(size));
-        let rivals = [(Raw::<true>::NAME, 1), (IpcChannel::NAME, 2)];
-        for (rival, i) in rivals {
-            report.versus(
-                "xproc",
-                name.clone(),
-                "GB/s",
-                Better::Higher,
-                &s[0],
-                rival,
-                &s[i],
-            );
-        }
-        let mut series = vec![("msgport".to_owned(), s[0].median())];
-        series.extend(rivals.iter().map(|&(r, i)| (r.to_owned(), s[i].median())));
+        let rivals = [Raw::<true>::NAME, IpcChannel::NAME];
+        report.versus_each("xproc", name, "GB/s", Better::Higher, &s, &rivals);
+        let names = std::iter::once("msgport").chain(rivals);
+        let series = names
+            .zip(&s)
+            .map(|(n, s)| (n.to_owned(), s.median()))
+            .collect();
         report.sweep.push(SweepPoint {
             placement: p,
             size,

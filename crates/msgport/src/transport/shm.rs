@@ -357,15 +357,11 @@ impl Mapped {
     fn pop_front(&mut self) -> bool {
         match self.maps.pop_front() {
             Some((_, map)) => {
-                self.forget(map.len());
+                forget(map.len());
                 true
             }
             None => false,
         }
-    }
-
-    fn forget(&mut self, len: usize) {
-        MAPPED.fetch_sub(len, Ordering::Relaxed);
     }
 
     /// Bytes of the mappings kept.
@@ -395,6 +391,11 @@ impl Mapped {
     }
 }
 
+/// Takes `len` bytes of kept mappings off the process's count.
+fn forget(len: usize) {
+    MAPPED.fetch_sub(len, Ordering::Relaxed);
+}
+
 impl Drop for Mapped {
     fn drop(&mut self) {
         self.clear();
@@ -414,23 +415,20 @@ pub(crate) fn receive<T>(
     let need = BODY_AT.checked_add(size).ok_or_else(invalid)?;
     let (dev, ino, file_size) = shm::identify(region)?;
     let key = (dev, ino);
-    let mut i = 0;
-    while i < mapped.maps.len() {
-        if mapped.maps[i].1.state().load(Ordering::Acquire) == RETIRED {
-            if let Some((_, map)) = mapped.maps.remove(i) {
-                mapped.forget(map.len());
-            }
-        } else {
-            i += 1;
+    mapped.maps.retain(|(_, map)| {
+        let retired = map.state().load(Ordering::Acquire) == RETIRED;
+        if retired {
+            forget(map.len());
         }
-    }
+        !retired
+    });
     let found = mapped.maps.iter().position(|(k, _)| *k == key);
     let once;
     let map = match found {
         Some(i) if mapped.maps[i].1.len() >= need => &mapped.maps[i].1,
         _ => {
             if let Some((_, old)) = found.and_then(|i| mapped.maps.remove(i)) {
-                mapped.forget(old.len());
+                forget(old.len());
             }
             // The whole region (up to what a frame may use), so that later frames fit.
             let limit = BODY_AT.saturating_add(wire::max_frame());
