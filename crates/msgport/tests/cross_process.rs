@@ -76,6 +76,76 @@ fn the_death_of_a_child_closes_its_ports() {
     });
 }
 
+/// The end that stays when its peer leaves for another process is fed by a link that nothing
+/// reads until someone waits on that end. Every way of waiting must get it read, a wait that
+/// began before the peer left included, and so must a close nobody was waiting for.
+#[test]
+fn an_end_whose_peer_left_is_fed_however_it_waits() {
+    use std::sync::mpsc;
+    use std::thread::{scope, sleep};
+    const ASLEEP: Duration = Duration::from_millis(50);
+    watchdog(LIMIT, || {
+        let (mut child, boot) = child::spawn("serve-ports");
+        // A thread asleep in `blocking_recv` before the peer leaves.
+        let (mine, theirs) = MessageChannel::new().into_ports();
+        scope(|s| {
+            let waiter = s.spawn(|| mine.blocking_recv().unwrap().data::<u32>().unwrap());
+            sleep(ASLEEP);
+            boot.post_message((), [theirs]).unwrap();
+            mine.post_message(1u32, []).unwrap();
+            assert_eq!(waiter.join().unwrap(), 1);
+        });
+        // A task awaiting `recv` before the peer leaves.
+        let (mine, theirs) = MessageChannel::new().into_ports();
+        scope(|s| {
+            let task = s.spawn(|| futures::executor::block_on(mine.recv()).unwrap());
+            sleep(ASLEEP);
+            boot.post_message((), [theirs]).unwrap();
+            mine.post_message(2u32, []).unwrap();
+            assert_eq!(task.join().unwrap().data::<u32>().unwrap(), 2);
+        });
+        // Callbacks started before the peer leaves, and nothing else.
+        let (mine, theirs) = MessageChannel::new().into_ports();
+        let (tx, rx) = mpsc::channel();
+        mine.on_message(move |e| tx.send(e.data::<u32>().unwrap()).unwrap());
+        mine.start();
+        boot.post_message((), [theirs]).unwrap();
+        mine.post_message(3u32, []).unwrap();
+        assert_eq!(rx.recv_timeout(LIMIT).unwrap(), 3);
+        drop(mine);
+        // Only `try_recv`, never a wait.
+        let (mine, theirs) = MessageChannel::new().into_ports();
+        boot.post_message((), [theirs]).unwrap();
+        mine.post_message(4u32, []).unwrap();
+        let answer = loop {
+            match mine.try_recv() {
+                Ok(e) => break e.data::<u32>().unwrap(),
+                Err(msgport::TryRecvError::Empty) => sleep(Duration::from_millis(1)),
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        assert_eq!(answer, 4);
+        // A close callback alone, started before the peer leaves; and an end nobody waits on
+        // until the process holding its peer is dead.
+        let (watched, theirs) = MessageChannel::new().into_ports();
+        let (closed_tx, closed) = mpsc::channel();
+        watched.on_close(move || closed_tx.send(()).unwrap());
+        watched.start();
+        boot.post_message((), [theirs]).unwrap();
+        let (unwatched, theirs) = MessageChannel::new().into_ports();
+        boot.post_message((), [theirs]).unwrap();
+        // Both ports reached the child once it answers on a third.
+        let (probe, theirs) = MessageChannel::new().into_ports();
+        boot.post_message((), [theirs]).unwrap();
+        probe.post_message(5u32, []).unwrap();
+        assert!(probe.blocking_recv().is_some());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        closed.recv_timeout(LIMIT).unwrap();
+        assert!(unwatched.blocking_recv().is_none());
+    });
+}
+
 #[test]
 fn a_port_that_went_to_a_child_and_back_still_works() {
     watchdog(LIMIT, || {

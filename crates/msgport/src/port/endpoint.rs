@@ -82,6 +82,11 @@ struct State {
     exported: bool,
     /// The link that reads this end's messages from another process, if any.
     reader: Option<Weak<dyn Outbound>>,
+    /// That link, while nobody has asked it to read: an end whose peer left the process is fed
+    /// only once someone waits on it (a sleeping or polling pull, started callbacks), so a
+    /// channel whose staying end is never waited on costs no registration with the reactor.
+    /// Taken (and the link armed) by the first wait.
+    unarmed: Option<Weak<dyn Outbound>>,
     /// What the messages from another process in `queue` cost (see `Limits::receive_high_water`).
     remote_cost: usize,
     /// `remote_cost` went over the high-water mark: the reader stopped reading until the
@@ -196,6 +201,7 @@ impl Endpoint {
         };
         st.exported = true;
         st.remote_cost = 0;
+        st.unarmed = None;
         self.set_paused(&mut st, false);
         if !st.closed && !st.peer_gone {
             st.forward = forward;
@@ -257,10 +263,27 @@ impl Endpoint {
     }
 
     /// Names the link that reads this end's messages from another process.
-    pub(crate) fn set_reader(&self, reader: Weak<dyn Outbound>) {
+    /// With `on_wait`, the link reads only once someone waits here: returns true when someone
+    /// already does (the caller arms it at once), else keeps it for the first wait to arm.
+    pub(crate) fn set_reader(&self, reader: Weak<dyn Outbound>, on_wait: bool) -> bool {
         let mut st = lock(&self.state);
-        st.reader = Some(reader);
+        st.reader = Some(reader.clone());
         self.set_paused(&mut st, false);
+        if !on_wait {
+            return false;
+        }
+        let callbacks = st.on_message.is_some() || st.on_close.is_some();
+        if st.sleepers > 0 || !st.wakers.is_empty() || (st.started && callbacks) {
+            return true;
+        }
+        st.unarmed = Some(reader);
+        false
+    }
+
+    /// The link to poll when a non-blocking pull finds nothing: the one nobody reads yet (a
+    /// link that is armed is read by the reactor, or by the pulls of the port it backs).
+    pub(crate) fn unarmed_reader(&self) -> Option<Arc<dyn Outbound>> {
+        lock(&self.state).unarmed.as_ref().and_then(Weak::upgrade)
     }
 
     /// Whether the reader must not read now (the queue is over its high-water mark).
@@ -336,38 +359,44 @@ impl Endpoint {
     }
 
     pub(crate) fn start(&self) {
-        {
+        let unarmed = {
             let mut st = lock(&self.state);
             if st.started {
                 return;
             }
             st.started = true;
-        }
+            st.unarmed.take()
+        };
+        arm_reader(unarmed);
         self.dispatch();
     }
 
     pub(crate) fn set_on_message(&self, handler: Option<MessageHandler>) {
-        let old = {
+        let (old, unarmed) = {
             let mut st = lock(&self.state);
             if st.closed {
                 return;
             }
             // A callback running now must not be put back when it returns: this call decides.
             st.epoch = st.epoch.wrapping_add(1);
-            std::mem::replace(&mut st.on_message, handler)
+            let unarmed = if st.started { st.unarmed.take() } else { None };
+            (std::mem::replace(&mut st.on_message, handler), unarmed)
         };
+        arm_reader(unarmed);
         drop(old);
         self.dispatch();
     }
 
     pub(crate) fn set_on_close(&self, handler: Option<CloseHandler>) {
-        let old = {
+        let (old, unarmed) = {
             let mut st = lock(&self.state);
             if st.closed {
                 return;
             }
-            std::mem::replace(&mut st.on_close, handler)
+            let unarmed = if st.started { st.unarmed.take() } else { None };
+            (std::mem::replace(&mut st.on_close, handler), unarmed)
         };
+        arm_reader(unarmed);
         drop(old);
         self.dispatch();
     }
@@ -382,11 +411,16 @@ impl Endpoint {
         let mut resume = None;
         match self.refill(&mut taken, &mut st, &mut resume) {
             Pulled::Empty => {
+                let mut unarmed = None;
                 if let Some(w) = waker {
                     if !st.wakers.iter().any(|old| old.will_wake(w)) {
                         st.wakers.push(w.clone());
                     }
+                    unarmed = st.unarmed.take();
                 }
+                drop(st);
+                drop(taken);
+                arm_reader(unarmed);
                 Pulled::Empty
             }
             Pulled::Closed => {
@@ -438,6 +472,12 @@ impl Endpoint {
                 drop(st);
                 self.spin_wait(spin);
                 spin += 1;
+                continue;
+            }
+            if let Some(unarmed) = st.unarmed.take() {
+                // The first wait here: have the link read, then look again.
+                drop(st);
+                arm_reader(Some(unarmed));
                 continue;
             }
             st.sleepers += 1;
@@ -619,6 +659,13 @@ impl Endpoint {
 fn resume_reader(reader: Option<Weak<dyn Outbound>>) {
     if let Some(link) = reader.and_then(|r| r.upgrade()) {
         link.resume();
+    }
+}
+
+/// Has a link that nobody reads yet read for this end (called with no endpoint lock held).
+fn arm_reader(reader: Option<Weak<dyn Outbound>>) {
+    if let Some(link) = reader.and_then(|r| r.upgrade()) {
+        link.arm();
     }
 }
 

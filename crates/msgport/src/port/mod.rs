@@ -466,10 +466,23 @@ impl MessagePort {
     /// Receives a message if one is queued, without waiting. Starts the port.
     pub fn try_recv(&self) -> Result<MessageEvent, TryRecvError> {
         let mut pulled = self.ep.pull(None);
-        if let (Pulled::Empty, Peer::Remote(out)) = (&pulled, &self.peer) {
-            // Nobody else may be taking in what arrived.
-            out.poll_now();
-            pulled = self.ep.pull(None);
+        if let Pulled::Empty = pulled {
+            // Nobody else may be taking in what arrived: the link of a port whose peer is
+            // elsewhere, or of one whose peer left (while nobody waits on it).
+            let polled = match &self.peer {
+                Peer::Remote(out) => {
+                    out.poll_now();
+                    true
+                }
+                Peer::Local(_) => self
+                    .ep
+                    .unarmed_reader()
+                    .map(|link| link.poll_now())
+                    .is_some(),
+            };
+            if polled {
+                pulled = self.ep.pull(None);
+            }
         }
         match pulled {
             Pulled::Message(m) => Ok(m),

@@ -29,7 +29,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::link::Link;
+use super::link::{Link, Reading};
 use super::wire::MAX_PORTS;
 use crate::error::PostError;
 use crate::event::{MessageEvent, Payload};
@@ -131,8 +131,9 @@ pub(crate) fn export(port: MessagePort) -> std::io::Result<Handover> {
         }
         (Peer::Local(peer), None) => {
             let (here, there) = sys::socketpair()?;
-            // Nobody pulls from a proxy's link: the reactor reads it from the start.
-            let link: Arc<dyn Outbound> = Link::new(here, peer.clone(), Backlog::default(), true)?;
+            // The staying end's port never pulls through this link: waits on its endpoint arm it.
+            let link: Arc<dyn Outbound> =
+                Link::new(here, peer.clone(), Backlog::default(), Reading::OnWait)?;
             let detached = ep.detach(Some(link.clone()));
             let connected = !detached.closed && !detached.peer_gone;
             if !connected {
@@ -214,7 +215,7 @@ pub(crate) fn import(h: Handover) -> MessagePort {
             // A descriptor that is not a Unix stream socket (a peer can send any) would never
             // report readiness or an end: such a port arrives closed.
             let linked = sys::check_stream_socket(socket.as_fd())
-                .and_then(|()| Link::new(socket, ep.clone(), h.backlog, false));
+                .and_then(|()| Link::new(socket, ep.clone(), h.backlog, Reading::ByPort));
             match linked {
                 Ok(link) => Peer::Remote(link),
                 Err(e) => {
@@ -233,6 +234,6 @@ pub(crate) fn import(h: Handover) -> MessagePort {
 /// one made by `connect`/`accept`).
 pub(crate) fn from_socket(socket: OwnedFd) -> std::io::Result<MessagePort> {
     let ep = Arc::new(Endpoint::new());
-    let link = Link::new(socket, ep.clone(), Backlog::default(), false)?;
+    let link = Link::new(socket, ep.clone(), Backlog::default(), Reading::ByPort)?;
     Ok(MessagePort::from_parts(ep, Peer::Remote(link)))
 }

@@ -172,17 +172,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Who has a new link's socket read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// The port it backs (one that arrived from another process): its pulls read the socket
+    /// or arm the link.
+    ByPort,
+    /// Whoever waits on its target endpoint: the link of the end that stayed when its peer
+    /// left the process. That end's port posts and pulls locally, never through the link, so
+    /// the endpoint arms the link on its first wait ([`Endpoint::set_reader`]). Until then
+    /// nothing is read: a channel created only to send one end away, whose staying end is
+    /// never waited on, costs no registration with the reactor.
+    OnWait,
+}
+
 impl Link {
     /// Takes over `socket` (which must be a Unix stream socket), delivering what it reads to
     /// `target`. `backlog` is what an earlier owner had read of a frame not yet complete and
     /// what it had not yet written: both come first.
-    /// With `watch`, the reactor reads it from the start (a proxy's link, which nobody pulls
-    /// from); without, it is registered when a waiter needs it ([`arm`](Self::arm)).
+    /// Nobody reads it until someone needs it to ([`arm`](Self::arm), or a pull that reads the
+    /// socket itself): see [`Reading`] for who that is.
     pub(crate) fn new(
         socket: OwnedFd,
         target: Arc<Endpoint>,
         backlog: Backlog,
-        watch: bool,
+        reading: Reading,
     ) -> io::Result<Arc<Link>> {
         // The reactor starts with the process's first link (raising the descriptor limit), so
         // that a process that cannot have one learns it here, as an error.
@@ -209,7 +223,7 @@ impl Link {
             token,
             target,
             deliver: Mutex::new(Delivery::default()),
-            pulled: std::sync::atomic::AtomicBool::new(!watch),
+            pulled: std::sync::atomic::AtomicBool::new(true),
             missed: std::sync::atomic::AtomicBool::new(false),
             io: Mutex::new(Io {
                 fd: Some(Arc::new(socket)),
@@ -217,20 +231,20 @@ impl Link {
                 filled,
                 infds: prefix_fds.into(),
                 out,
-                pull_mode: !watch,
+                pull_mode: true,
                 ..Io::default()
             }),
         });
         let reader: std::sync::Weak<dyn Outbound> = Arc::downgrade(&link) as _;
-        link.target.set_reader(reader);
+        let waited_on = link.target.set_reader(reader, reading == Reading::OnWait);
         {
             let mut io = lock(&link.io);
-            if watch {
-                link.update_interest(&mut io)?;
-            }
             if !io.out.is_empty() {
                 link.flush(&mut io);
             }
+        }
+        if waited_on {
+            link.arm_reading();
         }
         Ok(link)
     }
