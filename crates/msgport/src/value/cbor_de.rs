@@ -51,6 +51,7 @@ struct Head {
 }
 
 impl<'a> Reader<'a> {
+    #[inline(always)]
     fn peek(&self) -> Result<Head, ValueError> {
         let truncated = || codec_error(CodecError::Malformed("truncated item".into()));
         let ib = *self.input.get(self.pos).ok_or_else(truncated)?;
@@ -125,6 +126,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The bytes of a definite string whose head is `h` (at the reader).
+    #[inline]
     fn body(&self, h: Head) -> Result<&'a [u8], ValueError> {
         let start = self.pos + h.len;
         usize::try_from(h.arg)
@@ -133,6 +135,7 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| codec_error(CodecError::Malformed("string past the end".into())))
     }
 
+    #[inline]
     fn text(&self, h: Head) -> Result<&'a str, ValueError> {
         std::str::from_utf8(self.body(h)?)
             .map_err(|e| codec_error(CodecError::Malformed(e.to_string())))
@@ -163,6 +166,7 @@ struct Item<'r, 'a> {
 }
 
 impl<'r, 'a> Item<'r, 'a> {
+    #[inline]
     fn check_depth(&self) -> Result<(), ValueError> {
         if self.depth > MAX_DEPTH {
             return Err(codec_error(CodecError::TooDeep));
@@ -172,6 +176,7 @@ impl<'r, 'a> Item<'r, 'a> {
 
     /// A CBOR integer within ±2⁵³ (a `Number` on the `Value` path), consuming it, if the item
     /// is one.
+    #[inline]
     fn small_integer(&mut self) -> Result<Option<i64>, ValueError> {
         const SAFE: u64 = 1 << 53;
         let h = self.r.peek()?;
@@ -185,6 +190,7 @@ impl<'r, 'a> Item<'r, 'a> {
     }
 
     /// A definite array's length, consuming its head, if the item is one.
+    #[inline]
     fn array(&mut self) -> Result<Option<usize>, ValueError> {
         let h = self.r.peek()?;
         if h.major != 4 || h.info > 27 {
@@ -196,6 +202,7 @@ impl<'r, 'a> Item<'r, 'a> {
 
     /// A definite map's entry count, consuming its head, if the item is one. In a plain item
     /// every key is a definite text string: an `Object` on the `Value` path.
+    #[inline]
     fn object(&mut self) -> Result<Option<usize>, ValueError> {
         let h = self.r.peek()?;
         if h.major != 5 || h.info > 27 {
