@@ -119,7 +119,9 @@ pub fn bootstrap_socket() -> io::Result<std::os::fd::OwnedFd> {
 ///
 /// Posting never blocks: what a peer's socket cannot take yet waits in this process, and is lost
 /// if the process exits first, just as if it had died. Call this before `std::process::exit`
-/// (or before `main` returns) when the last messages matter.
+/// (or before `main` returns) when the last messages matter. (The last messages of a burst of
+/// posts, which wait up to 20 µs to leave together, are written at exit when the socket takes
+/// them; `flush` waits for those too.)
 #[must_use = "false means some messages were not written yet and die with this process"]
 pub fn flush(timeout: std::time::Duration) -> bool {
     crate::transport::flush(timeout)

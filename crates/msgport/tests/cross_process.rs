@@ -18,6 +18,15 @@ fn child_entry() {
     match role.as_str() {
         "echo" => topology::echo(&boot),
         "serve-ports" => topology::serve_ports(&boot),
+        "burst-then-exit" => {
+            // Posts the numbers it is asked for as fast as it can, then exits at once: no
+            // flush, no port dropped.
+            let n: u32 = boot.blocking_recv().unwrap().data().unwrap();
+            for i in 0..n {
+                boot.post_message(i, []).unwrap();
+            }
+            std::process::exit(0);
+        }
         other => panic!("unknown role {other}"),
     }
     child::finish(Some(boot));
@@ -36,6 +45,38 @@ fn messages_cross_and_come_back_in_order() {
         }
         drop(port);
         wait_ok(child);
+    });
+}
+
+/// Posts in a burst are written in batches (`Link::send_frame`): the last ones of a burst go
+/// out on a timer when nothing else writes them, and at exit when the process ends first.
+#[test]
+fn the_end_of_a_burst_is_written_without_another_post_and_at_exit() {
+    watchdog(LIMIT, || {
+        let (child, port) = child::spawn("echo");
+        for round in 0..20u32 {
+            // A short burst, then nothing but waiting for the answers.
+            for i in 0..5 {
+                port.post_message(round * 5 + i, []).unwrap();
+            }
+            for i in 0..5 {
+                let got = port.recv_timeout(Duration::from_secs(10)).unwrap();
+                assert_eq!(got.data::<u32>().unwrap(), round * 5 + i);
+            }
+        }
+        drop(port);
+        wait_ok(child);
+
+        for n in [3u32, 50, 1000] {
+            let (mut child, port) = child::spawn("burst-then-exit");
+            port.post_message(n, []).unwrap();
+            for i in 0..n {
+                let got = port.recv_timeout(Duration::from_secs(10));
+                assert_eq!(got.map(|mut e| e.take_data::<u32>().unwrap()).ok(), Some(i));
+            }
+            assert!(port.blocking_recv().is_none());
+            assert!(child.wait().unwrap().success());
+        }
     });
 }
 

@@ -47,6 +47,9 @@ pub(crate) struct Endpoint {
     /// A copy of `state.paused`, for the reader to check without the lock (a stale answer only
     /// costs one more bounded read, or a wake-up that finds the copy updated).
     paused: std::sync::atomic::AtomicBool,
+    /// A message was delivered here (pulled, or handed to a callback) since the link posting
+    /// for this end last looked: its next post answers something (see `Link::send_frame`).
+    delivered: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -119,6 +122,7 @@ impl Endpoint {
             ready: Condvar::new(),
             pending: AtomicBool::new(false),
             paused: std::sync::atomic::AtomicBool::new(false),
+            delivered: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -284,6 +288,24 @@ impl Endpoint {
     /// link that is armed is read by the reactor, or by the pulls of the port it backs).
     pub(crate) fn unarmed_reader(&self) -> Option<Arc<dyn Outbound>> {
         lock(&self.state).unarmed.as_ref().and_then(Weak::upgrade)
+    }
+
+    /// Records that a message left this end for its owner.
+    pub(crate) fn note_delivered(&self) {
+        if !self.delivered.load(std::sync::atomic::Ordering::Relaxed) {
+            self.delivered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a message left this end since the last call.
+    pub(crate) fn take_delivered(&self) -> bool {
+        let delivered = self.delivered.load(std::sync::atomic::Ordering::Relaxed);
+        if delivered {
+            self.delivered
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        delivered
     }
 
     /// Whether the reader must not read now (the queue is over its high-water mark).
@@ -600,6 +622,7 @@ impl Endpoint {
                     drop(st);
                     drop(taken);
                     resume_reader(resume);
+                    self.note_delivered();
                     let result = catch_unwind(AssertUnwindSafe(|| handler(message)));
                     if result.is_err() {
                         tracing::error!(

@@ -418,7 +418,10 @@ impl MessagePort {
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<MessageEvent>> {
         self.arm_reactor();
         match self.ep.pull(Some(cx.waker())) {
-            Pulled::Message(m) => Poll::Ready(Some(m)),
+            Pulled::Message(m) => {
+                self.ep.note_delivered();
+                Poll::Ready(Some(m))
+            }
             Pulled::Closed => Poll::Ready(None),
             Pulled::Empty => Poll::Pending,
         }
@@ -428,7 +431,10 @@ impl MessagePort {
     /// Starts the port. Do not call it from async code.
     pub fn blocking_recv(&self) -> Option<MessageEvent> {
         match self.pull_blocking(None) {
-            Pulled::Message(m) => Some(m),
+            Pulled::Message(m) => {
+                self.ep.note_delivered();
+                Some(m)
+            }
             Pulled::Closed => None,
             Pulled::Empty => unreachable!("an untimed wait returns an event"),
         }
@@ -438,7 +444,10 @@ impl MessagePort {
     pub fn recv_timeout(&self, timeout: Duration) -> Result<MessageEvent, RecvTimeoutError> {
         let deadline = Instant::now().checked_add(timeout);
         match self.pull_blocking(deadline) {
-            Pulled::Message(m) => Ok(m),
+            Pulled::Message(m) => {
+                self.ep.note_delivered();
+                Ok(m)
+            }
             Pulled::Closed => Err(RecvTimeoutError::Closed),
             Pulled::Empty => Err(RecvTimeoutError::Timeout),
         }
@@ -485,7 +494,10 @@ impl MessagePort {
             }
         }
         match pulled {
-            Pulled::Message(m) => Ok(m),
+            Pulled::Message(m) => {
+                self.ep.note_delivered();
+                Ok(m)
+            }
             Pulled::Closed => Err(TryRecvError::Closed),
             Pulled::Empty => Err(TryRecvError::Empty),
         }

@@ -228,6 +228,17 @@ fn recv_with(
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
+/// Has `f` run when the process exits (`exit`, or `main` returning), before the threads die.
+#[allow(unsafe_code)]
+pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: registers a plain function pointer; `f` is safe to call at any time (it must not
+    // unwind: the callers' functions catch panics).
+    if unsafe { libc::atexit(f) } != 0 {
+        return Err(io::Error::other("atexit refused the handler"));
+    }
+    Ok(())
+}
+
 pub(crate) fn raise_fd_limit() -> io::Result<u64> {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     if let Some(hard) = limit.maximum {

@@ -143,6 +143,42 @@ impl Waker {
     }
 }
 
+/// A one-shot timer to wait on in the epoll set: a `timerfd`, whose deadlines are microseconds
+/// (epoll's own timeout counts milliseconds).
+pub(crate) struct Timer(OwnedFd);
+
+impl Timer {
+    pub(crate) fn new() -> io::Result<Timer> {
+        Ok(Timer(rustix::time::timerfd_create(
+            rustix::time::TimerfdClockId::Monotonic,
+            rustix::time::TimerfdFlags::CLOEXEC | rustix::time::TimerfdFlags::NONBLOCK,
+        )?))
+    }
+
+    /// Makes the timer readable `after` from now (replacing any earlier setting).
+    pub(crate) fn arm(&self, after: Duration) -> io::Result<()> {
+        let zero = timespec(Duration::ZERO);
+        // A zero value would disarm it: the shortest wait is a nanosecond.
+        let value = timespec(after.max(Duration::from_nanos(1)));
+        let spec = rustix::time::Itimerspec {
+            it_interval: zero,
+            it_value: value,
+        };
+        rustix::time::timerfd_settime(&self.0, rustix::time::TimerfdTimerFlags::empty(), &spec)?;
+        Ok(())
+    }
+
+    /// Consumes the expiry.
+    pub(crate) fn reset(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.0, &mut buf);
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 /// Waits until `fd` is readable (or hung up), for at most `timeout`. False when it is not
 /// (the time ran out); true also when the wait failed (the caller reads, and learns why).
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {

@@ -90,6 +90,11 @@ struct Io {
     out: VecDeque<Chunk>,
     /// Writable interest is registered.
     want_writable: bool,
+    /// The link is on the reactor's cork list: frames a burst left in `out` are written when
+    /// its timer fires, if nothing wrote them before.
+    corked: bool,
+    /// When the last frame was posted (the burst test of `send_frame`).
+    last_post: Option<Instant>,
     /// The send buffer was enlarged (done before the first large frame, not for every socket:
     /// most ports never carry one).
     sized: bool,
@@ -303,11 +308,30 @@ impl Link {
     }
 
     /// Writes a frame, or queues it behind earlier ones. Never blocks.
+    ///
+    /// A burst is written in batches: a small frame without descriptors, posted within
+    /// [`BURST_GAP`] of the last one with no message delivered on the port in between (so not
+    /// an answer to anything: a stream's next message), is left queued until [`CORK_FRAMES`]
+    /// are, then they leave in one `sendmsg`; the reactor writes a shorter tail when its cork
+    /// timer fires ([`reactor::CORK_DELAY`] after the first of them). One system call per
+    /// message cost a stream most of its time, and across CPUs each write could wake the reader.
+    /// Frames with descriptors, large ones, answers and lone messages are written at once (with
+    /// whatever is queued before them, in order).
     pub(crate) fn send_frame(&self, frame: Frame) {
+        let answer = self.target.take_delivered();
+        let small = frame.fds.is_empty()
+            && frame.parts.iter().map(Vec::len).sum::<usize>() <= CORK_FRAME_BYTES;
         let mut io = lock(&self.io);
         if io.fd.is_none() || io.closing {
             return;
         }
+        let now = Instant::now();
+        let burst = small
+            && !answer
+            && io
+                .last_post
+                .is_some_and(|last| now.saturating_duration_since(last) < BURST_GAP);
+        io.last_post = Some(now);
         if !io.sized && frame.parts.iter().map(Vec::len).sum::<usize>() > LARGE_FRAME {
             io.sized = true;
             if let Some(fd) = &io.fd {
@@ -332,7 +356,34 @@ impl Link {
                 fds: fds.by_ref().take(n).collect(),
             });
         }
-        if !io.want_writable {
+        if io.want_writable {
+            // The reactor writes when the socket takes more.
+            return;
+        }
+        if !burst || io.out.len() >= CORK_FRAMES {
+            self.flush(&mut io);
+            return;
+        }
+        if io.corked {
+            return;
+        }
+        io.corked = true;
+        drop(io);
+        let timed = reactor::reactor().is_ok_and(|r| r.cork(self.me.clone()));
+        if !timed {
+            let mut io = lock(&self.io);
+            io.corked = false;
+            if !io.want_writable {
+                self.flush(&mut io);
+            }
+        }
+    }
+
+    /// The reactor's cork timer fired: writes what a burst left queued.
+    pub(crate) fn write_corked(&self) {
+        let mut io = lock(&self.io);
+        io.corked = false;
+        if !io.want_writable && !io.out.is_empty() {
             self.flush(&mut io);
         }
     }
@@ -930,6 +981,10 @@ impl Link {
     /// [`Limits::close_linger`](crate::Limits::close_linger) loses the rest.
     fn close_writing(&self) {
         let mut io = lock(&self.io);
+        if !io.want_writable && !io.out.is_empty() {
+            // What a burst left queued goes now, if the socket takes it.
+            self.flush(&mut io);
+        }
         if io.out.is_empty() {
             self.shut(&mut io);
         } else if !io.closing {
@@ -1199,6 +1254,13 @@ impl Outbound for Link {
         self
     }
 }
+
+/// Posts closer together than this, with nothing delivered in between, are a burst.
+const BURST_GAP: Duration = Duration::from_micros(50);
+/// A burst's queued frames are written once there are this many.
+const CORK_FRAMES: usize = 64;
+/// The largest frame a burst leaves queued.
+const CORK_FRAME_BYTES: usize = 4096;
 
 /// How long a blocking pull in low-latency mode keeps looking at the socket before it sleeps:
 /// about what waking a sleeping thread on another CPU costs here (33 µs) and its scheduling, so

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::Link;
-use crate::sys::poll::{Epoll, Events, Interest, Waker};
+use crate::sys::poll::{Epoll, Events, Interest, Timer, Waker};
 
 pub(crate) struct Reactor {
     epoll: Epoll,
@@ -31,6 +31,12 @@ pub(crate) struct Reactor {
     /// `lingering` is not empty (written under its lock): the loop takes no lock per wake-up
     /// for timers when there are none.
     any_lingering: AtomicBool,
+    /// Links holding frames a posting thread left queued during a burst (`Link::send_frame`),
+    /// to write when `cork_timer` fires; and whether it is armed.
+    corked: Mutex<(Vec<Weak<Link>>, bool)>,
+    cork_timer: Timer,
+    /// The thread took `corked`'s links and is writing them (set under `corked`'s lock).
+    writing_corked: AtomicBool,
     /// The thread ended: nothing may register any more.
     dead: AtomicBool,
 }
@@ -40,6 +46,10 @@ static START: Mutex<()> = Mutex::new(());
 static NEXT_TOKEN: AtomicUsize = AtomicUsize::new(1);
 /// The token of the wake-up descriptor.
 const WAKE: u64 = u64::MAX;
+/// The token of the cork timer.
+const CORK: u64 = u64::MAX - 1;
+/// How long frames a burst left queued wait before the reactor writes them.
+pub(crate) const CORK_DELAY: Duration = Duration::from_micros(20);
 
 /// A token naming a link in the reactor.
 pub(crate) fn token() -> usize {
@@ -66,27 +76,52 @@ pub(crate) fn reactor() -> std::io::Result<&'static Reactor> {
     }
     let epoll = Epoll::new()?;
     let wake = Waker::new()?;
-    epoll.add(
-        wake.fd(),
-        WAKE,
-        Interest {
-            read: true,
-            write: false,
-        },
-    )?;
+    let cork_timer = Timer::new()?;
+    let read = Interest {
+        read: true,
+        write: false,
+    };
+    epoll.add(wake.fd(), WAKE, read)?;
+    epoll.add(cork_timer.fd(), CORK, read)?;
     std::thread::Builder::new()
         .name("msgport-reactor".into())
         .spawn(run)?;
+    if let Err(e) = crate::sys::at_exit(write_corked_at_exit) {
+        tracing::warn!("msgport: the last messages of a burst may not be written at exit: {e}");
+    }
     let r = REACTOR.get_or_init(|| Reactor {
         epoll,
         wake,
         links: Mutex::new(HashMap::new()),
         lingering: Mutex::new(Vec::new()),
         any_lingering: AtomicBool::new(false),
+        corked: Mutex::new((Vec::new(), false)),
+        cork_timer,
+        writing_corked: AtomicBool::new(false),
         dead: AtomicBool::new(false),
     });
     Ok(r)
 }
+
+/// At exit, writes what bursts left queued for the cork timer (which would otherwise die with
+/// the process, where an unbatched post would have been written): what the sockets take now,
+/// without waiting for them. The locks it takes are only ever held for a non-blocking write or
+/// read, never across a wait or a user callback, so exiting cannot hang on them.
+extern "C" fn write_corked_at_exit() {
+    let _ = catch_unwind(|| {
+        if let Some(r) = REACTOR.get() {
+            r.write_corked();
+            // The reactor may be writing a batch it took just before: let it finish.
+            let until = Instant::now() + EXIT_WAIT;
+            while r.writing_corked.load(Ordering::Acquire) && Instant::now() < until {
+                std::thread::yield_now();
+            }
+        }
+    });
+}
+
+/// The longest an exiting process waits for the reactor to finish writing a burst's tail.
+const EXIT_WAIT: Duration = Duration::from_millis(10);
 
 fn alive(r: &'static Reactor) -> std::io::Result<&'static Reactor> {
     if r.dead.load(Ordering::Acquire) {
@@ -151,7 +186,7 @@ fn run() {
         }
         let mut served = false;
         if let Err(e) = r.epoll.wait(&mut events, timeout, &mut |ready| {
-            served |= ready.token != WAKE;
+            served |= ready.token != WAKE && ready.token != CORK;
             r.serve(ready)
         }) {
             tracing::error!("msgport reactor: epoll_wait failed: {e}");
@@ -174,6 +209,11 @@ impl Reactor {
     fn serve(&self, ready: crate::sys::poll::Ready) {
         if ready.token == WAKE {
             self.wake.reset();
+            return;
+        }
+        if ready.token == CORK {
+            self.cork_timer.reset();
+            self.write_corked();
             return;
         }
         let link = self
@@ -240,8 +280,53 @@ impl Reactor {
         }
     }
 
+    /// Has `link`, whose posting thread left frames queued, written within [`CORK_DELAY`].
+    /// False when the timer cannot be armed: the caller writes them itself.
+    pub(crate) fn cork(&self, link: Weak<Link>) -> bool {
+        let mut corked = self.corked.lock().unwrap_or_else(|p| p.into_inner());
+        if !corked.1 {
+            if let Err(e) = self.cork_timer.arm(CORK_DELAY) {
+                tracing::warn!("msgport: cannot arm the reactor's timer: {e}");
+                return false;
+            }
+            corked.1 = true;
+        }
+        corked.0.push(link);
+        true
+    }
+
+    /// The cork timer fired (or the process is exiting): writes what the corked links queued.
+    fn write_corked(&self) {
+        let links = {
+            let mut corked = self.corked.lock().unwrap_or_else(|p| p.into_inner());
+            corked.1 = false;
+            if corked.0.is_empty() {
+                return;
+            }
+            self.writing_corked.store(true, Ordering::Release);
+            std::mem::take(&mut corked.0)
+        };
+        for link in links.iter().filter_map(Weak::upgrade) {
+            let written = catch_unwind(AssertUnwindSafe(|| link.write_corked()));
+            if written.is_err() {
+                tracing::error!("msgport reactor: writing a port panicked; closing that port");
+                let _ = catch_unwind(AssertUnwindSafe(|| link.fail()));
+            }
+        }
+        self.writing_corked.store(false, Ordering::Release);
+    }
+
     /// Whether every link has written all it queued.
     pub(crate) fn all_flushed(&self) -> bool {
+        let corked = !self
+            .corked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .is_empty();
+        if corked || self.writing_corked.load(Ordering::Acquire) {
+            return false;
+        }
         let links: Vec<Arc<Link>> = self
             .links
             .lock()
