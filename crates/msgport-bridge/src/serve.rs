@@ -263,13 +263,34 @@ async fn connection(config: Arc<Config>, socket: WebSocket, remote: RemoteInfo) 
                         more.insert(0, bytes);
                         Frame::batch(more.iter().map(Vec::as_slice))
                     };
-                    // A client that does not read blocks the send: the shut (a limit) wins.
-                    tokio::select! {
+                    // A client that does not read blocks the send: a shut for a limit wins and
+                    // drops it. A clean end still sends what was taken (the queue may have
+                    // handed over main's last messages with the close, in this very batch),
+                    // then the rest, below.
+                    let send = sink.send(Message::Binary(bytes.into()));
+                    tokio::pin!(send);
+                    let clean_end = tokio::select! {
                         biased;
-                        _ = writer_shut.changed() => break,
-                        sent = sink.send(Message::Binary(bytes.into())) => if sent.is_err() {
+                        _ = writer_shut.changed() => {
+                            let clean = writer_shut.borrow().as_ref().is_some_and(|s| s.code == NORMAL);
+                            if !clean {
+                                break;
+                            }
+                            true
+                        }
+                        sent = &mut send => {
+                            if sent.is_err() {
+                                return;
+                            }
+                            false
+                        }
+                    };
+                    if clean_end {
+                        // Within the goodbye's time: a client that reads nothing is dropped.
+                        if !matches!(tokio::time::timeout(GOODBYE, send).await, Ok(Ok(()))) {
                             return;
-                        },
+                        }
+                        break;
                     }
                     queued.fetch_sub(len, Ordering::AcqRel);
                 }
