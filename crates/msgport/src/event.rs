@@ -84,15 +84,15 @@ impl MessageEvent {
     /// returned as is (no serialization); otherwise it is converted through serde. On success the
     /// data is gone from the event; on a mismatch it stays, so another type can be tried.
     pub fn take_data<T: DeserializeOwned + 'static>(&mut self) -> Result<T, DecodeError> {
+        if let Payload::Inline(inline) = &mut self.payload {
+            if let Some(value) = inline.take_in_place::<T>() {
+                // Emptied: nothing left to drop.
+                self.payload = Payload::Taken;
+                return Ok(value);
+            }
+        }
         match &self.payload {
             Payload::Taken => Err(DecodeError::Taken),
-            Payload::Inline(inline) if inline.is::<T>() => {
-                let Payload::Inline(inline) = std::mem::replace(&mut self.payload, Payload::Taken)
-                else {
-                    unreachable!("matched above")
-                };
-                Ok(inline.take::<T>().ok().expect("type checked above"))
-            }
             Payload::Inline(_) => {
                 let v = self.data::<T>()?;
                 self.payload = Payload::Taken;
