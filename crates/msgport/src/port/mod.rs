@@ -483,11 +483,13 @@ impl MessagePort {
                     out.poll_now();
                     true
                 }
-                Peer::Local(_) => self
-                    .ep
-                    .unarmed_reader()
-                    .map(|link| link.poll_now())
-                    .is_some(),
+                Peer::Local(_) => match self.ep.unarmed_reader() {
+                    Some(link) => {
+                        link.poll_now();
+                        true
+                    }
+                    None => false,
+                },
             };
             if polled {
                 pulled = self.ep.pull(None);

@@ -227,7 +227,6 @@ fn recv_with(
     Ok(msg.bytes)
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
 /// Has `f` run when the process exits (`exit`, or `main` returning), before the threads die.
 #[allow(unsafe_code)]
 pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
@@ -239,6 +238,7 @@ pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
     Ok(())
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
 pub(crate) fn raise_fd_limit() -> io::Result<u64> {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     if let Some(hard) = limit.maximum {

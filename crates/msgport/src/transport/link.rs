@@ -93,7 +93,7 @@ struct Io {
     /// The link is on the reactor's cork list: frames a burst left in `out` are written when
     /// its timer fires, if nothing wrote them before.
     corked: bool,
-    /// When the last frame was posted (the burst test of `send_frame`).
+    /// When the last frame that could be held was posted (the burst test of `send_frame`).
     last_post: Option<Instant>,
     /// The send buffer was enlarged (done before the first large frame, not for every socket:
     /// most ports never carry one).
@@ -319,20 +319,19 @@ impl Link {
     /// whatever is queued before them, in order).
     pub(crate) fn send_frame(&self, frame: Frame) {
         let answer = self.target.take_delivered();
-        let small = frame.fds.is_empty()
-            && frame.parts.iter().map(Vec::len).sum::<usize>() <= CORK_FRAME_BYTES;
+        let len: usize = frame.parts.iter().map(Vec::len).sum();
         let mut io = lock(&self.io);
         if io.fd.is_none() || io.closing {
             return;
         }
-        let now = Instant::now();
-        let burst = small
-            && !answer
-            && io
-                .last_post
-                .is_some_and(|last| now.saturating_duration_since(last) < BURST_GAP);
-        io.last_post = Some(now);
-        if !io.sized && frame.parts.iter().map(Vec::len).sum::<usize>() > LARGE_FRAME {
+        // Only a frame that could be held reads the clock (an answer, the round trip's post,
+        // does not); the first such frame after others starts a burst, it is not part of one.
+        let burst = !answer && len <= CORK_FRAME_BYTES && frame.fds.is_empty() && {
+            let now = Instant::now();
+            let last = io.last_post.replace(now);
+            last.is_some_and(|last| now.saturating_duration_since(last) < BURST_GAP)
+        };
+        if !io.sized && len > LARGE_FRAME {
             io.sized = true;
             if let Some(fd) = &io.fd {
                 sys::size_buffers(fd.as_fd());

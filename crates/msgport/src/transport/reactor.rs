@@ -32,8 +32,8 @@ pub(crate) struct Reactor {
     /// for timers when there are none.
     any_lingering: AtomicBool,
     /// Links holding frames a posting thread left queued during a burst (`Link::send_frame`),
-    /// to write when `cork_timer` fires; and whether it is armed.
-    corked: Mutex<(Vec<Weak<Link>>, bool)>,
+    /// to write when `cork_timer` fires.
+    corked: Mutex<Corked>,
     cork_timer: Timer,
     /// The thread took `corked`'s links and is writing them (set under `corked`'s lock).
     writing_corked: AtomicBool,
@@ -44,6 +44,13 @@ pub(crate) struct Reactor {
 static REACTOR: OnceLock<Reactor> = OnceLock::new();
 static START: Mutex<()> = Mutex::new(());
 static NEXT_TOKEN: AtomicUsize = AtomicUsize::new(1);
+/// The links a burst left frames queued in, and whether the cork timer is armed for them.
+#[derive(Default)]
+struct Corked {
+    links: Vec<Weak<Link>>,
+    armed: bool,
+}
+
 /// The token of the wake-up descriptor.
 const WAKE: u64 = u64::MAX;
 /// The token of the cork timer.
@@ -95,7 +102,7 @@ pub(crate) fn reactor() -> std::io::Result<&'static Reactor> {
         links: Mutex::new(HashMap::new()),
         lingering: Mutex::new(Vec::new()),
         any_lingering: AtomicBool::new(false),
-        corked: Mutex::new((Vec::new(), false)),
+        corked: Mutex::new(Corked::default()),
         cork_timer,
         writing_corked: AtomicBool::new(false),
         dead: AtomicBool::new(false),
@@ -284,14 +291,14 @@ impl Reactor {
     /// False when the timer cannot be armed: the caller writes them itself.
     pub(crate) fn cork(&self, link: Weak<Link>) -> bool {
         let mut corked = self.corked.lock().unwrap_or_else(|p| p.into_inner());
-        if !corked.1 {
+        if !corked.armed {
             if let Err(e) = self.cork_timer.arm(CORK_DELAY) {
                 tracing::warn!("msgport: cannot arm the reactor's timer: {e}");
                 return false;
             }
-            corked.1 = true;
+            corked.armed = true;
         }
-        corked.0.push(link);
+        corked.links.push(link);
         true
     }
 
@@ -299,12 +306,12 @@ impl Reactor {
     fn write_corked(&self) {
         let links = {
             let mut corked = self.corked.lock().unwrap_or_else(|p| p.into_inner());
-            corked.1 = false;
-            if corked.0.is_empty() {
+            corked.armed = false;
+            if corked.links.is_empty() {
                 return;
             }
             self.writing_corked.store(true, Ordering::Release);
-            std::mem::take(&mut corked.0)
+            std::mem::take(&mut corked.links)
         };
         for link in links.iter().filter_map(Weak::upgrade) {
             let written = catch_unwind(AssertUnwindSafe(|| link.write_corked()));
@@ -322,7 +329,7 @@ impl Reactor {
             .corked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .0
+            .links
             .is_empty();
         if corked || self.writing_corked.load(Ordering::Acquire) {
             return false;
