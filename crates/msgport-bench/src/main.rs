@@ -132,7 +132,7 @@ usage: msgport-bench [--quick] [--only inproc|xproc|ipc|bridge] [--json PATH] [-
   -h, --help     this text
 
 MSGPORT_BENCH_CASE=rtt|rtt-binary|rtt-callback|rtt-ll|throughput|sweep|ports|senders|16mib|create|live|close
-runs one case of the xproc group (for profiling).";
+runs one case of the xproc group (for profiling); MSGPORT_BENCH_SIZE=<bytes> one size of its sweep.";
 
 /// The command line.
 struct Args {

@@ -1347,7 +1347,11 @@ fn sweep(cfg: &Config, report: &mut Report, placement: Placement, cpu: usize) {
     let mut m = Msgport::spawn(Role::Sink(Kind::Blob), cpu);
     let mut rawb = Raw::<true>::spawn(Role::Sink(Kind::Blob), cpu);
     let mut ipc = IpcChannel::spawn(Role::Sink(Kind::Blob), cpu);
-    for size in SWEEP {
+    // MSGPORT_BENCH_SIZE=<bytes> runs one size of the sweep (for profiling).
+    let only: Option<usize> = std::env::var("MSGPORT_BENCH_SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    for size in SWEEP.into_iter().filter(|s| only.is_none_or(|o| o == *s)) {
         // About 64 MiB per rep (16 with --quick), at least 4 messages, at most 20,000.
         let budget: usize = if cfg.quick { 16 << 20 } else { 64 << 20 };
         let n = (budget / size).clamp(4, 20_000);

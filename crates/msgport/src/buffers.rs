@@ -62,3 +62,69 @@ pub(crate) fn give(buf: Vec<u8>) {
         }
     }
 }
+
+/// Bytes that lie in a buffer from `start` on: a received message's encoded data, left where it
+/// was read (a large frame's read buffer, or a kept buffer it was copied into) instead of being
+/// copied out into a buffer of its own. A large buffer goes back to the pool when dropped, so
+/// that the next large frame is read into memory already touched.
+pub(crate) struct Held {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Held {
+    /// `buf[start..]`; `start` is clamped to the buffer's length.
+    pub(crate) fn new(buf: Vec<u8>, start: usize) -> Self {
+        let start = start.min(buf.len());
+        Held { buf, start }
+    }
+
+    /// Copies `bytes` into a kept buffer (or a new one).
+    pub(crate) fn copy_of(bytes: &[u8]) -> Self {
+        let mut buf = take(bytes.len());
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        Held { buf, start: 0 }
+    }
+
+    /// The bytes, in a vector of their own (moved when they start the buffer).
+    pub(crate) fn into_vec(mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.drain(..self.start);
+        buf
+    }
+}
+
+impl From<Vec<u8>> for Held {
+    fn from(buf: Vec<u8>) -> Self {
+        Held { buf, start: 0 }
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        give(std::mem::take(&mut self.buf));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_bytes_are_the_tail_of_their_buffer() {
+        let held = Held::new(b"headbody".to_vec(), 4);
+        assert_eq!(&*held, b"body");
+        assert_eq!(held.into_vec(), b"body");
+        assert_eq!(&*Held::new(vec![1, 2], 9), b"");
+        assert_eq!(&*Held::copy_of(b"abc"), b"abc");
+        assert_eq!(Held::from(vec![5]).into_vec(), vec![5]);
+    }
+}

@@ -19,9 +19,9 @@ pub(crate) enum Payload {
     Native(Box<dyn NativeData>),
     Value(Value),
     /// Data from another process, still encoded (`plain`: readable without building a
-    /// `Value`, see `codec::scan`).
+    /// `Value`, see `codec::scan`), where it was read or copied to.
     Cbor {
-        bytes: Vec<u8>,
+        bytes: crate::buffers::Held,
         plain: bool,
     },
     Taken,
@@ -159,7 +159,10 @@ impl MessageEvent {
         let ports = std::mem::take(&mut self.ports);
         let data = match std::mem::replace(&mut self.payload, Payload::Taken) {
             Payload::Value(v) => WireData::Value(v),
-            Payload::Cbor { bytes, plain } => WireData::Cbor { bytes, plain },
+            Payload::Cbor { bytes, plain } => WireData::Cbor {
+                bytes: bytes.into_vec(),
+                plain,
+            },
             Payload::Inline(inline) => WireData::Value(inline.to_value()?),
             Payload::Native(native) => WireData::Value(native.to_value()?),
             Payload::Taken => return Err(DecodeError::Taken),

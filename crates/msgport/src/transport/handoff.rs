@@ -195,10 +195,13 @@ pub(crate) fn import_message(message: Outgoing) -> MessageEvent {
 pub(crate) fn payload(data: WireData) -> Payload {
     match data {
         WireData::Value(v) => Payload::Value(v),
-        WireData::Cbor { bytes, plain } => Payload::Cbor { bytes, plain },
+        WireData::Cbor { bytes, plain } => Payload::Cbor {
+            bytes: bytes.into(),
+            plain,
+        },
         // Only a sender holds these; a frame's data arrives as the two above.
         WireData::Encoded(encoded) => Payload::Cbor {
-            bytes: encoded.into_bytes(),
+            bytes: encoded.into_bytes().into(),
             plain: false,
         },
     }

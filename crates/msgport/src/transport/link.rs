@@ -32,8 +32,9 @@ use super::handoff::{self, Backlog, Handover, Outgoing, Segment};
 use super::reactor::{self, reactor, SharedFd};
 use super::shm;
 use super::wire::{self, Frame, WireError};
+use crate::buffers::Held;
 use crate::error::{PostError, Refused};
-use crate::event::MessageEvent;
+use crate::event::{MessageEvent, Payload};
 use crate::port::WireData;
 use crate::port::{Encoder, Endpoint, MessagePort, Outbound, PullMode, Pulled};
 use crate::sys;
@@ -748,10 +749,7 @@ impl Link {
     /// Sleeps in `recvmsg` on `fd` until something arrives or [`SLICE`] passes, reading into
     /// this thread's buffer. Called holding `deliver`, not `io`.
     fn receive_waiting(fd: &SharedFd) -> Received {
-        let mut buf = SCRATCH.take();
-        if buf.len() < READ_CHUNK {
-            buf.resize(READ_CHUNK, 0);
-        }
+        let mut buf = scratch();
         let mut fds = VecDeque::new();
         let got = sys::recv_waiting(fd.as_fd(), &mut buf, &mut fds);
         // Only a timeout (or a socket changed under us) answers "try again": ask the socket
@@ -830,11 +828,7 @@ impl Link {
             // of its own: an idle port costs no receive buffer.
             let borrowed = io.filled == 0;
             if borrowed {
-                let mut scratch = SCRATCH.take();
-                if scratch.len() < READ_CHUNK {
-                    scratch.resize(READ_CHUNK, 0);
-                }
-                io.inbuf = scratch;
+                io.inbuf = scratch();
             } else {
                 io.reserve_read();
             }
@@ -912,17 +906,34 @@ impl Link {
                 return Err(WireError::Descriptors);
             }
             let mut fds: VecDeque<OwnedFd> = io.infds.drain(..nfds).collect();
-            let body = &io.inbuf[start + wire::HEADER..start + wire::HEADER + len];
-            let (frame, size) = if head.shared {
-                let size = wire::shared_size(body)?;
+            let at = start + wire::HEADER;
+            let (frame, size, held) = if head.shared {
+                let size = wire::shared_size(&io.inbuf[at..at + len])?;
                 let region = fds.pop_front().ok_or(WireError::Descriptors)?;
-                let frame = shm::receive(&mut io.mapped, region.as_fd(), size, |body| {
-                    wire::decode_body(body, fds)
+                // Large data is copied out of the region (which its sender may reuse once we
+                // free it) into a kept buffer, and decoded from there when it is asked for.
+                let (frame, held) = shm::receive(&mut io.mapped, region.as_fd(), size, |body| {
+                    wire::decode_body_leaving(body, fds).map(|frame| {
+                        let held = frame.left.clone().map(|r| Held::copy_of(&body[r]));
+                        (frame, held)
+                    })
                 })
                 .map_err(WireError::Region)??;
-                (frame, size)
+                (frame, size, held)
             } else {
-                (wire::decode_body(body, fds)?, len)
+                let frame = wire::decode_body_leaving(&io.inbuf[at..at + len], fds)?;
+                let held = frame.left.clone().map(|r| {
+                    if at + len == io.filled && io.inbuf.capacity() <= 2 * r.len() {
+                        // The last frame read, most of its buffer: the buffer goes with its
+                        // data, uncopied (a queued message holds at most twice its size).
+                        let mut buf = std::mem::take(&mut io.inbuf);
+                        buf.truncate(at + r.end);
+                        Held::new(buf, at + r.start)
+                    } else {
+                        Held::copy_of(&io.inbuf[at + r.start..at + r.end])
+                    }
+                });
+                (frame, len, held)
             };
             let cost =
                 wire::HEADER + size + frame.records * wire::RECORD_COST + nfds * wire::FD_COST;
@@ -933,7 +944,17 @@ impl Link {
             if !handovers.is_empty() {
                 ports.push((events.len(), handovers));
             }
-            events.push((MessageEvent::new(handoff::payload(data), Vec::new()), cost));
+            let payload = match (held, data) {
+                (Some(bytes), WireData::Cbor { plain, .. }) => Payload::Cbor { bytes, plain },
+                (_, data) => handoff::payload(data),
+            };
+            events.push((MessageEvent::new(payload, Vec::new()), cost));
+            if io.inbuf.is_empty() {
+                // Its buffer went with the message: nothing else was in it.
+                io.filled = 0;
+                start = 0;
+                break;
+            }
             start += wire::HEADER + len;
         }
         if start > 0 {
@@ -1076,6 +1097,19 @@ thread_local! {
 const SCRATCH_MAX: usize = 1 << 20;
 /// The start of a frame short enough to copy out of the thread's buffer.
 const SHORT_PARTIAL: usize = 4096;
+
+/// This thread's read buffer, at least [`READ_CHUNK`] long: the one it kept, or else one the
+/// process kept (a large message's buffer, given back once its data was taken), or a new one.
+fn scratch() -> Vec<u8> {
+    let mut buf = SCRATCH.take();
+    if buf.len() < READ_CHUNK {
+        match crate::buffers::take_filled(READ_CHUNK) {
+            Some(kept) => buf = kept,
+            None => buf.resize(READ_CHUNK, 0),
+        }
+    }
+    buf
+}
 
 /// Keeps `buf` as the thread's read buffer if it is larger than the one kept (within
 /// [`SCRATCH_MAX`]); what is not kept goes to the process's pool (or is freed).

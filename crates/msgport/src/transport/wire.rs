@@ -24,6 +24,7 @@
 //! [`next_frame`] and the body decoder.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 
 use minicbor::data::Type;
@@ -388,15 +389,35 @@ pub(crate) fn encode_frame(message: Outgoing) -> Result<Frame, PostError> {
 pub(crate) struct Decoded {
     pub message: Outgoing,
     pub records: usize,
+    /// Where the message's data lies in the body when [`decode_body_leaving`] left it there
+    /// (its `WireData::Cbor` then holds no bytes: the caller puts them in).
+    pub left: Option<Range<usize>>,
 }
 
 /// Decodes a frame body with exactly the descriptors `fds` (its ports stay handovers: the
 /// caller imports them).
 pub(crate) fn decode_body(body: &[u8], fds: VecDeque<OwnedFd>) -> Result<Decoded, WireError> {
+    let mut decoded = decode_body_leaving(body, fds)?;
+    if let Some(range) = decoded.left.take() {
+        if let WireData::Cbor { bytes, .. } = &mut decoded.message.data {
+            *bytes = body[range].to_vec();
+        }
+    }
+    Ok(decoded)
+}
+
+/// [`decode_body`], except that large data ([`ZERO_COPY_MIN`] bytes or more) of the message
+/// itself is only found: [`Decoded::left`] says where, and the caller takes it from the buffer
+/// it read the body into (without copying, when it can give that buffer away).
+pub(crate) fn decode_body_leaving(
+    body: &[u8],
+    fds: VecDeque<OwnedFd>,
+) -> Result<Decoded, WireError> {
     let mut r = Reader {
         d: Decoder::new(body),
         fds,
         records: 0,
+        left: None,
     };
     let message = r.body(0)?;
     if r.d.position() != body.len() {
@@ -408,6 +429,7 @@ pub(crate) fn decode_body(body: &[u8], fds: VecDeque<OwnedFd>) -> Result<Decoded
     Ok(Decoded {
         message,
         records: r.records,
+        left: r.left,
     })
 }
 
@@ -417,6 +439,8 @@ struct Reader<'a> {
     fds: VecDeque<OwnedFd>,
     /// Records decoded so far, at every depth.
     records: usize,
+    /// Where the message's own large data lies (see [`decode_body_leaving`]).
+    left: Option<Range<usize>>,
 }
 
 impl Reader<'_> {
@@ -442,12 +466,19 @@ impl Reader<'_> {
             return Err(CodecError::Invalid("a message body is [data, ports]").into());
         }
         // The data is found, not decoded: the receiver decodes it into the type it asks for
-        // (`value::cbor_de`), straight from these bytes. Large data is decoded now, so that its
-        // byte strings move into the message instead of being copied twice.
+        // (`value::cbor_de`), straight from these bytes. The message's own large data stays
+        // where it was read (one copy, into the receiver's value, instead of two); a queued
+        // message's large data is decoded now, so that its byte strings move into the message.
         let start = self.d.position();
         let scanned = codec::scan(self.d.input(), start)?;
         let bytes = &self.d.input()[start..scanned.end];
-        let data = if bytes.len() >= ZERO_COPY_MIN {
+        let data = if bytes.len() >= ZERO_COPY_MIN && depth == 0 {
+            self.left = Some(start..scanned.end);
+            WireData::Cbor {
+                bytes: Vec::new(),
+                plain: scanned.plain,
+            }
+        } else if bytes.len() >= ZERO_COPY_MIN {
             match codec::read_value(&mut self.d, 0) {
                 Ok(v) => WireData::Value(v),
                 Err(_) => WireData::Cbor {
