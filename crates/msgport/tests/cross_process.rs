@@ -55,13 +55,17 @@ fn the_end_of_a_burst_is_written_without_another_post_and_at_exit() {
     watchdog(LIMIT, || {
         let (child, port) = child::spawn("echo");
         for round in 0..20u32 {
-            // A short burst, then nothing but waiting for the answers.
+            // A short burst, then nothing but waiting for the answers; small messages, then
+            // ones of 10 KB (a burst holds frames of up to 16 KiB).
+            let pad = if round % 2 == 0 { 0 } else { 10_000 };
             for i in 0..5 {
-                port.post_message(round * 5 + i, []).unwrap();
+                port.post_message((round * 5 + i, "x".repeat(pad)), [])
+                    .unwrap();
             }
             for i in 0..5 {
                 let got = port.recv_timeout(Duration::from_secs(10)).unwrap();
-                assert_eq!(got.data::<u32>().unwrap(), round * 5 + i);
+                let (n, s) = got.data::<(u32, String)>().unwrap();
+                assert_eq!((n, s.len()), (round * 5 + i, pad));
             }
         }
         drop(port);

@@ -310,10 +310,10 @@ impl Link {
 
     /// Writes a frame, or queues it behind earlier ones. Never blocks.
     ///
-    /// A burst is written in batches: a small frame without descriptors, posted within
-    /// [`BURST_GAP`] of the last one with no message delivered on the port in between (so not
-    /// an answer to anything: a stream's next message), is left queued until [`CORK_FRAMES`]
-    /// are, then they leave in one `sendmsg`; the reactor writes a shorter tail when its cork
+    /// A burst is written in batches: a frame of at most [`CORK_FRAME_BYTES`] without
+    /// descriptors, posted within [`BURST_GAP`] of the last one with no message delivered on the
+    /// port in between (so not an answer to anything: a stream's next message), is left queued
+    /// until [`CORK_FRAMES`] are, or [`CORK_BYTES`], then they leave in one `sendmsg`; the reactor writes a shorter tail when its cork
     /// timer fires ([`reactor::CORK_DELAY`] after the first of them). One system call per
     /// message cost a stream most of its time, and across CPUs each write could wake the reader.
     /// Frames with descriptors, large ones, answers and lone messages are written at once (with
@@ -360,7 +360,10 @@ impl Link {
             // The reactor writes when the socket takes more.
             return;
         }
-        if !burst || io.out.len() >= CORK_FRAMES {
+        if !burst
+            || io.out.len() >= CORK_FRAMES
+            || io.out.iter().map(|c| c.bytes.len() - c.pos).sum::<usize>() >= CORK_BYTES
+        {
             self.flush(&mut io);
             return;
         }
@@ -1293,7 +1296,9 @@ const BURST_GAP: Duration = Duration::from_micros(50);
 /// A burst's queued frames are written once there are this many.
 const CORK_FRAMES: usize = 64;
 /// The largest frame a burst leaves queued.
-const CORK_FRAME_BYTES: usize = 4096;
+const CORK_FRAME_BYTES: usize = 16 << 10;
+/// A burst's queued frames are written once they hold this many bytes.
+const CORK_BYTES: usize = 64 << 10;
 
 /// How long a blocking pull in low-latency mode keeps looking at the socket before it sleeps:
 /// about what waking a sleeping thread on another CPU costs here (33 µs) and its scheduling, so
