@@ -63,20 +63,21 @@ pub(crate) fn give(buf: Vec<u8>) {
     }
 }
 
-/// Bytes that lie in a buffer from `start` on: a received message's encoded data, left where it
-/// was read (a large frame's read buffer, or a kept buffer it was copied into) instead of being
-/// copied out into a buffer of its own. A large buffer goes back to the pool when dropped, so
-/// that the next large frame is read into memory already touched.
-pub(crate) struct Held {
-    buf: Vec<u8>,
-    start: usize,
+/// A received message's encoded data, left where it was read instead of copied into a buffer
+/// of its own: a large frame's read buffer (the data from `start` on), a kept buffer it was
+/// copied into, or the shared-memory region it came in. A large buffer goes back to the pool
+/// when dropped, so that the next large frame is read into memory already touched; a region
+/// goes back to its sender.
+pub(crate) enum Held {
+    Buffer { buf: Vec<u8>, start: usize },
+    Region(crate::transport::shm::Lease),
 }
 
 impl Held {
     /// `buf[start..]`; `start` is clamped to the buffer's length.
     pub(crate) fn new(buf: Vec<u8>, start: usize) -> Self {
         let start = start.min(buf.len());
-        Held { buf, start }
+        Held::Buffer { buf, start }
     }
 
     /// Copies `bytes` into a kept buffer (or a new one).
@@ -84,33 +85,43 @@ impl Held {
         let mut buf = take(bytes.len());
         buf.clear();
         buf.extend_from_slice(bytes);
-        Held { buf, start: 0 }
+        Held::Buffer { buf, start: 0 }
     }
 
-    /// The bytes, in a vector of their own (moved when they start the buffer).
+    /// The bytes, in a vector of their own (moved when they start a buffer).
     pub(crate) fn into_vec(mut self) -> Vec<u8> {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.drain(..self.start);
-        buf
+        match &mut self {
+            Held::Buffer { buf, start } => {
+                let mut buf = std::mem::take(buf);
+                buf.drain(..*start);
+                buf
+            }
+            Held::Region(lease) => lease.to_vec(),
+        }
     }
 }
 
 impl From<Vec<u8>> for Held {
     fn from(buf: Vec<u8>) -> Self {
-        Held { buf, start: 0 }
+        Held::Buffer { buf, start: 0 }
     }
 }
 
 impl std::ops::Deref for Held {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.buf[self.start..]
+        match self {
+            Held::Buffer { buf, start } => &buf[*start..],
+            Held::Region(lease) => lease,
+        }
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        give(std::mem::take(&mut self.buf));
+        if let Held::Buffer { buf, .. } = self {
+            give(std::mem::take(buf));
+        }
     }
 }
 

@@ -268,6 +268,49 @@ fn region(size: usize, body: &[u8], seals: SealFlags) -> OwnedFd {
     fd
 }
 
+/// Reads a region's state word.
+fn state_of(file: &std::fs::File) -> u32 {
+    let mut state = [0u8; 4];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut state, 0).unwrap();
+    u32::from_ne_bytes(state)
+}
+
+/// A message's large data stays in its region until the message is taken: the region is in
+/// flight (state 1) while the message waits, and free (0) once it was taken or dropped; a
+/// region its sender retired (2) meanwhile stays retired.
+#[test]
+fn a_region_stays_in_flight_until_its_message_is_taken() {
+    let (port, peer) = hostile_pair();
+    let sealed = SealFlags::SHRINK | SealFlags::GROW;
+    let data = [9u8; 100_000];
+    let body = cbor::body(&cbor::bytes(&data), &[]);
+    for retire in [false, true] {
+        let file = std::fs::File::from(region(1 << 20, &body, sealed));
+        let fd = OwnedFd::from(file.try_clone().unwrap());
+        region_frame(&peer, body.len() as u64, 1, std::slice::from_ref(&fd));
+        let mut got = port.recv_timeout(LIMIT).unwrap();
+        assert_eq!(state_of(&file), 1, "in flight while the message waits");
+        // Read again and again (the data stays where it is), then taken.
+        assert_eq!(got.value().unwrap(), Value::from(&data[..]));
+        assert_eq!(state_of(&file), 1);
+        if retire {
+            std::os::unix::fs::FileExt::write_all_at(&file, &2u32.to_ne_bytes(), 0).unwrap();
+        }
+        let taken: Value = got.take_data().unwrap();
+        assert_eq!(taken, Value::from(&data[..]));
+        drop(got);
+        assert_eq!(state_of(&file), if retire { 2 } else { 0 });
+    }
+    // Dropped untaken: freed as well.
+    let file = std::fs::File::from(region(1 << 20, &body, sealed));
+    let fd = OwnedFd::from(file.try_clone().unwrap());
+    region_frame(&peer, body.len() as u64, 1, std::slice::from_ref(&fd));
+    let got = port.recv_timeout(LIMIT).unwrap();
+    assert_eq!(state_of(&file), 1);
+    drop(got);
+    assert_eq!(state_of(&file), 0);
+}
+
 /// Writes a region frame announcing `size` body bytes and `nfds` descriptors, with `fds`.
 fn region_frame(peer: &RawPeer, size: u64, nfds: u32, fds: &[OwnedFd]) {
     let mut bytes = 8u32.to_le_bytes().to_vec();

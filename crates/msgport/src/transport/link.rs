@@ -913,16 +913,20 @@ impl Link {
             let (frame, size, held) = if head.shared {
                 let size = wire::shared_size(&io.inbuf[at..at + len])?;
                 let region = fds.pop_front().ok_or(WireError::Descriptors)?;
-                // Large data is copied out of the region (which its sender may reuse once we
-                // free it) into a kept buffer, and decoded from there when it is asked for.
-                let (frame, held) = shm::receive(&mut io.mapped, region.as_fd(), size, |body| {
-                    wire::decode_body_leaving(body, fds).map(|frame| {
-                        let held = frame.left.clone().map(|r| Held::copy_of(&body[r]));
-                        (frame, held)
+                // Large data stays in the region (which its sender reuses only once we free
+                // it), and is decoded from there when it is asked for.
+                let (frame, lease) =
+                    shm::receive_keeping(&mut io.mapped, region.as_fd(), size, |body| {
+                        match wire::decode_body_leaving(body, fds) {
+                            Ok(frame) => {
+                                let left = frame.left.clone();
+                                (Ok(frame), left)
+                            }
+                            Err(e) => (Err(e), None),
+                        }
                     })
-                })
-                .map_err(WireError::Region)??;
-                (frame, size, held)
+                    .map_err(WireError::Region)?;
+                (frame?, size, lease.map(Held::Region))
             } else {
                 let frame = wire::decode_body_leaving(&io.inbuf[at..at + len], fds)?;
                 let held = frame.left.clone().map(|r| {

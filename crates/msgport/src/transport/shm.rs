@@ -5,7 +5,7 @@
 //! [`wire::SHARED`], the body's length, and the region's descriptor as the frame's first
 //! descriptor (the message's own descriptors follow). The receiver maps the region, decodes the
 //! body from it as it would from the socket and marks the region free again through its state
-//! word; it may keep the mapping for the region's next frames ([`Mapped`], bounded). The sender
+//! word (a message's large data stays in the region until it is taken: [`Lease`]); it may keep the mapping for the region's next frames ([`Mapped`], bounded). The sender
 //! reuses a region once its state says free. A typed message's large byte strings are written
 //! into the region by the serializer itself ([`Placer`]): the sender copies them once.
 //!
@@ -28,6 +28,7 @@
 //! `hostile_region_frames_close_only_their_port`), and the `link` fuzz target, which sends
 //! fuzzer-made regions.
 
+use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -342,7 +343,7 @@ fn materialize(region: &Region, mut frame: Frame) -> Frame {
 /// mapped for its frame only.
 #[derive(Default)]
 pub(crate) struct Mapped {
-    maps: std::collections::VecDeque<((u64, u64), Mapping)>,
+    maps: std::collections::VecDeque<((u64, u64), Arc<Mapping>)>,
 }
 
 /// The most bytes of kept mappings, over all links of the process.
@@ -371,7 +372,7 @@ impl Mapped {
 
     /// Keeps `map` if the bounds allow (dropping the oldest of this link first); gives it back
     /// otherwise.
-    fn keep(&mut self, key: (u64, u64), map: Mapping) -> Result<&Mapping, Mapping> {
+    fn keep(&mut self, key: (u64, u64), map: Arc<Mapping>) -> Result<&Arc<Mapping>, Arc<Mapping>> {
         let len = map.len();
         if len > LINK_BYTES {
             return Err(map);
@@ -405,12 +406,25 @@ impl Drop for Mapped {
 /// Reads a region frame's body: maps `region` (checked: sealed, large enough), or finds it
 /// mapped from an earlier frame, decodes the body with `decode`, then frees the region for its
 /// sender.
+#[cfg(test)]
 pub(crate) fn receive<T>(
     mapped: &mut Mapped,
     region: BorrowedFd<'_>,
     size: usize,
     decode: impl FnOnce(&[u8]) -> T,
 ) -> Result<T, std::io::Error> {
+    receive_keeping(mapped, region, size, |body| (decode(body), None)).map(|(out, _)| out)
+}
+
+/// [`receive`], except that `decode` may keep a stretch of the body where it is (a message's
+/// large data, decoded only when the receiver asks for it): the region then stays in flight
+/// until the [`Lease`] on that stretch is dropped.
+pub(crate) fn receive_keeping<T>(
+    mapped: &mut Mapped,
+    region: BorrowedFd<'_>,
+    size: usize,
+    decode: impl FnOnce(&[u8]) -> (T, Option<Range<usize>>),
+) -> Result<(T, Option<Lease>), std::io::Error> {
     let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidData);
     let need = BODY_AT.checked_add(size).ok_or_else(invalid)?;
     let (dev, ino, file_size) = shm::identify(region)?;
@@ -423,9 +437,8 @@ pub(crate) fn receive<T>(
         !retired
     });
     let found = mapped.maps.iter().position(|(k, _)| *k == key);
-    let once;
     let map = match found {
-        Some(i) if mapped.maps[i].1.len() >= need => &mapped.maps[i].1,
+        Some(i) if mapped.maps[i].1.len() >= need => mapped.maps[i].1.clone(),
         _ => {
             if let Some((_, old)) = found.and_then(|i| mapped.maps.remove(i)) {
                 forget(old.len());
@@ -433,21 +446,58 @@ pub(crate) fn receive<T>(
             // The whole region (up to what a frame may use), so that later frames fit.
             let limit = BODY_AT.saturating_add(wire::max_frame());
             let len = usize::try_from(file_size).unwrap_or(usize::MAX).min(limit);
-            let map = shm::open(region, len.max(need))?;
+            let map = Arc::new(shm::open(region, len.max(need))?);
             match mapped.keep(key, map) {
-                Ok(map) => map,
-                Err(map) => {
-                    once = map;
-                    &once
-                }
+                Ok(map) => map.clone(),
+                Err(map) => map,
             }
         }
     };
     let body = map.bytes(BODY_AT, size).ok_or_else(invalid)?;
-    let out = decode(body);
-    // Release: our reads of the body happen before the sender's next write.
-    map.state().store(FREE, Ordering::Release);
-    Ok(out)
+    let (out, keep) = decode(body);
+    let lease = keep
+        .filter(|r| r.start <= r.end && r.end <= size)
+        .map(|r| Lease {
+            at: BODY_AT + r.start,
+            len: r.len(),
+            map: map.clone(),
+        });
+    if lease.is_none() {
+        // Release: our reads of the body happen before the sender's next write.
+        map.state().store(FREE, Ordering::Release);
+    }
+    Ok((out, lease))
+}
+
+/// A stretch of a region's body kept where it lies (a received message's large data, not yet
+/// taken): the region stays in flight, so its sender does not reuse it, until this is dropped.
+/// Its bytes are the sender's memory: an honest sender leaves them alone until then; what a
+/// hostile one writes meanwhile only changes (or breaks) the decoding of its own message.
+pub(crate) struct Lease {
+    map: Arc<Mapping>,
+    at: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // Checked when the lease was made: the stretch lies within the mapping.
+        self.map.bytes(self.at, self.len).unwrap_or_default()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Release: our reads happen before the sender's next write. A region its sender
+        // retired meanwhile stays retired (so that a receiver keeping it mapped lets go).
+        let _ = self.map.state().compare_exchange(
+            IN_FLIGHT,
+            FREE,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+    }
 }
 
 #[cfg(test)]
