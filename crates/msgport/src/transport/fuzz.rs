@@ -113,11 +113,14 @@ fn region_with(body: &[u8], sealed: bool) -> Option<OwnedFd> {
     Some(fd)
 }
 
-/// Takes every message the port has now, with its ports (which are closed at once).
+/// Takes every message the port has now, with its ports (which are closed at once), and
+/// decodes its data (a large one from where it was left: a read buffer or a region).
 fn drain(port: &MessagePort) -> usize {
     let mut n = 0;
-    while let Ok(event) = port.try_recv() {
+    while let Ok(mut event) = port.try_recv() {
         n += 1;
+        let _ = event.value();
+        let _ = event.take_data::<crate::Value>();
         drop(event);
     }
     n
