@@ -322,7 +322,7 @@ impl Endpoint {
     }
 
     /// Takes `cost` off the queue's cost; returns the reader to resume if that brought a
-    /// paused queue down to half its mark. Call [`resume`] on it with the locks released.
+    /// paused queue down to half its mark. Call [`resume_reader`] on it with the locks released.
     fn drained(&self, st: &mut State, cost: usize) -> Option<Weak<dyn Outbound>> {
         st.remote_cost = st.remote_cost.saturating_sub(cost);
         if st.paused && st.remote_cost <= crate::limits::receive_high_water() / 2 {

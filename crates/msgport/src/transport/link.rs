@@ -313,11 +313,12 @@ impl Link {
     /// A burst is written in batches: a frame of at most [`CORK_FRAME_BYTES`] without
     /// descriptors, posted within [`BURST_GAP`] of the last one with no message delivered on the
     /// port in between (so not an answer to anything: a stream's next message), is left queued
-    /// until [`CORK_FRAMES`] are, or [`CORK_BYTES`], then they leave in one `sendmsg`; the reactor writes a shorter tail when its cork
-    /// timer fires ([`reactor::CORK_DELAY`] after the first of them). One system call per
-    /// message cost a stream most of its time, and across CPUs each write could wake the reader.
-    /// Frames with descriptors, large ones, answers and lone messages are written at once (with
-    /// whatever is queued before them, in order).
+    /// until [`CORK_FRAMES`] are, or [`CORK_BYTES`], then they leave in one `sendmsg`; the
+    /// reactor writes a shorter tail when its cork timer fires ([`reactor::CORK_DELAY`] after
+    /// the first of them). One system call per message cost a stream most of its time, and
+    /// across CPUs each write could wake the reader. Frames with descriptors, large ones,
+    /// answers and lone messages are written at once (with whatever is queued before them, in
+    /// order).
     pub(crate) fn send_frame(&self, frame: Frame) {
         let answer = self.target.take_delivered();
         let len: usize = frame.parts.iter().map(Vec::len).sum();

@@ -5,9 +5,10 @@
 //! [`wire::SHARED`], the body's length, and the region's descriptor as the frame's first
 //! descriptor (the message's own descriptors follow). The receiver maps the region, decodes the
 //! body from it as it would from the socket and marks the region free again through its state
-//! word (a message's large data stays in the region until it is taken: [`Lease`]); it may keep the mapping for the region's next frames ([`Mapped`], bounded). The sender
-//! reuses a region once its state says free. A typed message's large byte strings are written
-//! into the region by the serializer itself ([`Placer`]): the sender copies them once.
+//! word (a message's large data stays in the region until it is taken: [`Lease`]); it may keep
+//! the mapping for the region's next frames ([`Mapped`], bounded). The sender reuses a region
+//! once its state says free. A typed message's large byte strings are written into the region
+//! by the serializer itself ([`Placer`]): the sender copies them once, the receiver once.
 //!
 //! ```text
 //! region = state: u32 (native endian) | unused[60] | body
@@ -416,9 +417,11 @@ pub(crate) fn receive<T>(
     receive_keeping(mapped, region, size, |body| (decode(body), None)).map(|(out, _)| out)
 }
 
-/// [`receive`], except that `decode` may keep a stretch of the body where it is (a message's
-/// large data, decoded only when the receiver asks for it): the region then stays in flight
-/// until the [`Lease`] on that stretch is dropped.
+/// Reads a region frame's body: maps `region` (checked: sealed, large enough), or finds it
+/// mapped from an earlier frame, and decodes the body with `decode`, which may keep a stretch
+/// of it where it is (a message's large data, decoded only when the receiver asks for it). The
+/// region is freed for its sender at once, or, when a stretch is kept, once the [`Lease`] on
+/// it is dropped.
 pub(crate) fn receive_keeping<T>(
     mapped: &mut Mapped,
     region: BorrowedFd<'_>,

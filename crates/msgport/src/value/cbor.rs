@@ -1,4 +1,4 @@
-//! Rust → CBOR straight through serde, without building a [`Value`] first: what a message
+//! Rust → CBOR straight through serde, without building a [`Value`](crate::Value) first: what a message
 //! leaving the process costs on the sender.
 //!
 //! The bytes are exactly those of `codec::encode(&to_value(x)?)` (and the errors those of

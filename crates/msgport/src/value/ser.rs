@@ -24,7 +24,7 @@ const MAGIC_PREFIX: &str = "$msgport::";
 ///
 /// Two serde facts users trip on, as serde defines them (not msgport's choice):
 /// - a `Vec<u8>` (or `[u8; N]`) serializes as a sequence: an `Array` of numbers, one `Value`
-///   per byte. Mark the field `#[serde(with = "serde_bytes")]` (or post a [`Binary`](crate::Binary)
+///   per byte. Mark the field `#[serde(with = "serde_bytes")]` (or post a [`Binary`]
 ///   in a `Value`) to send an `ArrayBuffer`;
 /// - `Option<Option<T>>` cannot tell `Some(None)` from `None` once serialized: both are `null`.
 ///
