@@ -5,6 +5,13 @@
 //!
 //! Bounded: at most [`KEPT`] buffers of at most [`KEEP_MAX`] bytes each, for the whole process,
 //! whatever the number of links.
+//!
+//! Smaller buffers (a received message's data, from [`SMALL_MIN`] bytes up to [`KEEP_MIN`])
+//! are kept too, by size class ([`take_small`], [`give_small`]): they are made by the I/O
+//! thread and freed by whichever thread takes the message, and the allocator, seeing the I/O
+//! thread's heap emptied by another thread, gives its pages back to the kernel (`madvise`)
+//! only to fault them in again for the next messages: nearly a page fault per message in a
+//! stream of 4 KiB ones. At most [`SMALL_KEPT`] per class.
 
 use std::sync::Mutex;
 
@@ -63,6 +70,53 @@ pub(crate) fn give(buf: Vec<u8>) {
     }
 }
 
+/// Data shorter than this gets a plain allocation (the allocator's per-thread caches serve
+/// it well).
+pub(crate) const SMALL_MIN: usize = 512;
+/// Small buffers kept per size class.
+const SMALL_KEPT: usize = 32;
+/// Size classes: powers of two from `SMALL_MIN` up to half of `KEEP_MIN`.
+const CLASSES: usize = (KEEP_MIN / SMALL_MIN).trailing_zeros() as usize;
+
+static SMALL: [Mutex<Vec<Vec<u8>>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
+
+/// The size class of a buffer of `capacity` bytes (exactly a class's size), if any.
+fn class_of(capacity: usize) -> Option<usize> {
+    (capacity.is_power_of_two() && (SMALL_MIN..KEEP_MIN).contains(&capacity))
+        .then(|| (capacity / SMALL_MIN).trailing_zeros() as usize)
+}
+
+/// An empty buffer with room for `len` bytes: a kept one of its size class when `len` is from
+/// [`SMALL_MIN`] up to [`KEEP_MIN`], else a new one.
+pub(crate) fn take_small(len: usize) -> Vec<u8> {
+    if !(SMALL_MIN..KEEP_MIN).contains(&len) {
+        return Vec::with_capacity(len);
+    }
+    let size = len.next_power_of_two();
+    let Some(class) = class_of(size) else {
+        return Vec::with_capacity(len);
+    };
+    let kept = SMALL[class].lock().unwrap_or_else(|p| p.into_inner()).pop();
+    match kept {
+        Some(mut buf) => {
+            buf.clear();
+            buf
+        }
+        None => Vec::with_capacity(size),
+    }
+}
+
+/// Keeps a buffer made by [`take_small`] for later (others are dropped).
+pub(crate) fn give_small(buf: Vec<u8>) {
+    let Some(class) = class_of(buf.capacity()) else {
+        return;
+    };
+    let mut kept = SMALL[class].lock().unwrap_or_else(|p| p.into_inner());
+    if kept.len() < SMALL_KEPT {
+        kept.push(buf);
+    }
+}
+
 /// A received message's encoded data, left where it was read instead of copied into a buffer
 /// of its own: a large frame's read buffer (the data from `start` on), a kept buffer it was
 /// copied into, or the shared-memory region it came in. A large buffer goes back to the pool
@@ -82,7 +136,11 @@ impl Held {
 
     /// Copies `bytes` into a kept buffer (or a new one).
     pub(crate) fn copy_of(bytes: &[u8]) -> Self {
-        let mut buf = take(bytes.len());
+        let mut buf = if bytes.len() < KEEP_MIN {
+            take_small(bytes.len())
+        } else {
+            take(bytes.len())
+        };
         buf.clear();
         buf.extend_from_slice(bytes);
         Held::Buffer { buf, start: 0 }
@@ -120,7 +178,12 @@ impl std::ops::Deref for Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if let Held::Buffer { buf, .. } = self {
-            give(std::mem::take(buf));
+            let buf = std::mem::take(buf);
+            if buf.capacity() < KEEP_MIN {
+                give_small(buf);
+            } else {
+                give(buf);
+            }
         }
     }
 }
@@ -128,6 +191,27 @@ impl Drop for Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_buffers_are_kept_by_size_class() {
+        assert_eq!(class_of(SMALL_MIN), Some(0));
+        assert_eq!(class_of(KEEP_MIN / 2), Some(CLASSES - 1));
+        assert_eq!(class_of(KEEP_MIN), None);
+        assert_eq!(class_of(3000), None);
+        let small = take_small(100);
+        assert!(small.capacity() >= 100 && class_of(small.capacity()).is_none());
+        let mut buf = take_small(3000);
+        assert_eq!(buf.capacity(), 4096);
+        buf.extend_from_slice(&[1; 3000]);
+        give_small(buf);
+        let again = take_small(2049);
+        assert!(again.is_empty() && again.capacity() == 4096);
+        // Bounded: what is given past the bound is dropped.
+        for _ in 0..SMALL_KEPT * 2 {
+            give_small(Vec::with_capacity(1024));
+        }
+        assert!(SMALL[class_of(1024).unwrap()].lock().unwrap().len() <= SMALL_KEPT);
+    }
 
     #[test]
     fn held_bytes_are_the_tail_of_their_buffer() {

@@ -492,8 +492,11 @@ impl Reader<'_> {
                 },
             }
         } else {
+            // A kept buffer of its size class (it goes back there once the message is done).
+            let mut kept = crate::buffers::take_small(bytes.len());
+            kept.extend_from_slice(bytes);
             WireData::Cbor {
-                bytes: bytes.to_vec(),
+                bytes: kept,
                 plain: scanned.plain,
             }
         };
