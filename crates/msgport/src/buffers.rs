@@ -123,9 +123,21 @@ pub(crate) fn give_small(buf: Vec<u8>) {
 /// when dropped, so that the next large frame is read into memory already touched; a region
 /// goes back to its sender.
 pub(crate) enum Held {
-    Buffer { buf: Vec<u8>, start: usize },
+    /// Data of at most [`HELD_INLINE`] bytes, in place: no allocation for a small message.
+    Small {
+        len: u8,
+        buf: [u8; HELD_INLINE],
+    },
+    Buffer {
+        buf: Vec<u8>,
+        start: usize,
+    },
     Region(crate::transport::shm::Lease),
 }
+
+/// The most bytes a [`Held`] keeps in place (a received message's event stays as large as an
+/// in-process one's, whose value is kept in place up to 64 bytes).
+pub(crate) const HELD_INLINE: usize = 56;
 
 impl Held {
     /// `buf[start..]`; `start` is clamped to the buffer's length.
@@ -134,8 +146,16 @@ impl Held {
         Held::Buffer { buf, start }
     }
 
-    /// Copies `bytes` into a kept buffer (or a new one).
+    /// Copies `bytes` in place when they are few, else into a kept buffer (or a new one).
     pub(crate) fn copy_of(bytes: &[u8]) -> Self {
+        if let Ok(len @ 0..=HELD_INLINE) = u8::try_from(bytes.len()).map(usize::from) {
+            let mut buf = [0; HELD_INLINE];
+            buf[..len].copy_from_slice(bytes);
+            return Held::Small {
+                len: len as u8,
+                buf,
+            };
+        }
         let mut buf = if bytes.len() < KEEP_MIN {
             take_small(bytes.len())
         } else {
@@ -155,6 +175,7 @@ impl Held {
                 buf
             }
             Held::Region(lease) => lease.to_vec(),
+            Held::Small { len, buf } => buf[..usize::from(*len)].to_vec(),
         }
     }
 }
@@ -171,6 +192,7 @@ impl std::ops::Deref for Held {
         match self {
             Held::Buffer { buf, start } => &buf[*start..],
             Held::Region(lease) => lease,
+            Held::Small { len, buf } => &buf[..usize::from(*len)],
         }
     }
 }
@@ -220,6 +242,14 @@ mod tests {
         assert_eq!(held.into_vec(), b"body");
         assert_eq!(&*Held::new(vec![1, 2], 9), b"");
         assert_eq!(&*Held::copy_of(b"abc"), b"abc");
+        assert!(matches!(Held::copy_of(b"abc"), Held::Small { len: 3, .. }));
+        let most = [7u8; HELD_INLINE];
+        assert!(matches!(Held::copy_of(&most), Held::Small { .. }));
+        assert_eq!(&*Held::copy_of(&most), &most[..]);
+        assert_eq!(Held::copy_of(&most).into_vec(), most.to_vec());
+        let more = [8u8; HELD_INLINE + 1];
+        assert!(matches!(Held::copy_of(&more), Held::Buffer { .. }));
+        assert_eq!(&*Held::copy_of(&more), &more[..]);
         assert_eq!(Held::from(vec![5]).into_vec(), vec![5]);
     }
 }

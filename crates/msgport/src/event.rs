@@ -190,3 +190,14 @@ impl fmt::Debug for MessageEvent {
         d.field("ports", &self.ports.len()).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A message from another process takes no more room in a queue than one from this
+    /// process: its data, when small, is kept in place within the same 80 bytes.
+    #[test]
+    fn an_event_stays_as_small_as_an_in_process_one() {
+        assert_eq!(std::mem::size_of::<super::Payload>(), 80);
+        assert_eq!(std::mem::size_of::<super::MessageEvent>(), 112);
+    }
+}

@@ -916,22 +916,31 @@ impl Link {
                 let region = fds.pop_front().ok_or(WireError::Descriptors)?;
                 // Large data stays in the region (which its sender reuses only once we free
                 // it), and is decoded from there when it is asked for.
-                let (frame, lease) =
+                let (decoded, lease) =
                     shm::receive_keeping(&mut io.mapped, region.as_fd(), size, |body| {
                         match wire::decode_body_leaving(body, fds) {
-                            Ok(frame) => {
-                                let left = frame.left.clone();
-                                (Ok(frame), left)
-                            }
+                            Ok(frame) => match frame.left.clone() {
+                                Some(r) if r.len() >= wire::ZERO_COPY_MIN => {
+                                    (Ok((frame, None)), Some(r))
+                                }
+                                left => {
+                                    let held = left.map(|r| Held::copy_of(&body[r]));
+                                    (Ok((frame, held)), None)
+                                }
+                            },
                             Err(e) => (Err(e), None),
                         }
                     })
                     .map_err(WireError::Region)?;
-                (frame?, size, lease.map(Held::Region))
+                let (frame, copied) = decoded?;
+                (frame, size, copied.or(lease.map(Held::Region)))
             } else {
                 let frame = wire::decode_body_leaving(&io.inbuf[at..at + len], fds)?;
                 let held = frame.left.clone().map(|r| {
-                    if at + len == io.filled && io.inbuf.capacity() <= 2 * r.len() {
+                    if r.len() >= wire::ZERO_COPY_MIN
+                        && at + len == io.filled
+                        && io.inbuf.capacity() <= 2 * r.len()
+                    {
                         // The last frame read, most of its buffer: the buffer goes with its
                         // data, uncopied (a queued message holds at most twice its size).
                         let mut buf = std::mem::take(&mut io.inbuf);

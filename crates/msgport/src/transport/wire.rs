@@ -202,10 +202,10 @@ impl Frame {
 /// Byte strings at least this large are moved into the frame as parts of their own, and a
 /// received message's data this large stays where it was read ([`decode_body_leaving`]).
 #[cfg(not(fuzzing))]
-const ZERO_COPY_MIN: usize = 64 * 1024;
+pub(crate) const ZERO_COPY_MIN: usize = 64 * 1024;
 /// Under the fuzzer, whose inputs are a few KiB, small enough for them to take those paths.
 #[cfg(fuzzing)]
-const ZERO_COPY_MIN: usize = 256;
+pub(crate) const ZERO_COPY_MIN: usize = 256;
 
 /// Builds a frame's parts.
 struct FrameWriter {
@@ -411,9 +411,10 @@ pub(crate) fn decode_body(body: &[u8], fds: VecDeque<OwnedFd>) -> Result<Decoded
     Ok(decoded)
 }
 
-/// [`decode_body`], except that large data ([`ZERO_COPY_MIN`] bytes or more) of the message
-/// itself is only found: [`Decoded::left`] says where, and the caller takes it from the buffer
-/// it read the body into (without copying, when it can give that buffer away).
+/// [`decode_body`], except that the data of the message itself is only found:
+/// [`Decoded::left`] says where, and the caller takes it from the buffer it read the body into
+/// (in place when small, without copying when it is large and the caller can give that buffer
+/// away).
 pub(crate) fn decode_body_leaving(
     body: &[u8],
     fds: VecDeque<OwnedFd>,
@@ -471,13 +472,13 @@ impl Reader<'_> {
             return Err(CodecError::Invalid("a message body is [data, ports]").into());
         }
         // The data is found, not decoded: the receiver decodes it into the type it asks for
-        // (`value::cbor_de`), straight from these bytes. The message's own large data stays
-        // where it was read (one copy, into the receiver's value, instead of two); a queued
+        // (`value::cbor_de`), straight from these bytes. The message's own data is left where
+        // it is, for the caller to keep as suits its size ([`decode_body_leaving`]); a queued
         // message's large data is decoded now, so that its byte strings move into the message.
         let start = self.d.position();
         let scanned = codec::scan(self.d.input(), start)?;
         let bytes = &self.d.input()[start..scanned.end];
-        let data = if bytes.len() >= ZERO_COPY_MIN && depth == 0 {
+        let data = if depth == 0 {
             self.left = Some(start..scanned.end);
             WireData::Cbor {
                 bytes: Vec::new(),
