@@ -1149,11 +1149,17 @@ fn live_ports(cfg: &Config, cpu: usize, report: &mut Report) {
         .unwrap_or(0) as f64;
     let mut ports = Vec::new();
     let cap = if cfg.quick { 2_000 } else { 100_000 };
-    while ports.len() < cap {
+    // A port in flight holds descriptors until its message is written: a refusal may come from
+    // those, not from the ports held. Give the writes a moment before taking it as the limit.
+    let mut refusals = 0;
+    while ports.len() < cap && refusals < 3 {
         let (here, there) = msgport::MessageChannel::new().into_ports();
         match m.port().post_message((), [there]) {
             Ok(()) => ports.push(here),
-            Err(_) => break,
+            Err(_) => {
+                refusals += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
     // The child may have hit its own limit first: keep the ports that answer.
