@@ -96,6 +96,9 @@ struct Io {
     corked: bool,
     /// When the last frame that could be held was posted (the burst test of `send_frame`).
     last_post: Option<Instant>,
+    /// Bytes of the frames a burst left in `out` since it was last written (`send_frame`'s
+    /// [`CORK_BYTES`] test).
+    held_bytes: usize,
     /// The send buffer was enlarged (done before the first large frame, not for every socket:
     /// most ports never carry one).
     sized: bool,
@@ -361,10 +364,10 @@ impl Link {
             // The reactor writes when the socket takes more.
             return;
         }
-        if !burst
-            || io.out.len() >= CORK_FRAMES
-            || io.out.iter().map(|c| c.bytes.len() - c.pos).sum::<usize>() >= CORK_BYTES
-        {
+        if burst {
+            io.held_bytes += len;
+        }
+        if !burst || io.out.len() >= CORK_FRAMES || io.held_bytes >= CORK_BYTES {
             self.flush(&mut io);
             return;
         }
@@ -398,6 +401,8 @@ impl Link {
     /// bytes of their own frame: the chunks after the first are added only while they carry
     /// none. A chunk with more descriptors than one `sendmsg` takes sends them a batch per byte.
     fn flush(&self, io: &mut Io) {
+        // Whatever it leaves is written when the socket takes more, before any burst test.
+        io.held_bytes = 0;
         while let Some(front) = io.out.front() {
             let Some(fd) = io.fd.as_ref() else { return };
             let sent = if front.fds.len() > sys::MAX_FDS_PER_SEND {
