@@ -148,11 +148,11 @@ impl Held {
 
     /// Copies `bytes` in place when they are few, else into a kept buffer (or a new one).
     pub(crate) fn copy_of(bytes: &[u8]) -> Self {
-        if let Ok(len @ 0..=HELD_INLINE) = u8::try_from(bytes.len()).map(usize::from) {
+        if bytes.len() <= HELD_INLINE {
             let mut buf = [0; HELD_INLINE];
-            buf[..len].copy_from_slice(bytes);
+            buf[..bytes.len()].copy_from_slice(bytes);
             return Held::Small {
-                len: len as u8,
+                len: bytes.len() as u8,
                 buf,
             };
         }

@@ -113,8 +113,8 @@ fn taking_a_large_message_allocates_about_its_size_once() {
     sender.join().unwrap();
 }
 
-/// A small message (here four integers below 2^53, about 30 bytes of data) costs the receiving side no
-/// allocation at all once warm: its data is kept in place in the event until taken.
+/// A small message (here four integers below 2^53, about 30 bytes of data) costs the receiving
+/// side no allocation at all once warm: its data is kept in place in the event until taken.
 #[test]
 fn taking_a_small_message_allocates_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,5 +1,5 @@
-//! Rust → CBOR straight through serde, without building a [`Value`](crate::Value) first: what a message
-//! leaving the process costs on the sender.
+//! Rust → CBOR straight through serde, without building a [`Value`](crate::Value) first: what
+//! a message leaving the process costs on the sender.
 //!
 //! The bytes are exactly those of `codec::encode(&to_value(x)?)` (and the errors those of
 //! `to_value`): the same mapping (`docs/wire-format.md`), written in one pass. Where `to_value`
