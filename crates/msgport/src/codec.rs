@@ -89,9 +89,9 @@ pub fn encode(value: &Value) -> Vec<u8> {
 /// assert_eq!(codec::to_vec(&job).unwrap(), codec::encode(&to_value(&job).unwrap()));
 /// ```
 pub fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, crate::ValueError> {
-    let mut out = Vec::with_capacity(64);
-    crate::value::cbor::to_cbor(value, &mut out)?;
-    Ok(out)
+    // The head the serializer writes is the encoding itself unless a large byte string was
+    // set apart: no second buffer, no copy.
+    Ok(crate::value::cbor::to_parts(value, None)?.into_bytes())
 }
 
 /// Appends the CBOR encoding of `value` to `out`.
@@ -346,9 +346,77 @@ enum Open {
     Tagged { port: bool },
 }
 
-std::thread_local! {
-    /// [`scan`]'s stack, kept between calls: no allocation per message.
-    static SCAN_STACK: std::cell::RefCell<Vec<Open>> = const { std::cell::RefCell::new(Vec::new()) };
+/// [`scan`]'s stack of open containers: the innermost levels in place (a message's data rarely
+/// nests deeper), the rest on the heap. No allocation, and no thread-local lookup, per message.
+struct Stack {
+    near: [Open; NEAR],
+    len: usize,
+    far: Vec<Open>,
+}
+
+/// Levels [`Stack`] keeps in place.
+const NEAR: usize = 8;
+
+impl Stack {
+    fn new() -> Self {
+        Stack {
+            near: [Open::Tagged { port: false }; NEAR],
+            len: 0,
+            far: Vec::new(),
+        }
+    }
+
+    #[inline(always)]
+    fn last(&self) -> Option<Open> {
+        match self.len {
+            0 => None,
+            n if n <= NEAR => Some(self.near[n - 1]),
+            _ => self.far.last().copied(),
+        }
+    }
+
+    #[inline(always)]
+    fn last_mut(&mut self) -> Option<&mut Open> {
+        match self.len {
+            0 => None,
+            n if n <= NEAR => Some(&mut self.near[n - 1]),
+            _ => self.far.last_mut(),
+        }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, open: Open) {
+        if self.len < NEAR {
+            self.near[self.len] = open;
+        } else {
+            self.far.push(open);
+        }
+        self.len += 1;
+    }
+
+    #[inline(always)]
+    fn pop(&mut self) -> Option<Open> {
+        let open = self.last()?;
+        if self.len > NEAR {
+            self.far.pop();
+        }
+        self.len -= 1;
+        Some(open)
+    }
+}
+
+/// The argument that follows an initial byte whose additional information is 24 to 27 (1, 2,
+/// 4 or 8 big-endian bytes from `at`), and its length; `None` if the input ends first. Read as
+/// one load of its size, not byte by byte.
+#[inline(always)]
+pub(crate) fn argument(input: &[u8], at: usize, info: u8) -> Option<(u64, usize)> {
+    let rest = input.get(at..)?;
+    Some(match info {
+        24 => (u64::from(*rest.first()?), 1),
+        25 => (u64::from(u16::from_be_bytes(*rest.first_chunk()?)), 2),
+        26 => (u64::from(u32::from_be_bytes(*rest.first_chunk()?)), 4),
+        _ => (u64::from_be_bytes(*rest.first_chunk()?), 8),
+    })
 }
 
 /// How deep [`scan`] lets arrays, maps and tags nest: looser than [`decode`]'s limit, so that
@@ -362,18 +430,8 @@ const SCAN_DEPTH: usize = 2 * MAX_DEPTH + 8;
 /// whether it is [plain](Scan::plain). Text is not checked for UTF-8 nor tags for meaning
 /// here: that is the reader's work.
 pub(crate) fn scan(input: &[u8], start: usize) -> Result<Scan, CodecError> {
-    SCAN_STACK.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut stack) => {
-            stack.clear();
-            scan_with(input, start, &mut stack)
-        }
-        // Not reentrant today; if it ever were, a fresh stack is correct, only slower.
-        Err(_) => scan_with(input, start, &mut Vec::new()),
-    })
-}
-
-fn scan_with(input: &[u8], start: usize, stack: &mut Vec<Open>) -> Result<Scan, CodecError> {
     let malformed = |what: &str| CodecError::Malformed(what.to_owned());
+    let mut stack = Stack::new();
     let mut pos = start;
     let mut max_slot: Option<u32> = None;
     let mut plain = true;
@@ -381,10 +439,11 @@ fn scan_with(input: &[u8], start: usize, stack: &mut Vec<Open>) -> Result<Scan, 
         let ib = *input.get(pos).ok_or_else(|| malformed("truncated item"))?;
         pos += 1;
         let (major, info) = (ib >> 5, ib & 0x1f);
+        let top = stack.last();
         // A key position of a definite map (for `plain`).
-        let at_key = matches!(stack.last(), Some(Open::Items { left, map: true }) if left % 2 == 0);
-        if let Some(Open::UntilBreak { chunks: Some(m) }) = stack.last() {
-            if ib != 0xff && (major != *m || info == 31) {
+        let at_key = matches!(top, Some(Open::Items { left, map: true }) if left % 2 == 0);
+        if let Some(Open::UntilBreak { chunks: Some(m) }) = top {
+            if ib != 0xff && (major != m || info == 31) {
                 return Err(malformed(
                     "a chunk of an indefinite string is not a definite string",
                 ));
@@ -393,12 +452,10 @@ fn scan_with(input: &[u8], start: usize, stack: &mut Vec<Open>) -> Result<Scan, 
         let arg = match info {
             0..=23 => u64::from(info),
             24..=27 => {
-                let n = 1usize << (info - 24);
-                let bytes = input
-                    .get(pos..pos + n)
-                    .ok_or_else(|| malformed("truncated head"))?;
+                let (arg, n) =
+                    argument(input, pos, info).ok_or_else(|| malformed("truncated head"))?;
                 pos += n;
-                bytes.iter().fold(0u64, |a, b| a << 8 | u64::from(*b))
+                arg
             }
             28..=30 => return Err(malformed("reserved additional information")),
             _ => u64::MAX,
@@ -407,7 +464,7 @@ fn scan_with(input: &[u8], start: usize, stack: &mut Vec<Open>) -> Result<Scan, 
         if at_key && (major != 3 || indefinite) {
             plain = false;
         }
-        if let Some(Open::Tagged { port: true }) = stack.last() {
+        if let Some(Open::Tagged { port: true }) = top {
             match u32::try_from(arg) {
                 Ok(slot) if major == 0 => max_slot = Some(max_slot.map_or(slot, |m| m.max(slot))),
                 _ => {
@@ -427,9 +484,8 @@ fn scan_with(input: &[u8], start: usize, stack: &mut Vec<Open>) -> Result<Scan, 
             }
             2 | 3 if indefinite => {
                 plain = false;
-                stack.push(Open::UntilBreak {
-                    chunks: Some(major),
-                });
+                let chunks = Some(major);
+                stack.push(Open::UntilBreak { chunks });
                 false
             }
             2 | 3 => {
@@ -462,9 +518,8 @@ fn scan_with(input: &[u8], start: usize, stack: &mut Vec<Open>) -> Result<Scan, 
                     return Err(malformed("a tag has no indefinite form"));
                 }
                 plain = false;
-                stack.push(Open::Tagged {
-                    port: arg == TAG_PORT,
-                });
+                let port = arg == TAG_PORT;
+                stack.push(Open::Tagged { port });
                 false
             }
             _ => match info {
@@ -484,7 +539,7 @@ fn scan_with(input: &[u8], start: usize, stack: &mut Vec<Open>) -> Result<Scan, 
                 }
             },
         };
-        if stack.len() > SCAN_DEPTH {
+        if stack.len > SCAN_DEPTH {
             return Err(CodecError::TooDeep);
         }
         if !complete {
@@ -833,6 +888,24 @@ mod tests {
         assert!(decode(&deep).is_err());
         assert_eq!(scan(&deep, 0).unwrap().end, deep.len());
         assert!(scan(&[vec![0x81; SCAN_DEPTH + 1], vec![0x01]].concat(), 0).is_err());
+        // Containers open past the levels the stack keeps in place, and closed again, with
+        // items after each: every level is counted right on the way back out.
+        let mut nested = Value::Port(9);
+        for i in 0..3 * NEAR {
+            nested = if i % 2 == 0 {
+                Value::Array(vec![nested, Value::Port(i as u32)])
+            } else {
+                Value::Object(vec![("k".into(), nested), ("z".into(), Value::Null)])
+            };
+        }
+        let mut bytes = encode(&nested);
+        bytes.push(0xf6);
+        let scanned = scan(&bytes, 0).unwrap();
+        assert_eq!(scanned.end, bytes.len() - 1);
+        assert_eq!(scanned.max_slot, Some(3 * NEAR as u32 - 2));
+        assert!(!scanned.plain);
+        let cut = &bytes[..bytes.len() - 2];
+        assert!(scan(cut, 0).is_err(), "the last item cut off");
     }
 
     #[test]

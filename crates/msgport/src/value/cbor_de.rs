@@ -59,15 +59,9 @@ impl<'a> Reader<'a> {
         let (arg, len) = match info {
             0..=23 => (u64::from(info), 1),
             24..=27 => {
-                let n = 1usize << (info - 24);
-                let bytes = self
-                    .input
-                    .get(self.pos + 1..self.pos + 1 + n)
-                    .ok_or_else(truncated)?;
-                (
-                    bytes.iter().fold(0u64, |a, b| a << 8 | u64::from(*b)),
-                    1 + n,
-                )
+                let (arg, n) =
+                    codec::argument(self.input, self.pos + 1, info).ok_or_else(truncated)?;
+                (arg, 1 + n)
             }
             _ => (0, 1),
         };
