@@ -430,6 +430,88 @@ const SCAN_DEPTH: usize = 2 * MAX_DEPTH + 8;
 /// whether it is [plain](Scan::plain). Text is not checked for UTF-8 nor tags for meaning
 /// here: that is the reader's work.
 pub(crate) fn scan(input: &[u8], start: usize) -> Result<Scan, CodecError> {
+    let mut end = start;
+    if plain_extent(input, &mut end, FAST_DEPTH).is_some() {
+        let found = Scan {
+            end,
+            max_slot: None,
+            plain: true,
+        };
+        // Fuzzing checks the fast pass against the full one on every input it takes.
+        #[cfg(fuzzing)]
+        assert_eq!(Ok(found), scan_fully(input, start), "the fast scan differs");
+        return Ok(found);
+    }
+    scan_fully(input, start)
+}
+
+/// How deep [`plain_extent`] follows arrays and maps before it leaves the item to
+/// [`scan_fully`].
+const FAST_DEPTH: u32 = 8;
+
+/// The common case of [`scan`], in one tight pass: moves `pos` past the item at `pos` if it is
+/// [plain](Scan::plain) (so it holds no port slot), well-formed, and nested at most `depth`
+/// deep. `None` for anything else, error or not, which [`scan_fully`] then scans from the start
+/// again (and reports). A scalar is passed over in place; each array or map is a call, never
+/// more than [`FAST_DEPTH`] deep.
+#[inline(always)]
+fn plain_extent(input: &[u8], pos: &mut usize, depth: u32) -> Option<()> {
+    let ib = *input.get(*pos)?;
+    *pos += 1;
+    let (major, info) = (ib >> 5, ib & 0x1f);
+    let arg = match info {
+        0..=23 => u64::from(info),
+        24..=27 => {
+            let (arg, n) = argument(input, *pos, info)?;
+            *pos += n;
+            arg
+        }
+        _ => return None,
+    };
+    match major {
+        0 | 1 => Some(()),
+        2 | 3 => {
+            if arg > (input.len() - *pos) as u64 {
+                return None;
+            }
+            *pos += arg as usize;
+            Some(())
+        }
+        4 | 5 if depth > 0 => plain_container(input, pos, major == 5, arg, depth - 1),
+        7 if matches!(info, 20..=23 | 25..=27) => Some(()),
+        _ => None,
+    }
+}
+
+/// The items of a definite array or map of `n` entries (see [`plain_extent`]).
+fn plain_container(input: &[u8], pos: &mut usize, map: bool, n: u64, depth: u32) -> Option<()> {
+    let left = (input.len() - *pos) as u64;
+    if map {
+        if n.checked_mul(2)? > left {
+            return None;
+        }
+        for _ in 0..n {
+            // A key: a definite text string.
+            if input.get(*pos)? >> 5 != 3 {
+                return None;
+            }
+            plain_extent(input, pos, 0)?;
+            plain_extent(input, pos, depth)?;
+        }
+    } else {
+        if n > left {
+            return None;
+        }
+        for _ in 0..n {
+            plain_extent(input, pos, depth)?;
+        }
+    }
+    Some(())
+}
+
+/// [`scan`] for any item: every kind of head, port slots, any depth up to [`SCAN_DEPTH`], and
+/// the error that makes an item unreadable.
+fn scan_fully(input: &[u8], start: usize) -> Result<Scan, CodecError> {
     let malformed = |what: &str| CodecError::Malformed(what.to_owned());
     let mut stack = Stack::new();
     let mut pos = start;
@@ -906,6 +988,98 @@ mod tests {
         assert!(!scanned.plain);
         let cut = &bytes[..bytes.len() - 2];
         assert!(scan(cut, 0).is_err(), "the last item cut off");
+    }
+
+    /// Plain items of every kind, nested up to `depth`.
+    fn plain_value(depth: u32) -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|n| Value::Number(n as f64)),
+            any::<f64>().prop_map(Value::Number),
+            any::<bool>().prop_map(Value::Bool),
+            Just(Value::Null),
+            Just(Value::Undefined),
+            ".{0,30}".prop_map(Value::String),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| Value::Binary(
+                crate::value::Binary {
+                    kind: crate::value::BinaryKind::ArrayBuffer,
+                    bytes: b
+                }
+            )),
+            any::<u32>().prop_map(Value::Port),
+        ];
+        leaf.prop_recursive(depth, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec(("[a-z]{0,4}", inner), 0..6)
+                    .prop_map(|entries| { Value::Object(entries) }),
+            ]
+        })
+    }
+
+    /// Items at the edges of what `scan`'s fast pass takes: each is scanned alike by both.
+    #[test]
+    fn the_fast_scan_leaves_the_rest_to_the_full_scan() {
+        let cases: &[&[u8]] = &[
+            &[0xa1, 0x01, 0x02],                   // an integer key: not plain
+            &[0xa1, 0x7f, 0x61, b'a', 0xff, 0x02], // an indefinite text key
+            &[0xa1, 0x41, b'a', 0x02],             // a byte string key
+            &[0xa1, 0x81, 0x61, b'a', 0x02],       // an array key
+            &[0xf8, 0x20],                         // a simple value msgport does not define
+            &[0xf3],                               // simple value 19
+            &[0xf9, 0x3c, 0x00],                   // a half float
+            &[0xfc],                               // reserved additional information
+            &[0x1f],                               // an indefinite integer
+            &[0xc1, 0x01],                         // a tag
+            &[0xd8, 0x2a, 0x00],                   // a tag with a one-byte argument
+            &[0x9f, 0x01, 0xff],                   // an indefinite array
+            &[0xff],                               // a stray break
+            &[0x82, 0x01],                         // an array cut short
+            &[0xa2, 0x61, b'a', 0x01],             // a map cut short
+            &[0x5a, 0xff, 0xff, 0xff, 0xff],       // a string longer than the input
+            &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], // an absurd length
+            &[0xbb, 0x80, 0, 0, 0, 0, 0, 0, 0],    // a map count that overflows when doubled
+            &[0x1b, 0, 0, 0, 0, 0, 0, 0],          // a head cut short
+        ];
+        for bytes in cases {
+            let fast = scan(bytes, 0).map_err(|e| e.to_string());
+            let full = scan_fully(bytes, 0).map_err(|e| e.to_string());
+            assert_eq!(fast, full, "{bytes:02x?}");
+        }
+        // Nested past the fast pass's depth, and at it.
+        for depth in [
+            FAST_DEPTH as usize,
+            FAST_DEPTH as usize + 1,
+            3 * FAST_DEPTH as usize,
+        ] {
+            let deep = [vec![0x81; depth], vec![0x01]].concat();
+            assert_eq!(scan(&deep, 0), scan_fully(&deep, 0));
+            assert_eq!(scan(&deep, 0).unwrap().end, deep.len());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+        /// `scan`'s fast pass finds what the full scan finds, for well-formed items (plain or
+        /// not, nested past the fast pass's depth or not), for their truncations and for
+        /// single-byte corruptions of them.
+        #[test]
+        fn the_fast_scan_is_the_full_scan(
+            v in plain_value(12),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in proptest::prelude::any::<(proptest::sample::Index, u8)>(),
+        ) {
+            let bytes = encode(&v);
+            let cut = &bytes[..cut.index(bytes.len() + 1)];
+            let mut flipped = bytes.clone();
+            let at = flip.0.index(flipped.len());
+            flipped[at] = flip.1;
+            for input in [&bytes[..], cut, &flipped[..]] {
+                let fast = scan(input, 0).map_err(|e| e.to_string());
+                let full = scan_fully(input, 0).map_err(|e| e.to_string());
+                proptest::prop_assert_eq!(fast, full);
+            }
+        }
     }
 
     #[test]
