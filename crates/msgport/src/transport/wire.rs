@@ -419,6 +419,64 @@ pub(crate) fn decode_body_leaving(
     body: &[u8],
     fds: VecDeque<OwnedFd>,
 ) -> Result<Decoded, WireError> {
+    if fds.is_empty() {
+        if let Some(read) = read_portless(body) {
+            // Fuzzing checks this reading against the general reader's on every input.
+            #[cfg(fuzzing)]
+            assert_eq!(
+                outline(&read),
+                outline(&read_body_leaving(body, VecDeque::new())),
+                "a port-less body read two ways"
+            );
+            return read;
+        }
+    }
+    read_body_leaving(body, fds)
+}
+
+/// Most messages carry no port: a body `[data, []]` is read here without the general reader
+/// (what that reader makes of it, errors included). `None` for a body of another shape.
+fn read_portless(body: &[u8]) -> Option<Result<Decoded, WireError>> {
+    if body.first() != Some(&0x82) {
+        return None;
+    }
+    let scanned = match codec::scan(body, 1) {
+        Ok(scanned) => scanned,
+        Err(e) => return Some(Err(e.into())),
+    };
+    if scanned.max_slot.is_some() || body.get(scanned.end..) != Some(&[0x80][..]) {
+        return None;
+    }
+    Some(Ok(Decoded {
+        message: Outgoing {
+            data: WireData::Cbor {
+                bytes: Vec::new(),
+                plain: scanned.plain,
+            },
+            ports: Vec::new(),
+        },
+        records: 0,
+        left: Some(1..scanned.end),
+    }))
+}
+
+/// What a decode found, to compare two ways of decoding.
+#[cfg(any(test, fuzzing))]
+fn outline(decoded: &Result<Decoded, WireError>) -> String {
+    match decoded {
+        Ok(d) => format!(
+            "{:?} {} {:?} {}",
+            d.message.data,
+            d.message.ports.len(),
+            d.left,
+            d.records
+        ),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// [`decode_body_leaving`] for any body, with the general reader.
+fn read_body_leaving(body: &[u8], fds: VecDeque<OwnedFd>) -> Result<Decoded, WireError> {
     let mut r = Reader {
         d: Decoder::new(body),
         fds,
@@ -627,6 +685,50 @@ mod tests {
 
     fn socket() -> OwnedFd {
         crate::sys::socketpair().unwrap().0
+    }
+
+    /// The reading of a port-less body (`[data, []]`) without the general reader finds what
+    /// the general reader finds, for such bodies, for bodies close to them, and for cut and
+    /// corrupted ones.
+    #[test]
+    fn a_body_without_ports_reads_as_the_general_reader_reads_it() {
+        let mut bodies: Vec<Vec<u8>> = vec![
+            vec![0x82, 0xf6, 0x80],
+            vec![0x82, 0x83, 0x01, 0x02, 0x03, 0x80],
+            vec![0x82, 0xa1, 0x61, b'a', 0x01, 0x80],
+            vec![0x82, 0xa1, 0x01, 0x02, 0x80], // not plain
+            vec![0x82, 0xda, 0x6d, 0x70, 0, 1, 0, 0x80], // a port slot, no port
+            vec![0x82, 0xf6, 0x80, 0x00],       // trailing bytes
+            vec![0x82, 0xf6, 0x81],             // ports cut short
+            vec![0x82, 0xf6],                   // no ports array
+            vec![0x83, 0xf6, 0x80, 0x80],       // three fields
+            vec![0x82, 0xf6, 0x9f, 0xff],       // an indefinite ports array
+            vec![0x82, 0x5a, 0xff, 0xff, 0xff, 0xff], // data past the end
+            vec![0x82, 0xff, 0x80],             // a stray break
+        ];
+        let mut seed = 7u32;
+        for i in 0..bodies.len() {
+            for cut in 0..bodies[i].len() {
+                bodies.push(bodies[i][..cut].to_vec());
+            }
+            for _ in 0..16 {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let mut corrupt = bodies[i].clone();
+                let at = (seed >> 8) as usize % corrupt.len();
+                corrupt[at] = (seed >> 16) as u8;
+                bodies.push(corrupt);
+            }
+        }
+        for body in &bodies {
+            assert_eq!(
+                outline(&decode_body_leaving(body, VecDeque::new())),
+                outline(&read_body_leaving(body, VecDeque::new())),
+                "{body:02x?}"
+            );
+        }
+        // With descriptors the general reader reads it (they must belong to ports).
+        let fds = VecDeque::from([socket()]);
+        assert!(decode_body_leaving(&[0x82, 0xf6, 0x80], fds).is_err());
     }
 
     /// The codec is pure: a message with a port in flight (queued messages with ports of their
