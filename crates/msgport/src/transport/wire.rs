@@ -348,6 +348,49 @@ impl FrameWriter {
 /// Encodes a message into one frame: bytes and the descriptors of its ports (which are closed
 /// when encoding fails).
 pub(crate) fn encode_frame(message: Outgoing) -> Result<Frame, PostError> {
+    match portless_frame(message) {
+        Ok(frame) => frame,
+        Err(message) => write_frame(message),
+    }
+}
+
+/// The frame of a message without ports whose data the serializer wrote in one buffer (the
+/// common post): that buffer, the header and the body's array heads put around its data, so
+/// no second buffer and no copy but a shift. The bytes [`write_frame`] writes. Hands the
+/// message back if it is not of that kind.
+fn portless_frame(message: Outgoing) -> Result<Result<Frame, PostError>, Outgoing> {
+    let encoded = match message {
+        Outgoing {
+            data: WireData::Encoded(encoded),
+            ports,
+        } if ports.is_empty() && encoded.holes.is_empty() => encoded,
+        other => return Err(other),
+    };
+    let mut bytes = encoded.head;
+    let data = bytes.len();
+    let size = data + 2;
+    if size > max_frame() {
+        return Ok(Err(PostError::TooLarge {
+            size,
+            max: max_frame(),
+        }));
+    }
+    bytes.reserve(HEADER + 2);
+    bytes.resize(HEADER + 1 + data, 0);
+    bytes.copy_within(..data, HEADER + 1);
+    bytes[..4].copy_from_slice(&(size as u32).to_le_bytes());
+    bytes[4..HEADER].fill(0);
+    bytes[HEADER] = 0x82;
+    bytes.push(0x80);
+    Ok(Ok(Frame {
+        parts: vec![bytes],
+        fds: Vec::new(),
+        gaps: Vec::new(),
+    }))
+}
+
+/// [`encode_frame`] for any message.
+fn write_frame(message: Outgoing) -> Result<Frame, PostError> {
     // Room for what goes in the first part (header, array heads, the data's inline bytes), so
     // that a small message's frame is one allocation, not one and two regrowths.
     let inline = match &message.data {
@@ -685,6 +728,56 @@ mod tests {
 
     fn socket() -> OwnedFd {
         crate::sys::socketpair().unwrap().0
+    }
+
+    /// A port-less message the serializer wrote in one buffer is framed around that buffer,
+    /// into the bytes the general frame writer writes.
+    #[test]
+    fn a_portless_frame_is_the_general_writers_frame() {
+        #[derive(serde::Serialize)]
+        struct Small {
+            seq: u64,
+            rest: [u64; 7],
+            name: &'static str,
+        }
+        let encodings = [
+            crate::value::cbor::to_parts(&(), None).unwrap(),
+            crate::value::cbor::to_parts(&"x".repeat(300), None).unwrap(),
+            crate::value::cbor::to_parts(
+                &Small {
+                    seq: u64::MAX >> 12,
+                    rest: [7; 7],
+                    name: "small",
+                },
+                None,
+            )
+            .unwrap(),
+        ];
+        for encoded in encodings {
+            let message = || Outgoing {
+                data: WireData::Encoded(encoded.clone()),
+                ports: Vec::new(),
+            };
+            let Ok(Ok(fast)) = portless_frame(message()) else {
+                panic!("a port-less message in one buffer has a frame of its own");
+            };
+            let general = write_frame(message()).unwrap();
+            assert_eq!(fast.parts, general.parts);
+            assert!(fast.fds.is_empty() && fast.gaps.is_empty());
+        }
+        // Large byte strings apart, or ports: the general writer's.
+        let apart =
+            crate::value::cbor::to_parts(&serde_bytes::ByteBuf::from(vec![1; 70_000]), None);
+        let apart = Outgoing {
+            data: WireData::Encoded(apart.unwrap()),
+            ports: Vec::new(),
+        };
+        assert!(portless_frame(apart).is_err());
+        let with_port = Outgoing {
+            data: WireData::Encoded(crate::value::cbor::to_parts(&(), None).unwrap()),
+            ports: vec![Handover::default()],
+        };
+        assert!(portless_frame(with_port).is_err());
     }
 
     /// The reading of a port-less body (`[data, []]`) without the general reader finds what
