@@ -1,15 +1,20 @@
 //! A poster and a puller that share one CPU. The puller waits for the CPU, not for messages:
 //! the poster lets it run every few thousand messages instead of queueing a whole time slice's
-//! worth (hundreds of thousands of messages, tens of MB of fresh memory).
+//! worth (hundreds of thousands of messages, tens of MB of fresh memory). Across processes
+//! too: a poster whose socket is full gives way to a reader on its CPU.
 //!
-//! Its own test binary: both threads are pinned to one CPU, and other tests running beside
-//! them would make the figures meaningless.
+//! Its own test binary: both threads (both processes) are pinned to one CPU, and other tests
+//! running beside them would make the figures meaningless.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use msgport::MessageChannel;
+use msgport_testkit::child;
+
+/// The tests here run one at a time (each pins its threads to the same CPU).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Pins this thread to `cpu`.
 fn pin(cpu: usize) {
@@ -28,6 +33,7 @@ fn some_cpu() -> usize {
 
 #[test]
 fn a_poster_sharing_its_pullers_cpu_lets_it_run_before_a_large_backlog() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     const N: u64 = 1_000_000;
     let cpu = some_cpu();
     let (tx, rx) = MessageChannel::new().into_ports();
@@ -64,4 +70,72 @@ fn a_poster_sharing_its_pullers_cpu_lets_it_run_before_a_large_backlog() {
         worst < 3 * 4096,
         "{worst} messages piled up before the puller ran"
     );
+}
+
+/// Not a test: the entry point of the child role (returns at once in the parent).
+#[test]
+fn child_entry() {
+    let Some(role) = child::role() else {
+        return;
+    };
+    assert_eq!(role, "take-blobs");
+    pin(std::env::var("PIN_CPU").unwrap().parse().unwrap());
+    let boot = child::bootstrap();
+    let n: u32 = boot.blocking_recv().unwrap().take_data().unwrap();
+    for i in 0..n {
+        let blob: Blob = boot.blocking_recv().unwrap().take_data().unwrap();
+        assert_eq!((blob.seq, blob.bytes.len()), (i, BLOB));
+    }
+    boot.post_message((), []).unwrap();
+    child::finish(Some(boot));
+}
+
+const BLOB: usize = 64 << 10;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Blob {
+    seq: u32,
+    #[serde(with = "serde_bytes")]
+    bytes: Vec<u8>,
+}
+
+/// This process's peak resident memory (`VmHWM`), in KiB.
+fn peak_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_poster_sharing_its_readers_cpu_across_processes_lets_it_read() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    const N: u32 = 2_000;
+    let cpu = some_cpu();
+    pin(cpu);
+    let mut cmd = child::command("take-blobs");
+    cmd.env("PIN_CPU", cpu.to_string());
+    let (child_process, port) = msgport::process::spawn(&mut cmd).unwrap();
+    port.post_message(N, []).unwrap();
+    let mut blob = Blob {
+        seq: 0,
+        bytes: vec![7; BLOB],
+    };
+    // The pages every post touches anyway (a frame's worth), before the peak is taken.
+    port.post_message_ref(&blob, []).unwrap();
+    let before = peak_kib();
+    for seq in 1..N {
+        blob.seq = seq;
+        port.post_message_ref(&blob, []).unwrap();
+    }
+    let grown = peak_kib() - before;
+    port.blocking_recv().unwrap();
+    drop(port);
+    child::wait_ok(child_process);
+    eprintln!(
+        "peak memory grew by {grown} KiB while posting {} MiB",
+        (N as usize * BLOB) >> 20
+    );
+    // The poster gives way once 256 KiB wait behind the full socket; the reader then takes
+    // what the socket holds. Without that, a time slice of posts piles up here.
+    assert!(grown < 16 << 10, "{grown} KiB held by the poster");
 }

@@ -89,6 +89,10 @@ struct Io {
     infds: VecDeque<OwnedFd>,
     /// Frames (or their unsent rest) waiting for the socket.
     out: VecDeque<Chunk>,
+    /// The bytes in `out`.
+    queued: usize,
+    /// Bytes posted behind a full socket since the poster last gave way (see `send_frame`).
+    since_yield: usize,
     /// Writable interest is registered.
     want_writable: bool,
     /// The link is on the reactor's cork list: frames a burst left in `out` are written when
@@ -176,7 +180,7 @@ fn queue(out: &mut VecDeque<Chunk>, parts: Vec<Vec<u8>>, fds: Vec<OwnedFd>, merg
     if let ([frame], true, true) = (&parts[..], merge, fds.is_empty()) {
         if let Some(back) = out.back_mut() {
             let fits = frame.len() <= MERGE_MAX && back.fds.is_empty();
-            if fits && back.merged {
+            if fits && back.merged && back.bytes.len() + frame.len() <= MERGE_LIMIT {
                 back.bytes.extend_from_slice(frame);
                 return;
             }
@@ -214,8 +218,10 @@ fn queue(out: &mut VecDeque<Chunk>, parts: Vec<Vec<u8>>, fds: Vec<OwnedFd>, merg
 /// The largest frame a burst copies into one buffer with the frames before it (see [`queue`]);
 /// larger ones cost more to copy than their own `iovec` does.
 const MERGE_MAX: usize = 1024;
-/// What a burst's buffer has room for at first (it grows as needed).
+/// What a burst's buffer has room for at first (it grows as needed, up to [`MERGE_LIMIT`]).
 const MERGE_START: usize = 8 << 10;
+/// The most a burst's buffer holds (frames queued behind a full socket fill one after another).
+const MERGE_LIMIT: usize = CORK_BYTES;
 
 /// What a link held when its port left the process.
 pub(crate) struct Exported {
@@ -272,6 +278,7 @@ impl Link {
             unsent,
         } = backlog;
         let filled = prefix.len();
+        let queued = unsent.iter().map(|s| s.bytes.len()).sum();
         let out = unsent
             .into_iter()
             .map(|s| Chunk {
@@ -294,6 +301,7 @@ impl Link {
                 filled,
                 infds: prefix_fds.into(),
                 out,
+                queued,
                 pull_mode: true,
                 ..Io::default()
             }),
@@ -397,8 +405,24 @@ impl Link {
             }
         }
         queue(&mut io.out, frame.parts, frame.fds, burst);
+        io.queued += len;
         if io.want_writable {
-            // The reactor writes when the socket takes more.
+            // The reactor writes when the socket takes more. A poster far ahead of its reader
+            // gives way now and then: when the reader shares its CPU, it runs then, instead
+            // of after a whole time slice of posts held here in fresh memory (measured, one
+            // CPU, a stream of 64 KiB messages: 1.0-2.2 GB/s and 25-35 k page faults per 1,024
+            // messages without, 3.0-3.6 GB/s and 1 k with). Posting still never blocks.
+            let give_way = io.queued >= CROWDED && {
+                io.since_yield += len;
+                io.since_yield >= GIVE_WAY_EVERY
+            };
+            if give_way {
+                io.since_yield = 0;
+            }
+            drop(io);
+            if give_way {
+                std::thread::yield_now();
+            }
             return;
         }
         if burst {
@@ -478,6 +502,7 @@ impl Link {
                     }
                 }
                 Ok((mut n, nfds)) => {
+                    io.queued = io.queued.saturating_sub(n);
                     if let Some(front) = io.out.front_mut() {
                         // The kernel holds its own references now.
                         front.fds.drain(..nfds);
@@ -537,6 +562,7 @@ impl Link {
                 // The peer is gone (EPIPE, ECONNRESET): what we queued can go nowhere. The
                 // reader sees the end of the stream and reports the close.
                 io.out.clear();
+                io.queued = 0;
                 true
             }
         }
@@ -1042,6 +1068,7 @@ impl Link {
             }
         }
         io.out.clear();
+        io.queued = 0;
         io.closing = false;
         io.regions.clear();
     }
@@ -1112,6 +1139,7 @@ impl Link {
             }
             None => None,
         };
+        io.queued = 0;
         let unsent = io
             .out
             .drain(..)
@@ -1348,6 +1376,11 @@ impl Outbound for Link {
         self
     }
 }
+
+/// Bytes queued behind a full socket from which a poster gives way (see `send_frame`).
+const CROWDED: usize = 256 << 10;
+/// A crowded poster gives way once per this many bytes posted.
+const GIVE_WAY_EVERY: usize = 64 << 10;
 
 /// Posts closer together than this, with nothing delivered in between, are a burst.
 const BURST_GAP: Duration = Duration::from_micros(50);
