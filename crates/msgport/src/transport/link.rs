@@ -185,7 +185,7 @@ fn queue(out: &mut VecDeque<Chunk>, parts: Vec<Vec<u8>>, fds: Vec<OwnedFd>, merg
                 return;
             }
             if fits && back.pos == 0 && back.bytes.len() <= MERGE_MAX {
-                let mut bytes = Vec::with_capacity(MERGE_START.max(2 * MERGE_MAX));
+                let mut bytes = Vec::with_capacity(MERGE_START);
                 bytes.extend_from_slice(&back.bytes);
                 bytes.extend_from_slice(frame);
                 back.bytes = bytes;
@@ -218,8 +218,10 @@ fn queue(out: &mut VecDeque<Chunk>, parts: Vec<Vec<u8>>, fds: Vec<OwnedFd>, merg
 /// The largest frame a burst copies into one buffer with the frames before it (see [`queue`]);
 /// larger ones cost more to copy than their own `iovec` does.
 const MERGE_MAX: usize = 1024;
-/// What a burst's buffer has room for at first (it grows as needed, up to [`MERGE_LIMIT`]).
+/// What a burst's buffer has room for at first (it grows as needed, up to [`MERGE_LIMIT`]):
+/// at least the two frames that start it.
 const MERGE_START: usize = 8 << 10;
+const _: () = assert!(MERGE_START >= 2 * MERGE_MAX);
 /// The most a burst's buffer holds (frames queued behind a full socket fill one after another).
 const MERGE_LIMIT: usize = CORK_BYTES;
 

@@ -102,6 +102,14 @@ fn head(bytes: &[u8]) -> Option<Head> {
     })
 }
 
+/// A frame header: the body's length, then the descriptor count with its flags (`SHARED`).
+fn frame_header(len: usize, nfds: u32) -> [u8; HEADER] {
+    let mut h = [0; HEADER];
+    h[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    h[4..].copy_from_slice(&nfds.to_le_bytes());
+    h
+}
+
 /// Reads a frame header: (body length, descriptor count).
 pub(crate) fn header(bytes: &[u8]) -> Option<(usize, usize)> {
     head(bytes).map(|h| (h.len, h.nfds))
@@ -136,8 +144,7 @@ pub(crate) fn next_frame(buf: &[u8]) -> Result<Option<Head>, WireError> {
 /// body in the region.
 pub(crate) fn shared_frame(size: usize, nfds: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(SHARED_FRAME);
-    out.extend_from_slice(&((SHARED_FRAME - HEADER) as u32).to_le_bytes());
-    out.extend_from_slice(&(nfds as u32 | SHARED).to_le_bytes());
+    out.extend_from_slice(&frame_header(SHARED_FRAME - HEADER, nfds as u32 | SHARED));
     out.extend_from_slice(&(size as u64).to_le_bytes());
     out
 }
@@ -378,8 +385,7 @@ fn portless_frame(message: Outgoing) -> Result<Result<Frame, PostError>, Outgoin
     bytes.reserve(HEADER + 2);
     bytes.resize(HEADER + 1 + data, 0);
     bytes.copy_within(..data, HEADER + 1);
-    bytes[..4].copy_from_slice(&(size as u32).to_le_bytes());
-    bytes[4..HEADER].fill(0);
+    bytes[..HEADER].copy_from_slice(&frame_header(size, 0));
     bytes[HEADER] = 0x82;
     bytes.push(0x80);
     Ok(Ok(Frame {
@@ -427,9 +433,7 @@ fn write_frame(message: Outgoing) -> Result<Frame, PostError> {
             max: max_frame(),
         });
     }
-    let head = &mut parts[0];
-    head[..4].copy_from_slice(&(size as u32).to_le_bytes());
-    head[4..8].copy_from_slice(&(fds.len() as u32).to_le_bytes());
+    parts[0][..HEADER].copy_from_slice(&frame_header(size, fds.len() as u32));
     Ok(Frame { parts, fds, gaps })
 }
 
