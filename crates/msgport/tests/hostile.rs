@@ -531,6 +531,35 @@ fn a_closed_port_whose_peer_never_reads_is_released() {
     );
 }
 
+/// A closed port lingering to write what its peer has not read is released as soon as the
+/// peer is gone, not when the linger runs out (it used to wait the whole linger when nobody
+/// pulled on it).
+#[test]
+fn a_closed_port_whose_peer_goes_away_is_released_at_once() {
+    isolated(
+        "a_closed_port_whose_peer_goes_away_is_released_at_once",
+        &[],
+        LIMIT,
+        || {
+            let (port, peer) = hostile_pair();
+            for _ in 0..80 {
+                let chunk = Value::Binary(bin(vec![0u8; 200 << 10]));
+                port.post_message(chunk, []).unwrap();
+            }
+            let before = open_fds();
+            drop(port);
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(open_fds(), before, "the closed port lingers");
+            drop(peer);
+            let deadline = Instant::now() + msgport::Limits::default().close_linger / 3;
+            while open_fds() != before - 2 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(open_fds(), before - 2, "the socket was released");
+        },
+    );
+}
+
 fn role_cmd(role: &str) -> std::process::Command {
     let mut cmd = child::command(role);
     cmd.stdout(std::process::Stdio::inherit());
@@ -870,6 +899,41 @@ fn a_socket_made_non_blocking_by_its_sender_does_not_spin_a_pull() {
             drop(answer.join().unwrap());
         },
     );
+}
+
+/// A closed port whose peer has not read all it was sent keeps its socket open to write the
+/// rest (it lingers): a pull asleep in `recvmsg` on that socket, which nothing will ever wake
+/// by arriving, still ends with the close, at once rather than when the linger runs out. The
+/// peer here kept a copy of the socket and took away its receive timeout, so only the close
+/// itself can wake the pull.
+#[test]
+fn closing_a_port_with_unsent_messages_wakes_a_pull_asleep_on_its_socket() {
+    watchdog(LIMIT, || {
+        let (port, kept, _theirs) = waiting_port_with_shared_socket();
+        kept.set_read_timeout(None).unwrap();
+        // More than the socket holds: the rest waits in the port, unsent.
+        for _ in 0..64 {
+            port.post_message(Value::Binary(bin(vec![7; 16 << 10])), [])
+                .unwrap();
+        }
+        let port = Arc::new(port);
+        let puller = port.clone();
+        let pull = std::thread::spawn(move || {
+            let ended = puller.blocking_recv().is_none();
+            (ended, Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let closed = Instant::now();
+        port.close();
+        let (ended, at) = pull.join().unwrap();
+        assert!(ended, "the pull ends with the port's close");
+        let waited = at.saturating_duration_since(closed);
+        assert!(
+            waited < msgport::Limits::default().close_linger / 3,
+            "the pull ended {waited:?} after the close (the linger is {:?})",
+            msgport::Limits::default().close_linger
+        );
+    });
 }
 
 /// A peer that kept a copy of a socket it sent can also take away its receive timeout, so that

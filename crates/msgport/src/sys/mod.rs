@@ -113,15 +113,11 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Lets [`recv_waiting`] sleep on `socket`, for at most `timeout` per call: clears the
-/// descriptor's `O_NONBLOCK` (every other send and receive passes `MSG_DONTWAIT`) and sets its
-/// receive timeout.
-pub(crate) fn prepare_blocking_reads(socket: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
-    rustix::net::sockopt::set_socket_timeout(
-        socket,
-        rustix::net::sockopt::Timeout::Recv,
-        Some(timeout),
-    )?;
+/// Lets [`recv_waiting`] sleep on `socket` until something arrives: clears the descriptor's
+/// `O_NONBLOCK` (every other send and receive passes `MSG_DONTWAIT`) and its receive timeout.
+pub(crate) fn prepare_blocking_reads(socket: BorrowedFd<'_>) -> io::Result<()> {
+    // A socket that came from another process may carry a timeout its sender set.
+    rustix::net::sockopt::set_socket_timeout(socket, rustix::net::sockopt::Timeout::Recv, None)?;
     let flags = rustix::fs::fcntl_getfl(socket)?;
     if flags.contains(rustix::fs::OFlags::NONBLOCK) {
         rustix::fs::fcntl_setfl(socket, flags - rustix::fs::OFlags::NONBLOCK)?;
@@ -138,6 +134,12 @@ pub(crate) fn blocks_for(socket: BorrowedFd<'_>, at_least: Duration) -> bool {
     blocking
         && rustix::net::sockopt::socket_timeout(socket, rustix::net::sockopt::Timeout::Recv)
             .is_ok_and(|timeout| timeout.is_none_or(|t| t >= at_least))
+}
+
+/// Ends our reading side of `socket` now (waking a thread asleep reading it; the peer can no
+/// longer write to it), whoever else holds the descriptor. Writing goes on.
+pub(crate) fn shutdown_reading(socket: BorrowedFd<'_>) {
+    let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Read);
 }
 
 /// Ends both directions of `socket` now (waking a thread asleep reading it), whoever else holds

@@ -112,6 +112,8 @@ struct Io {
     closing: bool,
     /// How a pulling thread waits for this socket (see `read_here`).
     wait: Wait,
+    /// We shut our reading side (a closed port that lingers to write): reads end with nothing.
+    read_shut: bool,
     /// Shared-memory regions for this link's large frames.
     regions: shm::Regions,
     /// Regions the peer sent, kept mapped for its next large frames.
@@ -121,9 +123,10 @@ struct Io {
 /// How a thread pulling on a link waits for its socket.
 ///
 /// Asleep in `recvmsg` itself, a thread is woken straight into the read: one system call per
-/// message instead of `poll` and then `recvmsg`. That needs the socket in blocking mode with a
-/// receive timeout (two or three system calls, once per link), so a link switches after its
-/// first untimed wait: a port used for one request never pays for it.
+/// message instead of `poll` and then `recvmsg`. That needs the socket in blocking mode without
+/// a receive timeout (two or three system calls, once per link), so a link switches after its
+/// first untimed wait: a port used for one request never pays for it. With no timeout the
+/// sleep arms no kernel timer; a close from another thread wakes it by shutting the socket.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Wait {
     /// In `poll`, then a read; the first untimed wait has not happened yet.
@@ -145,8 +148,8 @@ enum Reader<'a> {
     Reactor,
     /// A pulling thread, reading what is there now.
     Pulling,
-    /// A pulling thread that sleeps in its first `recvmsg` until something arrives (at most
-    /// [`SLICE`]), on this descriptor.
+    /// A pulling thread that sleeps in its first `recvmsg` until something arrives, on this
+    /// descriptor.
     Waiting(&'a SharedFd),
 }
 
@@ -159,8 +162,9 @@ struct Received {
     unprepared: bool,
 }
 
-/// A pulling thread wakes at least this often to notice a close made by another thread on its
-/// port (a waiting `recvmsg` has this as its receive timeout).
+/// A pulling thread waiting in `poll` wakes at least this often to look at its port again (a
+/// close made by another thread, a message another reader delivered). A thread asleep in
+/// `recvmsg` has no timeout: whatever ends its wait shuts the socket (see `close_writing`).
 const SLICE: Duration = Duration::from_millis(50);
 
 struct Chunk {
@@ -562,9 +566,14 @@ impl Link {
             io::ErrorKind::Interrupted => false,
             _ => {
                 // The peer is gone (EPIPE, ECONNRESET): what we queued can go nowhere. The
-                // reader sees the end of the stream and reports the close.
+                // reader sees the end of the stream and reports the close; a closed port that
+                // lingered to write it is done.
                 io.out.clear();
                 io.queued = 0;
+                if io.closing {
+                    self.shut(io);
+                    io.release_input();
+                }
                 true
             }
         }
@@ -617,11 +626,11 @@ impl Link {
         }
     }
 
-    /// Blocks this thread until the socket has data (or `timeout` passes), then reads and
-    /// delivers it here: a blocked pull on a socket-backed port wakes directly, without the
-    /// reactor thread in between. Returns false when the socket is gone (the endpoint has been
-    /// told, or soon will be).
-    fn read_here(&self, timeout: Duration) -> bool {
+    /// Blocks this thread until the socket has data (or `timeout` passes; `None` for an untimed
+    /// pull), then reads and delivers it here: a blocked pull on a socket-backed port wakes
+    /// directly, without the reactor thread in between. Returns false when the socket is gone
+    /// (the endpoint has been told, or soon will be).
+    fn read_here(&self, timeout: Option<Duration>) -> bool {
         let (fd, receive) = {
             let mut io = lock(&self.io);
             let Some(fd) = io.fd.clone() else {
@@ -633,8 +642,13 @@ impl Link {
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 let _ = self.update_interest(&mut io);
             }
-            // A partial frame stays in the link's buffer; a waiting read uses the thread's.
-            let receive = timeout >= SLICE && io.filled == 0 && Self::may_receive(&mut io, &fd);
+            // Only an untimed pull sleeps in `recvmsg` (which has no timeout), and not on a
+            // closed port (whose close has already looked for sleepers to wake). A partial frame
+            // stays in the link's buffer; a waiting read uses the thread's.
+            let receive = timeout.is_none()
+                && !io.closing
+                && io.filled == 0
+                && Self::may_receive(&mut io, &fd);
             (fd, receive)
         };
         // The reactor may have delivered just before it stopped watching: then there is no
@@ -643,7 +657,7 @@ impl Link {
             self.read(Reader::Pulling);
         } else if receive && self.read(Reader::Waiting(&fd)) {
             // Received (or timed out) in `recvmsg`.
-        } else if sys::poll::wait_readable(fd.as_fd(), timeout) {
+        } else if sys::poll::wait_readable(fd.as_fd(), timeout.unwrap_or(SLICE)) {
             self.read(Reader::Pulling);
         }
         true
@@ -659,7 +673,7 @@ impl Link {
                 io.wait = Wait::Prepare;
                 false
             }
-            Wait::Prepare => match sys::prepare_blocking_reads(fd.as_fd(), SLICE) {
+            Wait::Prepare => match sys::prepare_blocking_reads(fd.as_fd()) {
                 Ok(()) => {
                     io.wait = Wait::Receive;
                     true
@@ -822,14 +836,14 @@ impl Link {
         true
     }
 
-    /// Sleeps in `recvmsg` on `fd` until something arrives or [`SLICE`] passes, reading into
-    /// this thread's buffer. Called holding `deliver`, not `io`.
+    /// Sleeps in `recvmsg` on `fd` until something arrives (or the socket is shut), reading
+    /// into this thread's buffer. Called holding `deliver`, not `io`.
     fn receive_waiting(fd: &SharedFd) -> Received {
         let mut buf = scratch();
         let mut fds = VecDeque::new();
         let got = sys::recv_waiting(fd.as_fd(), &mut buf, &mut fds);
-        // Only a timeout (or a socket changed under us) answers "try again": ask the socket
-        // which, then, rather than time every read.
+        // Only a socket changed under us (made non-blocking, or given a receive timeout)
+        // answers "try again": ask the socket how, then, rather than time every read.
         let unprepared = matches!(&got, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             && !sys::blocks_for(fd.as_fd(), SLICE / 2);
         Received {
@@ -948,6 +962,8 @@ impl Link {
         ports: &mut Vec<(usize, Vec<Handover>)>,
     ) -> Option<Step> {
         Some(match got {
+            // We shut our reading side to wake a pull (`close_writing`): not the peer's end.
+            Ok(0) if io.read_shut => Step::Dry,
             Ok(0) => Step::Ended("end of stream"),
             Ok(n) => {
                 io.filled += n;
@@ -1099,6 +1115,13 @@ impl Link {
             self.shut(&mut io);
         } else if !io.closing {
             io.closing = true;
+            if let Some(fd) = io.fd.as_ref().filter(|fd| Arc::strong_count(fd) > 1) {
+                // A pulling thread may be asleep reading it, and nothing else would wake it:
+                // end our reading side (the peer can no longer write to us; we still write
+                // the rest). Its read returns at once, and is not taken for the peer's end.
+                sys::shutdown_reading(fd.as_fd());
+                io.read_shut = true;
+            }
             if let Some(r) = reactor::running() {
                 r.linger(self.me.clone(), crate::limits::close_linger());
             }
@@ -1358,9 +1381,9 @@ impl Outbound for Link {
                 continue;
             }
             let wait = match deadline {
-                None => SLICE,
+                None => None,
                 Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(SLICE),
+                    Some(left) if !left.is_zero() => Some(left.min(SLICE)),
                     _ => return Pulled::Empty,
                 },
             };
