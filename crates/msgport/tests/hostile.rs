@@ -901,6 +901,46 @@ fn a_socket_made_non_blocking_by_its_sender_does_not_spin_a_pull() {
     );
 }
 
+/// Timed and untimed pulls on one port, one after the other: an untimed pull sleeps in
+/// `recvmsg` with no receive timeout, a timed one with the socket's timeout set to a slice of
+/// its wait, so a timed pull after untimed ones still ends at its deadline.
+#[test]
+fn timed_and_untimed_pulls_take_turns_on_one_socket() {
+    watchdog(LIMIT, || {
+        let (port, _kept, theirs) = waiting_port_with_shared_socket();
+        for round in 10..14u64 {
+            // Untimed: the answer comes 100 ms later.
+            port.post_message(round, []).unwrap();
+            let answer = std::thread::scope(|s| {
+                s.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(100));
+                    reply(&theirs, round);
+                });
+                port.blocking_recv().unwrap().data::<u64>().unwrap()
+            });
+            assert_eq!(answer, round);
+            // Timed (after a post, so the pull reads the socket itself), long enough to
+            // sleep in `recvmsg`: nothing comes.
+            port.post_message(round, []).unwrap();
+            let started = Instant::now();
+            assert!(matches!(
+                port.recv_timeout(Duration::from_millis(300)),
+                Err(RecvTimeoutError::Timeout)
+            ));
+            let waited = started.elapsed();
+            assert!(
+                waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+                "a 300 ms pull took {waited:?}"
+            );
+            // Timed, answered.
+            port.post_message(round, []).unwrap();
+            reply(&theirs, round + 100);
+            let got = port.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(got.data::<u64>().unwrap(), round + 100);
+        }
+    });
+}
+
 /// A closed port whose peer has not read all it was sent keeps its socket open to write the
 /// rest (it lingers): a pull asleep in `recvmsg` on that socket, which nothing will ever wake
 /// by arriving, still ends with the close, at once rather than when the linger runs out. The

@@ -113,15 +113,28 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Lets [`recv_waiting`] sleep on `socket` until something arrives: clears the descriptor's
-/// `O_NONBLOCK` (every other send and receive passes `MSG_DONTWAIT`) and its receive timeout.
-pub(crate) fn prepare_blocking_reads(socket: BorrowedFd<'_>) -> io::Result<()> {
-    // A socket that came from another process may carry a timeout its sender set.
-    rustix::net::sockopt::set_socket_timeout(socket, rustix::net::sockopt::Timeout::Recv, None)?;
+/// Lets [`recv_waiting`] sleep on `socket`, for at most `timeout` per call (`None`: until
+/// something arrives): clears the descriptor's `O_NONBLOCK` (every other send and receive
+/// passes `MSG_DONTWAIT`) and sets its receive timeout (a socket that came from another
+/// process may carry one its sender set).
+pub(crate) fn prepare_blocking_reads(
+    socket: BorrowedFd<'_>,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    set_receive_timeout(socket, timeout)?;
     let flags = rustix::fs::fcntl_getfl(socket)?;
     if flags.contains(rustix::fs::OFlags::NONBLOCK) {
         rustix::fs::fcntl_setfl(socket, flags - rustix::fs::OFlags::NONBLOCK)?;
     }
+    Ok(())
+}
+
+/// Sets how long one `recv_waiting` on `socket` sleeps at most (`None`: no limit).
+pub(crate) fn set_receive_timeout(
+    socket: BorrowedFd<'_>,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    rustix::net::sockopt::set_socket_timeout(socket, rustix::net::sockopt::Timeout::Recv, timeout)?;
     Ok(())
 }
 

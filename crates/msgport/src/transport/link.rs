@@ -112,6 +112,8 @@ struct Io {
     closing: bool,
     /// How a pulling thread waits for this socket (see `read_here`).
     wait: Wait,
+    /// The socket's receive timeout is [`SLICE`] (a timed pull's), not none (an untimed one's).
+    timed_reads: bool,
     /// We shut our reading side (a closed port that lingers to write): reads end with nothing.
     read_shut: bool,
     /// Shared-memory regions for this link's large frames.
@@ -125,8 +127,10 @@ struct Io {
 /// Asleep in `recvmsg` itself, a thread is woken straight into the read: one system call per
 /// message instead of `poll` and then `recvmsg`. That needs the socket in blocking mode without
 /// a receive timeout (two or three system calls, once per link), so a link switches after its
-/// first untimed wait: a port used for one request never pays for it. With no timeout the
-/// sleep arms no kernel timer; a close from another thread wakes it by shutting the socket.
+/// first wait: a port used for one request never pays for it. An untimed pull's sleep has no
+/// timeout, so it arms no kernel timer (a close from another thread wakes it by shutting the
+/// socket); a timed pull's has [`SLICE`] (the socket's timeout follows the kind of pull, a
+/// `setsockopt` when it changes).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Wait {
     /// In `poll`, then a read; the first untimed wait has not happened yet.
@@ -162,9 +166,10 @@ struct Received {
     unprepared: bool,
 }
 
-/// A pulling thread waiting in `poll` wakes at least this often to look at its port again (a
-/// close made by another thread, a message another reader delivered). A thread asleep in
-/// `recvmsg` has no timeout: whatever ends its wait shuts the socket (see `close_writing`).
+/// A pulling thread waiting in `poll`, or in `recvmsg` for a timed pull, wakes at least this
+/// often to look at its port again (its deadline, a close made by another thread, a message
+/// another reader delivered). An untimed pull asleep in `recvmsg` has no timeout: whatever
+/// must end its wait shuts the socket (see `close_writing`).
 const SLICE: Duration = Duration::from_millis(50);
 
 struct Chunk {
@@ -642,13 +647,14 @@ impl Link {
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 let _ = self.update_interest(&mut io);
             }
-            // Only an untimed pull sleeps in `recvmsg` (which has no timeout), and not on a
-            // closed port (whose close has already looked for sleepers to wake). A partial frame
-            // stays in the link's buffer; a waiting read uses the thread's.
-            let receive = timeout.is_none()
+            // A pull sleeps in `recvmsg` untimed, or for a whole slice of a longer wait (the
+            // socket's receive timeout is set to match), and not on a closed port (whose
+            // close has already looked for sleepers to wake). A partial frame stays in the
+            // link's buffer; a waiting read uses the thread's.
+            let receive = timeout.is_none_or(|t| t >= SLICE)
                 && !io.closing
                 && io.filled == 0
-                && Self::may_receive(&mut io, &fd);
+                && Self::may_receive(&mut io, &fd, timeout.is_some());
             (fd, receive)
         };
         // The reactor may have delivered just before it stopped watching: then there is no
@@ -663,27 +669,31 @@ impl Link {
         true
     }
 
-    /// Whether a thread may wait for this socket in `recvmsg` (see [`Wait`]), preparing the
-    /// socket on its second untimed wait.
-    fn may_receive(io: &mut Io, fd: &SharedFd) -> bool {
-        match io.wait {
-            Wait::Receive => true,
-            Wait::PollOnly => false,
+    /// Whether a thread may wait for this socket in `recvmsg` (see [`Wait`]), for a slice
+    /// (`timed`) or until something arrives, preparing the socket on its second wait.
+    fn may_receive(io: &mut Io, fd: &SharedFd, timed: bool) -> bool {
+        let timeout = timed.then_some(SLICE);
+        let ready = match io.wait {
+            Wait::Receive if io.timed_reads == timed => return true,
+            Wait::Receive => sys::set_receive_timeout(fd.as_fd(), timeout),
+            Wait::PollOnly => return false,
             Wait::Poll => {
                 io.wait = Wait::Prepare;
+                return false;
+            }
+            Wait::Prepare => sys::prepare_blocking_reads(fd.as_fd(), timeout),
+        };
+        match ready {
+            Ok(()) => {
+                io.wait = Wait::Receive;
+                io.timed_reads = timed;
+                true
+            }
+            Err(e) => {
+                tracing::debug!("msgport: a link's socket cannot block: {e}");
+                io.wait = Wait::PollOnly;
                 false
             }
-            Wait::Prepare => match sys::prepare_blocking_reads(fd.as_fd()) {
-                Ok(()) => {
-                    io.wait = Wait::Receive;
-                    true
-                }
-                Err(e) => {
-                    tracing::debug!("msgport: a link's socket cannot block: {e}");
-                    io.wait = Wait::PollOnly;
-                    false
-                }
-            },
         }
     }
 
