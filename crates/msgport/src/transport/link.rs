@@ -493,17 +493,24 @@ impl Link {
                 .map(|n| (n, sys::MAX_FDS_PER_SEND))
             } else {
                 // No allocation on this path when there are no descriptors (the common post).
-                let mut iov = [IoSlice::new(&[]); MAX_IOV];
-                let mut chunks = 0;
-                for chunk in io.out.iter() {
-                    if chunks == MAX_IOV || (chunks > 0 && !chunk.fds.is_empty()) {
-                        break;
-                    }
-                    iov[chunks] = IoSlice::new(&chunk.bytes[chunk.pos..]);
-                    chunks += 1;
-                }
                 let fds: Vec<BorrowedFd<'_>> = front.fds.iter().map(|f| f.as_fd()).collect();
-                sys::send(fd.as_fd(), &iov[..chunks], &fds).map(|n| (n, fds.len()))
+                let alone = io.out.get(1).is_none_or(|next| !next.fds.is_empty());
+                let sent = if alone {
+                    // One chunk (a lone post, a burst merged in one buffer): no iovec array.
+                    sys::send(fd.as_fd(), &[IoSlice::new(&front.bytes[front.pos..])], &fds)
+                } else {
+                    let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                    let mut chunks = 0;
+                    for chunk in io.out.iter() {
+                        if chunks == MAX_IOV || (chunks > 0 && !chunk.fds.is_empty()) {
+                            break;
+                        }
+                        iov[chunks] = IoSlice::new(&chunk.bytes[chunk.pos..]);
+                        chunks += 1;
+                    }
+                    sys::send(fd.as_fd(), &iov[..chunks], &fds)
+                };
+                sent.map(|n| (n, fds.len()))
             };
             match sent {
                 // A stream socket takes at least a byte or refuses: treat nothing as a refusal.
