@@ -125,18 +125,18 @@ struct Io {
 /// How a thread pulling on a link waits for its socket.
 ///
 /// Asleep in `recvmsg` itself, a thread is woken straight into the read: one system call per
-/// message instead of `poll` and then `recvmsg`. That needs the socket in blocking mode without
-/// a receive timeout (two or three system calls, once per link), so a link switches after its
-/// first wait: a port used for one request never pays for it. An untimed pull's sleep has no
+/// message instead of `poll` and then `recvmsg`. That needs the socket in blocking mode (two or
+/// three system calls, once per link), so a link switches after its first wait: a port used
+/// for one request never pays for it. An untimed pull's sleep has no
 /// timeout, so it arms no kernel timer (a close from another thread wakes it by shutting the
 /// socket); a timed pull's has [`SLICE`] (the socket's timeout follows the kind of pull, a
 /// `setsockopt` when it changes).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Wait {
-    /// In `poll`, then a read; the first untimed wait has not happened yet.
+    /// In `poll`, then a read; the first wait has not happened yet.
     #[default]
     Poll,
-    /// In `poll`; the next untimed wait prepares the socket and receives.
+    /// In `poll`; the next wait prepares the socket and receives.
     Prepare,
     /// In `recvmsg` (the socket is prepared).
     Receive,
@@ -152,8 +152,8 @@ enum Reader<'a> {
     Reactor,
     /// A pulling thread, reading what is there now.
     Pulling,
-    /// A pulling thread that sleeps in its first `recvmsg` until something arrives, on this
-    /// descriptor.
+    /// A pulling thread that sleeps in its first `recvmsg` until something arrives (or, for a
+    /// timed pull, a [`SLICE`] passes), on this descriptor.
     Waiting(&'a SharedFd),
 }
 
@@ -853,14 +853,16 @@ impl Link {
         true
     }
 
-    /// Sleeps in `recvmsg` on `fd` until something arrives (or the socket is shut), reading
-    /// into this thread's buffer. Called holding `deliver`, not `io`.
+    /// Sleeps in `recvmsg` on `fd` until something arrives (or the socket is shut, or a timed
+    /// pull's slice passes), reading into this thread's buffer. Called holding `deliver`, not
+    /// `io`.
     fn receive_waiting(fd: &SharedFd) -> Received {
         let mut buf = scratch();
         let mut fds = VecDeque::new();
         let got = sys::recv_waiting(fd.as_fd(), &mut buf, &mut fds);
-        // Only a socket changed under us (made non-blocking, or given a receive timeout)
-        // answers "try again": ask the socket how, then, rather than time every read.
+        // Only a timed pull's slice passing, or a socket changed under us (made non-blocking,
+        // or given a shorter timeout), answers "try again": ask the socket which, then,
+        // rather than time every read.
         let unprepared = matches!(&got, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             && !sys::blocks_for(fd.as_fd(), SLICE / 2);
         Received {
