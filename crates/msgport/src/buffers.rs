@@ -128,9 +128,14 @@ pub(crate) enum Held {
         len: u8,
         buf: [u8; HELD_INLINE],
     },
+    /// `buf[start..end]`. The buffer keeps its whole length (what was read into it): back in
+    /// the pool, it is a read buffer as long as the frame that filled it, so that the next
+    /// frame of that size is read in one call (cut at its data's end, it came back short of
+    /// the frame's last byte and every such frame took a second, one-byte `recvmsg`).
     Buffer {
         buf: Vec<u8>,
         start: usize,
+        end: usize,
     },
     Region(crate::transport::shm::Lease),
 }
@@ -140,10 +145,11 @@ pub(crate) enum Held {
 pub(crate) const HELD_INLINE: usize = 56;
 
 impl Held {
-    /// `buf[start..]`; `start` is clamped to the buffer's length.
-    pub(crate) fn new(buf: Vec<u8>, start: usize) -> Self {
-        let start = start.min(buf.len());
-        Held::Buffer { buf, start }
+    /// `buf[start..end]`; both are clamped to the buffer's length.
+    pub(crate) fn new(buf: Vec<u8>, start: usize, end: usize) -> Self {
+        let end = end.min(buf.len());
+        let start = start.min(end);
+        Held::Buffer { buf, start, end }
     }
 
     /// Copies `bytes` in place when they are few, else into a kept buffer (or a new one).
@@ -163,14 +169,16 @@ impl Held {
         };
         buf.clear();
         buf.extend_from_slice(bytes);
-        Held::Buffer { buf, start: 0 }
+        let end = buf.len();
+        Held::Buffer { buf, start: 0, end }
     }
 
     /// The bytes, in a vector of their own (moved when they start a buffer).
     pub(crate) fn into_vec(mut self) -> Vec<u8> {
         match &mut self {
-            Held::Buffer { buf, start } => {
+            Held::Buffer { buf, start, end } => {
                 let mut buf = std::mem::take(buf);
+                buf.truncate(*end);
                 buf.drain(..*start);
                 buf
             }
@@ -182,7 +190,8 @@ impl Held {
 
 impl From<Vec<u8>> for Held {
     fn from(buf: Vec<u8>) -> Self {
-        Held::Buffer { buf, start: 0 }
+        let end = buf.len();
+        Held::Buffer { buf, start: 0, end }
     }
 }
 
@@ -190,7 +199,7 @@ impl std::ops::Deref for Held {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Held::Buffer { buf, start } => &buf[*start..],
+            Held::Buffer { buf, start, end } => &buf[*start..*end],
             Held::Region(lease) => lease,
             Held::Small { len, buf } => &buf[..usize::from(*len)],
         }
@@ -236,11 +245,16 @@ mod tests {
     }
 
     #[test]
-    fn held_bytes_are_the_tail_of_their_buffer() {
-        let held = Held::new(b"headbody".to_vec(), 4);
+    fn held_bytes_are_a_stretch_of_their_buffer() {
+        let held = Held::new(b"headbody".to_vec(), 4, 8);
         assert_eq!(&*held, b"body");
         assert_eq!(held.into_vec(), b"body");
-        assert_eq!(&*Held::new(vec![1, 2], 9), b"");
+        let held = Held::new(b"headbody!".to_vec(), 4, 8);
+        assert_eq!(&*held, b"body");
+        assert_eq!(held.into_vec(), b"body");
+        assert_eq!(&*Held::new(vec![1, 2], 9, 12), b"");
+        assert_eq!(&*Held::new(vec![1, 2, 3], 2, 1), b"");
+        assert_eq!(&*Held::new(vec![1, 2, 3], 1, 9), [2, 3]);
         assert_eq!(&*Held::copy_of(b"abc"), b"abc");
         assert!(matches!(Held::copy_of(b"abc"), Held::Small { len: 3, .. }));
         let most = [7u8; HELD_INLINE];

@@ -62,6 +62,11 @@ impl MessageEvent {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn payload(&self) -> &Payload {
+        &self.payload
+    }
+
     /// Decodes the data as `T`, leaving it in place (so it can be decoded again, as another
     /// type). When `T` is the sender's own type this still goes through serde; use
     /// [`take_data`](Self::take_data) to move it out for free.

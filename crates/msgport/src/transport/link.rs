@@ -116,6 +116,9 @@ struct Io {
     timed_reads: bool,
     /// We shut our reading side (a closed port that lingers to write): reads end with nothing.
     read_shut: bool,
+    /// The length of the last frame read when it was longer than [`READ_CHUNK`], else 0: the
+    /// next read of a stream of large frames is that long (see [`read_buffer`]).
+    frame_hint: usize,
     /// Shared-memory regions for this link's large frames.
     regions: shm::Regions,
     /// Regions the peer sent, kept mapped for its next large frames.
@@ -937,7 +940,7 @@ impl Link {
             // of its own: an idle port costs no receive buffer.
             let borrowed = io.filled == 0;
             if borrowed {
-                io.inbuf = scratch();
+                io.inbuf = read_buffer(io.frame_hint);
             } else {
                 io.reserve_read();
             }
@@ -1013,6 +1016,9 @@ impl Link {
         let mut start = 0;
         while let Some(head) = wire::next_frame(&io.inbuf[start..io.filled])? {
             let (len, nfds) = (head.len, head.nfds);
+            io.frame_hint = Some(wire::HEADER + len)
+                .filter(|&n| n > READ_CHUNK)
+                .unwrap_or(0);
             if nfds > io.infds.len() {
                 return Err(WireError::Descriptors);
             }
@@ -1049,10 +1055,11 @@ impl Link {
                         && io.inbuf.capacity() <= 2 * r.len()
                     {
                         // The last frame read, most of its buffer: the buffer goes with its
-                        // data, uncopied (a queued message holds at most twice its size).
+                        // data, uncopied (a queued message holds at most twice its size), cut
+                        // at the frame's end (see `Held::Buffer`).
                         let mut buf = std::mem::take(&mut io.inbuf);
-                        buf.truncate(at + r.end);
-                        Held::new(buf, at + r.start)
+                        buf.truncate(at + len);
+                        Held::new(buf, at + r.start, at + r.end)
                     } else {
                         Held::copy_of(&io.inbuf[at + r.start..at + r.end])
                     }
@@ -1230,6 +1237,27 @@ thread_local! {
 const SCRATCH_MAX: usize = 1 << 20;
 /// The start of a frame short enough to copy out of the thread's buffer.
 const SHORT_PARTIAL: usize = 4096;
+
+/// A buffer to read into for a link holding no partial frame: after a frame longer than
+/// [`READ_CHUNK`] (`hint`), a kept buffer at least that long (the last such frame's own,
+/// given back once its message was taken, which `Held` keeps as long as the frame), so that a
+/// stream of large frames takes one `recvmsg` per frame and each frame's buffer goes with its
+/// message uncopied; else this thread's buffer. (Read into the thread's 64 KiB buffer, a
+/// 64 KiB message's frame took two calls, and its first 64 KiB were copied into a longer buffer
+/// before the second.)
+fn read_buffer(hint: usize) -> Vec<u8> {
+    if hint > READ_CHUNK {
+        if let Some(buf) = crate::buffers::take_filled(hint) {
+            if buf.len() <= 2 * hint {
+                return buf;
+            }
+            // Far longer (a larger message's): it would read several frames, and the large
+            // one among them would then be copied out of it.
+            crate::buffers::give(buf);
+        }
+    }
+    scratch()
+}
 
 /// This thread's read buffer, at least [`READ_CHUNK`] long: the one it kept, or else one the
 /// process kept (a large message's buffer, given back once its data was taken), or a new one.
@@ -1458,6 +1486,49 @@ mod tests {
         out.iter()
             .map(|c| (c.bytes.len(), c.fds.len(), c.merged))
             .collect()
+    }
+
+    /// A large frame that ends a read goes with its message in the read buffer, cut at the
+    /// frame's end (not its data's, a byte short): back in the pool, that buffer reads the next
+    /// frame of the stream whole, and the link remembers the length to ask the pool for it.
+    #[test]
+    fn a_large_frame_keeps_a_read_buffer_as_long_as_the_frame() {
+        let data = crate::Value::Binary(crate::value::Binary {
+            kind: crate::value::BinaryKind::Uint8,
+            bytes: vec![7; 70_001],
+        });
+        let encode = |data: &crate::Value| {
+            let frame = wire::encode_frame(Outgoing {
+                data: WireData::Value(data.clone()),
+                ports: Vec::new(),
+            });
+            frame.unwrap().parts.concat()
+        };
+        let bytes = encode(&data);
+        let mut io = Io {
+            inbuf: bytes.clone(),
+            filled: bytes.len(),
+            ..Io::default()
+        };
+        let (mut events, mut ports) = (Vec::new(), Vec::new());
+        Link::decode(&mut io, &mut events, &mut ports).unwrap();
+        assert_eq!(io.frame_hint, bytes.len());
+        let (event, _) = events.pop().unwrap();
+        match event.payload() {
+            Payload::Cbor {
+                bytes: Held::Buffer { buf, .. },
+                ..
+            } => assert_eq!(buf.len(), bytes.len(), "the whole frame's buffer"),
+            _ => panic!("the read buffer went with the message"),
+        }
+        assert_eq!(event.value().unwrap(), data);
+
+        // A small frame next: no hint.
+        let small = encode(&crate::Value::from(5u32));
+        io.inbuf = small.clone();
+        io.filled = small.len();
+        Link::decode(&mut io, &mut events, &mut ports).unwrap();
+        assert_eq!((io.frame_hint, events.len()), (0, 1));
     }
 
     /// A burst's small frames share one buffer, in order; frames with descriptors, large
