@@ -1150,15 +1150,20 @@ fn live_ports(cfg: &Config, cpu: usize, report: &mut Report) {
     let mut ports = Vec::new();
     let cap = if cfg.quick { 2_000 } else { 100_000 };
     // A port in flight holds descriptors until its message is written: a refusal may come from
-    // those, not from the ports held. Give the writes a moment before taking it as the limit.
+    // those, not from the ports held. Give the writes a moment before taking it as the limit:
+    // the limit is three refusals in a row, 100 ms apart (three refusals in all, 20 ms apart,
+    // once stopped a loaded run at 14,189 ports where the same binary alone reached 19,990).
     let mut refusals = 0;
     while ports.len() < cap && refusals < 3 {
         let (here, there) = msgport::MessageChannel::new().into_ports();
         match m.port().post_message((), [there]) {
-            Ok(()) => ports.push(here),
+            Ok(()) => {
+                ports.push(here);
+                refusals = 0;
+            }
             Err(_) => {
                 refusals += 1;
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
