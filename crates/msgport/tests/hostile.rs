@@ -516,12 +516,7 @@ fn a_closed_port_whose_peer_never_reads_is_released() {
                 ..msgport::Limits::default()
             });
             let (port, peer) = hostile_pair();
-            // 16 MiB the socket cannot take, in messages small enough to travel in it (larger
-            // ones go through shared memory, whose frames the socket takes at once).
-            for _ in 0..80 {
-                let chunk = Value::Binary(bin(vec![0u8; 200 << 10]));
-                port.post_message(chunk, []).unwrap();
-            }
+            post_more_than_the_socket_takes(&port);
             let before = open_fds();
             drop(port);
             std::thread::sleep(Duration::from_secs(2));
@@ -542,10 +537,7 @@ fn a_closed_port_whose_peer_goes_away_is_released_at_once() {
         LIMIT,
         || {
             let (port, peer) = hostile_pair();
-            for _ in 0..80 {
-                let chunk = Value::Binary(bin(vec![0u8; 200 << 10]));
-                port.post_message(chunk, []).unwrap();
-            }
+            post_more_than_the_socket_takes(&port);
             let before = open_fds();
             drop(port);
             std::thread::sleep(Duration::from_millis(200));
@@ -558,6 +550,15 @@ fn a_closed_port_whose_peer_goes_away_is_released_at_once() {
             assert_eq!(open_fds(), before - 2, "the socket was released");
         },
     );
+}
+
+/// Posts 16 MiB the socket cannot take, in messages small enough to travel in it (larger ones
+/// go through shared memory, whose frames the socket takes at once): the rest waits in the port.
+fn post_more_than_the_socket_takes(port: &msgport::MessagePort) {
+    for _ in 0..80 {
+        let chunk = Value::Binary(bin(vec![0u8; 200 << 10]));
+        port.post_message(chunk, []).unwrap();
+    }
 }
 
 fn role_cmd(role: &str) -> std::process::Command {

@@ -130,10 +130,10 @@ struct Io {
 /// Asleep in `recvmsg` itself, a thread is woken straight into the read: one system call per
 /// message instead of `poll` and then `recvmsg`. That needs the socket in blocking mode (two or
 /// three system calls, once per link), so a link switches after its first wait: a port used
-/// for one request never pays for it. An untimed pull's sleep has no
-/// timeout, so it arms no kernel timer (a close from another thread wakes it by shutting the
-/// socket); a timed pull's has [`SLICE`] (the socket's timeout follows the kind of pull, a
-/// `setsockopt` when it changes).
+/// for one request never pays for it. An untimed pull's sleep has no timeout, so it arms no
+/// kernel timer (a close from another thread wakes it by shutting the socket); a timed pull's
+/// has [`SLICE`] (the socket's timeout follows the kind of pull, a `setsockopt` when it
+/// changes).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Wait {
     /// In `poll`, then a read; the first wait has not happened yet.
@@ -1243,8 +1243,7 @@ const SHORT_PARTIAL: usize = 4096;
 /// given back once its message was taken, which `Held` keeps as long as the frame), so that a
 /// stream of large frames takes one `recvmsg` per frame and each frame's buffer goes with its
 /// message uncopied; else this thread's buffer. (Read into the thread's 64 KiB buffer, a
-/// 64 KiB message's frame took two calls, and its first 64 KiB were copied into a longer buffer
-/// before the second.)
+/// 64 KiB message's frame took two calls, the buffer grown in between.)
 fn read_buffer(hint: usize) -> Vec<u8> {
     if hint > READ_CHUNK {
         if let Some(buf) = crate::buffers::take_filled(hint) {
