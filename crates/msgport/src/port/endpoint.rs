@@ -50,9 +50,8 @@ pub(crate) struct Endpoint {
     /// A message was delivered here (pulled, or handed to a callback) since the link posting
     /// for this end last looked: its next post answers something (see `Link::send_frame`).
     delivered: std::sync::atomic::AtomicBool,
-    /// This end's owner pulls it with blocking pulls (since it arrived in this process or was
-    /// last transferred): a poster that piles messages up for it gives way now and then (see
-    /// `push`).
+    /// This end's last wait was a blocking pull (cleared by a task's poll, and when the end is
+    /// transferred): a poster that piles messages up for it gives way more often (see `push`).
     blocking: std::sync::atomic::AtomicBool,
 }
 
@@ -463,6 +462,11 @@ impl Endpoint {
 
     /// Takes the next event, starting the port. `waker` is registered when nothing is ready.
     pub(crate) fn pull(&self, waker: Option<&Waker>) -> Pulled {
+        if waker.is_some() && self.blocking.load(std::sync::atomic::Ordering::Relaxed) {
+            // Polled by a task now: posters give way as to a task.
+            self.blocking
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut taken = lock(&self.taken);
         if let Some(message) = taken.pop_front() {
             return Pulled::Message(message);
@@ -745,5 +749,32 @@ fn run_close_handler(handler: Option<CloseHandler>) {
         if catch_unwind(AssertUnwindSafe(handler)).is_err() {
             tracing::error!("a MessagePort close callback panicked");
         }
+    }
+}
+
+#[cfg(all(test, not(msgport_loom)))]
+mod tests {
+    use super::*;
+
+    /// The yield a poster makes for a blocking puller (every 4,096 messages) is wrong for a task
+    /// (it makes a context switch every few dozen messages): a port read once with a blocking
+    /// pull and then by a task is treated as a task's.
+    #[test]
+    fn a_task_polling_an_end_clears_its_blocking_mark() {
+        let ep = Endpoint::new();
+        assert!(matches!(
+            ep.pull_blocking(Some(Instant::now())),
+            Pulled::Empty
+        ));
+        assert!(ep.blocking.load(std::sync::atomic::Ordering::Relaxed));
+        assert!(matches!(ep.pull(Some(Waker::noop())), Pulled::Empty));
+        assert!(!ep.blocking.load(std::sync::atomic::Ordering::Relaxed));
+        // A pull that does not wait (`try_recv`) leaves the mark as it is.
+        assert!(matches!(
+            ep.pull_blocking(Some(Instant::now())),
+            Pulled::Empty
+        ));
+        assert!(matches!(ep.pull(None), Pulled::Empty));
+        assert!(ep.blocking.load(std::sync::atomic::Ordering::Relaxed));
     }
 }
