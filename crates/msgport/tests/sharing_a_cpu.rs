@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use msgport::MessageChannel;
+use msgport::{MessageChannel, MessagePort};
 use msgport_testkit::child;
 
 /// The tests here run one at a time (each pins its threads to the same CPU).
@@ -31,36 +31,61 @@ fn some_cpu() -> usize {
         .expect("at least one CPU")
 }
 
-#[test]
-fn a_poster_sharing_its_pullers_cpu_lets_it_run_before_a_large_backlog() {
-    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    const N: u64 = 1_000_000;
+/// What a puller saw of the poster sharing its CPU: the most messages posted and not yet taken.
+struct Backlog {
+    posted: Arc<AtomicU64>,
+    worst: u64,
+}
+
+impl Backlog {
+    /// The puller took message `seq` (the poster numbers them from 0).
+    fn took(&mut self, seq: u64) {
+        let posted = self.posted.load(Ordering::Relaxed);
+        self.worst = self.worst.max(posted.saturating_sub(seq + 1));
+    }
+}
+
+/// Posts the numbers `0..n` from this thread to a puller running `pull` on a thread of its own,
+/// both pinned to one CPU; returns the largest backlog the puller saw.
+fn largest_backlog(
+    n: u64,
+    pull: impl FnOnce(MessagePort, Backlog) -> Backlog + Send + 'static,
+) -> u64 {
     let cpu = some_cpu();
     let (tx, rx) = MessageChannel::new().into_ports();
     let posted = Arc::new(AtomicU64::new(0));
-    let puller = {
-        let posted = posted.clone();
-        std::thread::spawn(move || {
-            pin(cpu);
-            let mut worst = 0;
-            for i in 0..N {
-                let seq: u64 = rx.blocking_recv().unwrap().take_data().unwrap();
-                assert_eq!(seq, i);
-                worst = worst.max(posted.load(Ordering::Relaxed).saturating_sub(i + 1));
-            }
-            worst
-        })
+    let backlog = Backlog {
+        posted: posted.clone(),
+        worst: 0,
     };
+    let puller = std::thread::spawn(move || {
+        pin(cpu);
+        pull(rx, backlog).worst
+    });
     pin(cpu);
     tx.post_message(0u64, []).unwrap();
     posted.store(1, Ordering::Relaxed);
     // The puller takes the first message and waits for the next.
     std::thread::sleep(Duration::from_millis(50));
-    for i in 1..N {
+    for i in 1..n {
         tx.post_message(i, []).unwrap();
         posted.store(i + 1, Ordering::Relaxed);
     }
-    let worst = puller.join().unwrap();
+    puller.join().unwrap()
+}
+
+#[test]
+fn a_poster_sharing_its_pullers_cpu_lets_it_run_before_a_large_backlog() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    const N: u64 = 1_000_000;
+    let worst = largest_backlog(N, |rx, mut backlog| {
+        for i in 0..N {
+            let seq: u64 = rx.blocking_recv().unwrap().take_data().unwrap();
+            assert_eq!(seq, i);
+            backlog.took(i);
+        }
+        backlog
+    });
     eprintln!("largest backlog the puller saw: {worst} messages");
     // The poster yields every 4,096 messages the puller has not taken; a yield may find the
     // puller not yet due to run, so two may pass before it does. Without the yields, one time
@@ -76,37 +101,20 @@ fn a_poster_sharing_its_pullers_cpu_lets_it_run_before_a_large_backlog() {
 fn a_poster_sharing_its_cpu_with_a_task_lets_it_run_before_a_large_backlog() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     const N: u64 = 2_000_000;
-    let cpu = some_cpu();
-    let (tx, rx) = MessageChannel::new().into_ports();
-    let posted = Arc::new(AtomicU64::new(0));
-    let puller = {
-        let posted = posted.clone();
-        std::thread::spawn(move || {
-            pin(cpu);
-            // A task on a current-thread runtime: its thread parks whenever the queue is empty.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let mut worst = 0;
-                for i in 0..N {
-                    let seq: u64 = rx.recv().await.unwrap().take_data().unwrap();
-                    assert_eq!(seq, i);
-                    worst = worst.max(posted.load(Ordering::Relaxed).saturating_sub(i + 1));
-                }
-                worst
-            })
+    let worst = largest_backlog(N, |rx, mut backlog| {
+        // A task on a current-thread runtime: its thread parks whenever the queue is empty.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            for i in 0..N {
+                let seq: u64 = rx.recv().await.unwrap().take_data().unwrap();
+                assert_eq!(seq, i);
+                backlog.took(i);
+            }
+            backlog
         })
-    };
-    pin(cpu);
-    tx.post_message(0u64, []).unwrap();
-    posted.store(1, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(50));
-    for i in 1..N {
-        tx.post_message(i, []).unwrap();
-        posted.store(i + 1, Ordering::Relaxed);
-    }
-    let worst = puller.join().unwrap();
+    });
     eprintln!("largest backlog the task saw: {worst} messages");
     // The poster yields every 32,768 messages the task has not taken; a yield may find the
     // task not yet due to run, so up to three passed before it did (release build: 66,000 to

@@ -61,6 +61,7 @@ const CROWDED: usize = 4096;
 /// The same for an end polled by tasks (or not pulled yet): further apart (see
 /// [`Endpoint::push`]).
 const CROWDED_POLLED: usize = 32 * 1024;
+const _: () = assert!(CROWDED_POLLED % CROWDED == 0);
 
 #[derive(Default)]
 struct State {
@@ -166,12 +167,11 @@ impl Endpoint {
             return Err(message);
         }
         st.queue.push_back(message);
-        let every = if self.blocking.load(std::sync::atomic::Ordering::Relaxed) {
-            CROWDED
-        } else {
-            CROWDED_POLLED
-        };
-        let crowded = st.queue.len() % every == 0;
+        let queued = st.queue.len();
+        // The blocking mark is read only every [`CROWDED`] messages.
+        let crowded = queued % CROWDED == 0
+            && (queued % CROWDED_POLLED == 0
+                || self.blocking.load(std::sync::atomic::Ordering::Relaxed));
         if !self.pending.load(Ordering::Relaxed) {
             self.pending.store(true, Ordering::Release);
         }

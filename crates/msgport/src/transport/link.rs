@@ -586,8 +586,7 @@ impl Link {
                 io.out.clear();
                 io.queued = 0;
                 if io.closing {
-                    self.shut(io);
-                    io.release_input();
+                    self.release(io);
                 }
                 true
             }
@@ -813,8 +812,7 @@ impl Link {
                 };
                 if let Step::Ended(why) = step {
                     ended = Some(why);
-                    self.shut(&mut io);
-                    io.release_input();
+                    self.release(&mut io);
                 }
                 step
             };
@@ -1117,12 +1115,18 @@ impl Link {
         io.regions.clear();
     }
 
+    /// Stops using the socket ([`shut`](Self::shut)) and drops what was read from it: the
+    /// link is done (the peer's end, a failure, a lingering close given up).
+    fn release(&self, io: &mut Io) {
+        self.shut(io);
+        io.release_input();
+    }
+
     /// A bug of ours panicked while serving this link (caught by the reactor): close the port
     /// rather than leave it waiting for a thread that will not come back.
     pub(crate) fn fail(&self) {
         let mut io = lock(&self.io);
-        self.shut(&mut io);
-        io.release_input();
+        self.release(&mut io);
         drop(io);
         self.target.peer_closed();
         self.run_callbacks();
@@ -1161,8 +1165,7 @@ impl Link {
             tracing::warn!(
                 "msgport: a closed port's peer read nothing for too long; unsent messages dropped"
             );
-            self.shut(&mut io);
-            io.release_input();
+            self.release(&mut io);
         }
     }
 
