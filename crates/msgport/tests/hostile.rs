@@ -198,6 +198,64 @@ fn invalid_data_is_an_error_for_that_message_only() {
     });
 }
 
+/// A bigint's length is the sender's to pick, and converting it to decimal takes time quadratic
+/// in that length: a message with an 8 MiB bigint where the receiver expects a number or a
+/// string, decoded, printed or read as a `Value`, used to hang the receiving thread for days
+/// (in the error message naming the bigint, in `Debug`, in the `Value` → serde bridge). Now every
+/// such conversion is linear (hexadecimal past 2,467 digits): each is an error or a value, at
+/// once.
+#[test]
+fn a_bigint_of_megabytes_is_decoded_printed_and_refused_in_linear_time() {
+    #[derive(serde::Deserialize, Debug)]
+    struct Count {
+        #[allow(dead_code)]
+        n: u64,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    struct Named {
+        #[allow(dead_code)]
+        n: String,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    struct Any {
+        n: Value,
+    }
+    watchdog(LIMIT, || {
+        let (port, peer) = hostile_pair();
+        let magnitude = vec![0x9e; 8 << 20];
+        let mut data = cbor::head(5, 1);
+        data.extend_from_slice(&cbor::head(3, 1));
+        data.push(b'n');
+        data.push(0xc3); // tag 3: a negative bignum
+        data.extend_from_slice(&cbor::bytes(&magnitude));
+        let body = cbor::body(&data, &[]);
+        // Read while the frame is written; one at a time, as four would reach the receiver's
+        // high-water mark (32 MiB).
+        port.start();
+        let next = || {
+            peer.frame(&body, 0, &[]).unwrap();
+            port.recv_timeout(LIMIT).expect("the message arrives")
+        };
+        let mut event = next();
+        let refused = event.take_data::<Count>().unwrap_err().to_string();
+        assert!(refused.contains("8388608 bytes"), "{refused:.200}");
+        assert!(event.take_data::<Named>().is_err());
+        let any: Any = event.take_data().unwrap();
+        let Value::BigInt(big) = &any.n else {
+            panic!("a bigint, not {:.100}", any.n)
+        };
+        assert!(big.is_negative() && big.magnitude().len() == magnitude.len());
+        let printed = format!("{:?}", next());
+        assert!(printed.contains("BigInt(-0x9e9e"), "{printed:.200}");
+        let shown = next().value().unwrap().to_string();
+        assert!(shown.starts_with(r#"{ "n": -0x9e9e"#), "{shown:.200}");
+        peer.frame(&cbor::body(&cbor::uint(7), &[]), 0, &[])
+            .unwrap();
+        let good = port.recv_timeout(LIMIT).unwrap();
+        assert_eq!(good.data::<u32>().unwrap(), 7);
+    });
+}
+
 /// Row 3: a header announcing a 256 MiB frame, then nothing, used to grow the receive buffer to
 /// 64 MiB and zero it (per connection); now the buffer grows only with what arrives.
 #[test]

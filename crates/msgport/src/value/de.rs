@@ -194,8 +194,13 @@ impl Value {
                 }
                 (_, Some(u)) => visitor.visit_u128(u),
                 (Some(i), _) => visitor.visit_i128(i),
-                _ => Err(de::Error::custom(format!(
+                // Named in full only when short: a peer may send megabytes of it.
+                _ if b.magnitude().len() <= 32 => Err(de::Error::custom(format!(
                     "bigint {b} does not fit the integer type"
+                ))),
+                _ => Err(de::Error::custom(format!(
+                    "a bigint of {} bytes does not fit the integer type",
+                    b.magnitude().len()
                 ))),
             },
             Value::Date(t) => visitor.visit_f64(t),
