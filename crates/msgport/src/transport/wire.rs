@@ -484,6 +484,30 @@ pub(crate) fn decode_body_leaving(
 /// Most messages carry no port: a body `[data, []]` is read here without the general reader
 /// (what that reader makes of it, errors included). `None` for a body of another shape.
 fn read_portless(body: &[u8]) -> Option<Result<Decoded, WireError>> {
+    Some(portless_data(body)?.map(|data| Decoded {
+        message: Outgoing {
+            data: WireData::Cbor {
+                bytes: Vec::new(),
+                plain: data.plain,
+            },
+            ports: Vec::new(),
+        },
+        records: 0,
+        left: Some(data.range),
+    }))
+}
+
+/// Where the data of a port-less body lies, and whether it is plain.
+pub(crate) struct PortlessData {
+    pub range: Range<usize>,
+    pub plain: bool,
+}
+
+/// The data of a body `[data, []]` that names no port slot (what [`decode_body_leaving`]
+/// leaves of it, errors included), without building a [`Decoded`]: the receiver's common case.
+/// `None` for a body of another shape.
+#[inline]
+pub(crate) fn portless_data(body: &[u8]) -> Option<Result<PortlessData, WireError>> {
     if body.first() != Some(&0x82) {
         return None;
     }
@@ -494,16 +518,9 @@ fn read_portless(body: &[u8]) -> Option<Result<Decoded, WireError>> {
     if scanned.max_slot.is_some() || body.get(scanned.end..) != Some(&[0x80][..]) {
         return None;
     }
-    Some(Ok(Decoded {
-        message: Outgoing {
-            data: WireData::Cbor {
-                bytes: Vec::new(),
-                plain: scanned.plain,
-            },
-            ports: Vec::new(),
-        },
-        records: 0,
-        left: Some(1..scanned.end),
+    Some(Ok(PortlessData {
+        range: 1..scanned.end,
+        plain: scanned.plain,
     }))
 }
 
