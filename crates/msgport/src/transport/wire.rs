@@ -373,14 +373,23 @@ fn portless_frame(message: Outgoing) -> Result<Result<Frame, PostError>, Outgoin
         } if ports.is_empty() && encoded.holes.is_empty() => encoded,
         other => return Err(other),
     };
-    let mut bytes = encoded.head;
+    Ok(portless_bytes(encoded.head).map(|bytes| Frame {
+        parts: vec![bytes],
+        fds: Vec::new(),
+        gaps: Vec::new(),
+    }))
+}
+
+/// The frame of a message without ports whose data is `bytes` (its CBOR, complete): the header
+/// and the body's array heads put around the data, in the same buffer.
+pub(crate) fn portless_bytes(mut bytes: Vec<u8>) -> Result<Vec<u8>, PostError> {
     let data = bytes.len();
     let size = data + 2;
     if size > max_frame() {
-        return Ok(Err(PostError::TooLarge {
+        return Err(PostError::TooLarge {
             size,
             max: max_frame(),
-        }));
+        });
     }
     bytes.reserve(HEADER + 2);
     bytes.resize(HEADER + 1 + data, 0);
@@ -388,11 +397,7 @@ fn portless_frame(message: Outgoing) -> Result<Result<Frame, PostError>, Outgoin
     bytes[..HEADER].copy_from_slice(&frame_header(size, 0));
     bytes[HEADER] = 0x82;
     bytes.push(0x80);
-    Ok(Ok(Frame {
-        parts: vec![bytes],
-        fds: Vec::new(),
-        gaps: Vec::new(),
-    }))
+    Ok(bytes)
 }
 
 /// [`encode_frame`] for any message.
