@@ -122,7 +122,19 @@ pub enum InvokeError {
     /// No answer came within the invoke's timeout.
     #[error("no answer within the invoke timeout")]
     Timeout,
+    /// Main refused the invoke: [`MAX_PENDING_INVOKES`] of this child's invokes already wait
+    /// for async handlers. Try again once some are answered.
+    #[error("main is busy: too many of this child's invokes are waiting for async handlers")]
+    Busy,
 }
+
+/// At most this many invokes of one child wait for async handlers
+/// ([`IpcMain::handle_async`]) at once; main refuses more at once with [`InvokeError::Busy`].
+/// Each one waiting holds its message and its handler's future in main: without a limit, a
+/// child invoking faster than the handlers finish (hostile, or looping) would grow main's
+/// memory without bound. Handlers registered with [`IpcMain::handle`] run one at a time on the
+/// child's connection and need no limit.
+pub const MAX_PENDING_INVOKES: usize = 4096;
 
 impl InvokeError {
     pub(crate) fn kind(&self) -> &'static str {
@@ -134,6 +146,7 @@ impl InvokeError {
             InvokeError::Post(_) => "post",
             InvokeError::Data(_) => "data",
             InvokeError::Timeout => "timeout",
+            InvokeError::Busy => "busy",
         }
     }
 
@@ -146,13 +159,13 @@ impl InvokeError {
             | InvokeError::HandlerPanicked(s)
             | InvokeError::Data(s) => Some(s.clone()),
             InvokeError::Post(e) => Some(e.to_string()),
-            InvokeError::MainGone | InvokeError::Timeout => None,
+            InvokeError::MainGone | InvokeError::Timeout | InvokeError::Busy => None,
         }
     }
 
     /// The variant named by `kind`, carrying `detail`. Main only ever sends `no-handler`,
-    /// `handler-failed` and `handler-panicked`; any other kind reads as a failed handler (a
-    /// `PostError` does not cross processes).
+    /// `handler-failed`, `handler-panicked` and `busy`; any other kind reads as a failed
+    /// handler (a `PostError` does not cross processes).
     pub(crate) fn from_wire(kind: &str, detail: String) -> InvokeError {
         match kind {
             "timeout" => InvokeError::Timeout,
@@ -160,6 +173,7 @@ impl InvokeError {
             "no-handler" => InvokeError::NoHandler(detail),
             "handler-panicked" => InvokeError::HandlerPanicked(detail),
             "data" => InvokeError::Data(detail),
+            "busy" => InvokeError::Busy,
             _ => InvokeError::HandlerFailed(detail),
         }
     }

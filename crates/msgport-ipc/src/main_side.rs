@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use msgport::{process, MessagePort, PostError, Value};
@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::envelope::Envelope;
 use crate::event::IpcEvent;
 use crate::tasks::{BoxFuture, Runner, Unfinished};
-use crate::{InvokeError, ListenerId};
+use crate::{InvokeError, ListenerId, MAX_PENDING_INVOKES};
 
 /// How long the listener waits after a failed `accept` before it tries again.
 const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
@@ -501,7 +501,9 @@ impl IpcMain {
     /// with [`InvokeError::HandlerFailed`]`(e.to_string())`, a panic with
     /// [`InvokeError::HandlerPanicked`]. While the future runs, the child's connection goes on
     /// serving: its other messages and invokes do not wait for it, and answers may come back in
-    /// any order. Replaces an earlier handler.
+    /// any order. At most [`MAX_PENDING_INVOKES`] of one child's invokes wait for such futures
+    /// at once; main refuses more at once with [`InvokeError::Busy`]. Replaces an earlier
+    /// handler.
     ///
     /// **Executor.** Registered from inside a tokio runtime (feature `tokio`, on by default), the
     /// futures are spawned on that runtime, so they may use tokio's timers and I/O. Registered
@@ -665,6 +667,9 @@ fn serve(shared: &Shared, child: &ChildRef) {
 
 fn serve_connection(shared: &Shared, child: &ChildRef) {
     child.port.set_low_latency(true);
+    // This child's invokes waiting for async handlers (see `MAX_PENDING_INVOKES`): raised
+    // here only, lowered as each is answered.
+    let pending = Arc::new(AtomicUsize::new(0));
     while let Some(mut message) = child.port.blocking_recv() {
         let ports = std::mem::take(&mut message.ports);
         let Some(envelope) = message.value().ok().and_then(Envelope::from_value) else {
@@ -715,6 +720,11 @@ fn serve_connection(shared: &Shared, child: &ChildRef) {
                     Some(Handler::Now(h)) => {
                         reply(&child.port, id, run_handler(|e| h(e), &event));
                     }
+                    Some(Handler::Later(..))
+                        if pending.load(Ordering::Acquire) >= MAX_PENDING_INVOKES =>
+                    {
+                        reply(&child.port, id, Err(InvokeError::Busy));
+                    }
                     Some(Handler::Later(h, runner)) => {
                         // Making the future runs the handler's synchronous part: guard it too.
                         let future = match catch_unwind(AssertUnwindSafe(|| h(event))) {
@@ -726,7 +736,12 @@ fn serve_connection(shared: &Shared, child: &ChildRef) {
                             }
                         };
                         let port = child.port.clone();
+                        pending.fetch_add(1, Ordering::AcqRel);
+                        let pending = pending.clone();
                         runner.spawn(future, move |out| {
+                            // Lowered before the answer leaves: the child may invoke again as
+                            // soon as it has it.
+                            pending.fetch_sub(1, Ordering::AcqRel);
                             let result = match out {
                                 Ok(Ok(v)) => Ok(v),
                                 Ok(Err(message)) => Err(InvokeError::HandlerFailed(message)),

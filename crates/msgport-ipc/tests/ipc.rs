@@ -47,6 +47,20 @@ fn child_entry() {
             ipc.send("errors-ok", after).unwrap();
             std::thread::sleep(Duration::from_secs(60));
         }
+        "flood-invokes" => {
+            // Every invoke at once; each waits for its answer.
+            let ipc = IpcChild::connect().unwrap();
+            let asks = (0..FLOOD).map(|i| ipc.invoke("park", i));
+            let answers = futures::executor::block_on(futures::future::join_all(asks));
+            let ok = answers.iter().filter(|a| a.is_ok()).count();
+            let busy = answers
+                .iter()
+                .filter(|a| matches!(a, Err(InvokeError::Busy)))
+                .count();
+            ipc.send("flood-report", format!("ok={ok} busy={busy}"))
+                .unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
         "hang-invoke" => {
             let ipc = IpcChild::connect().unwrap();
             ipc.send("about-to-hang", ()).unwrap();
@@ -892,6 +906,57 @@ fn async_handlers_on_tokio_and_on_the_own_executor() {
     assert_eq!(
         rx.recv_timeout(LIMIT).unwrap(),
         "Ok(42) | Ok(\"opened\") | Err(HandlerFailed(\"bad input\")) | true | Ok(6)"
+    );
+    child.kill().unwrap();
+}
+
+/// How many invokes the "flood-invokes" child makes at once.
+const FLOOD: usize = msgport_ipc::MAX_PENDING_INVOKES + 1_500;
+
+/// Async handlers used to take every invoke a child sent: a child (hostile, or looping) that
+/// invokes faster than the handlers finish grew main's memory without bound, a parked future
+/// per invoke. Now at most `MAX_PENDING_INVOKES` of one child's invokes wait at once; the rest
+/// are refused at once with `InvokeError::Busy`, and every invoke gets its answer.
+#[test]
+fn a_child_flooding_async_handlers_is_refused_past_the_pending_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let main = IpcMain::new();
+    let started = std::sync::Arc::new(AtomicUsize::new(0));
+    let (open, gate) = futures::channel::oneshot::channel::<()>();
+    let gate = futures::future::FutureExt::shared(gate);
+    {
+        let started = started.clone();
+        main.handle_async("park", move |e| {
+            started.fetch_add(1, Ordering::SeqCst);
+            let gate = gate.clone();
+            async move {
+                let _ = gate.await;
+                e.data::<u32>().map_err(|e| e.to_string())
+            }
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    main.on("flood-report", move |e| {
+        tx.send(e.data::<String>().unwrap()).unwrap()
+    });
+    let child = main.spawn(&mut cmd("flood-invokes")).unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while started.load(Ordering::SeqCst) < msgport_ipc::MAX_PENDING_INVOKES
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Whatever else the child sent has had time to arrive.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        msgport_ipc::MAX_PENDING_INVOKES,
+        "handlers started"
+    );
+    let _ = open.send(());
+    assert_eq!(
+        rx.recv_timeout(LIMIT).unwrap(),
+        format!("ok={} busy=1500", msgport_ipc::MAX_PENDING_INVOKES)
     );
     child.kill().unwrap();
 }

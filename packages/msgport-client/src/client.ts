@@ -11,7 +11,7 @@ import { DataCloneError, MessageDecodeError, decodeTree, encodeTree, fromTree, t
 
 /** Why an `invoke` failed: msgport-ipc's `InvokeError`, field for field. */
 export class InvokeError extends Error {
-  /** `no-handler`, `handler-failed`, `handler-panicked`, `main-gone`, `post`, `data`, `timeout`. */
+  /** `no-handler`, `handler-failed`, `handler-panicked`, `busy`, `main-gone`, `post`, `data`, `timeout`. */
   readonly kind: string
   /** What the error carries: the channel of `no-handler`, the handler's own message... */
   readonly detail: string | undefined
