@@ -7,7 +7,7 @@
 //! a twin itself; a page port that travels to Rust gets a fresh channel, one end a twin, the
 //! other handed to the receiver.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +38,27 @@ struct Table {
     next_theirs: u64,
     /// Set when the connection ends: nothing is attached or forwarded any more.
     ended: bool,
+    /// What the client posted on each port and the Rust side has not taken yet: the sizes of
+    /// its messages still queued at the port's peer, oldest first (see [`Conn::unread_over`]).
+    unread: HashMap<u64, VecDeque<usize>>,
+    /// Their sum, over every port.
+    unread_bytes: usize,
+}
+
+impl Table {
+    /// Forgets the sizes of the messages of port `id` that the Rust side took: its peer's
+    /// backlog says how many of the newest are still there (a queue is taken in order).
+    fn settle(&mut self, id: u64) {
+        let backlog = self.ports.get(&id).map_or(0, |twin| twin.peer_backlog());
+        if let Some(sizes) = self.unread.get_mut(&id) {
+            while sizes.len() > backlog {
+                self.unread_bytes -= sizes.pop_front().unwrap_or(0);
+            }
+            if sizes.is_empty() {
+                self.unread.remove(&id);
+            }
+        }
+    }
 }
 
 pub(crate) struct Conn {
@@ -62,6 +83,8 @@ impl Conn {
                 next_ours: 2,
                 next_theirs: 1,
                 ended: false,
+                unread: HashMap::new(),
+                unread_bytes: 0,
             }),
             out,
             queued,
@@ -213,10 +236,27 @@ impl Conn {
             code: PROTOCOL_ERROR,
             reason: e.to_string(),
         })?;
-        frames.into_iter().try_for_each(|frame| self.one(frame))
+        // What each message costs until the Rust side takes it: its share of the WebSocket
+        // message it came in.
+        let cost = bytes.len() / frames.len().max(1);
+        frames
+            .into_iter()
+            .try_for_each(|frame| self.one(frame, cost))
     }
 
-    fn one(self: &Arc<Self>, frame: Frame) -> Result<(), Shut> {
+    /// Whether messages the client posted and the Rust side has not taken yet hold more than
+    /// `mark` bytes. With `all`, every port's count is brought up to date first (its peer's
+    /// backlog read); without, only those of ports posted on since.
+    pub(crate) fn unread_over(&self, mark: usize, all: bool) -> bool {
+        let mut table = self.table();
+        if all {
+            let ids: Vec<u64> = table.unread.keys().copied().collect();
+            ids.into_iter().for_each(|id| table.settle(id));
+        }
+        table.unread_bytes > mark
+    }
+
+    fn one(self: &Arc<Self>, frame: Frame, cost: usize) -> Result<(), Shut> {
         let violation = |reason: String| Shut {
             code: PROTOCOL_ERROR,
             reason,
@@ -298,6 +338,11 @@ impl Conn {
                 let posted = twin.post_message(data, handed);
                 if let Err(e) = posted {
                     tracing::warn!(port, "msgport-bridge: a client's message was refused: {e}");
+                } else {
+                    let mut table = self.table();
+                    table.unread.entry(port).or_default().push_back(cost);
+                    table.unread_bytes += cost;
+                    table.settle(port);
                 }
                 Ok(())
             }

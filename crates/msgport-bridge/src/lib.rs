@@ -54,7 +54,9 @@
 //! connection); frames larger than [`Limits::max_frame_bytes`], more than
 //! [`Limits::max_ports`] ports, or a client that leaves more than [`Limits::max_queued_bytes`]
 //! unread end that one connection, with the reason logged and sent as the WebSocket close
-//! reason. Every port of an ended connection closes: their Rust peers see close.
+//! reason. Every port of an ended connection closes: their Rust peers see close. A client whose
+//! messages wait unread on the Rust side past [`Limits::max_unread_bytes`] is not read from
+//! until they drain.
 //!
 //! The protocol (one CBOR item per binary WebSocket message) is in [`frame`].
 
@@ -82,6 +84,12 @@ pub struct Limits {
     /// violation), not main's memory grown: back-pressure would stall every Rust port that
     /// sends to it.
     pub max_queued_bytes: usize,
+    /// Bytes of the client's messages that wait, not yet taken by the Rust side, at ports of
+    /// this process (default 64 MiB). Past it the gateway stops reading that connection until
+    /// they are down to half: a page posting faster than Rust reads fills its own WebSocket
+    /// buffers (`bufferedAmount`), not main's memory. (A port whose peer is in another process
+    /// is bounded by that link's own high-water mark on the reading side only.)
+    pub max_unread_bytes: usize,
     /// Connections at a time (default 256); later ones are refused (503).
     pub max_connections: usize,
 }
@@ -92,6 +100,7 @@ impl Default for Limits {
             max_frame_bytes: 16 << 20,
             max_ports: 4096,
             max_queued_bytes: 64 << 20,
+            max_unread_bytes: 64 << 20,
             max_connections: 256,
         }
     }

@@ -23,6 +23,9 @@ const BATCH_BYTES: usize = 256 << 10;
 
 /// How long a connection's last frames and close frame may take to leave.
 const GOODBYE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often a connection paused for the Rust side (`Limits::max_unread_bytes`) looks whether
+/// it may read again.
+const UNREAD_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A gateway being served by [`Bridge::bind`](crate::Bridge::bind); dropping it stops
 /// accepting (connections already open go on until they end).
@@ -322,6 +325,7 @@ async fn connection(config: Arc<Config>, socket: WebSocket, remote: RemoteInfo) 
         let _ = tokio::time::timeout(GOODBYE, goodbye).await;
     };
     let reader_conn = conn.clone();
+    let unread_limit = config.limits.max_unread_bytes;
     let reader = async move {
         loop {
             let message = tokio::select! {
@@ -345,7 +349,20 @@ async fn connection(config: Arc<Config>, socket: WebSocket, remote: RemoteInfo) 
                     })
                 }
                 Some(Ok(Message::Binary(bytes))) => match reader_conn.incoming(&bytes) {
-                    Ok(()) => continue,
+                    Ok(()) => {
+                        // The Rust side is behind: read nothing more from this client until
+                        // what it posted is down to half the limit.
+                        let max = unread_limit;
+                        if reader_conn.unread_over(max, false) {
+                            while reader_conn.unread_over(max / 2, true) {
+                                tokio::select! {
+                                    _ = shut_rx.changed() => return,
+                                    _ = tokio::time::sleep(UNREAD_POLL) => {}
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     Err(shut) => Some(shut),
                 },
                 Some(Ok(Message::Text(_))) => Some(Shut {

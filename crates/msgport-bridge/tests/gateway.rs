@@ -463,6 +463,69 @@ async fn a_client_that_never_reads_is_cut_off() {
     assert_eq!(id, peer.id());
 }
 
+/// A client posting into a Rust port faster than the Rust side reads is no longer read from
+/// past `max_unread_bytes`, rather than buffered in main without bound (it used to be: every
+/// frame became a queued message at once); once the Rust side reads, the rest arrives, all of
+/// it, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_posting_faster_than_rust_reads_is_paused_not_buffered() {
+    const CHUNK: usize = 256 << 10;
+    const COUNT: usize = 128;
+    let main = IpcMain::new();
+    let bridge = Bridge::new(&main).with_limits(Limits {
+        max_unread_bytes: 4 << 20,
+        ..Limits::default()
+    });
+    let serving = serve(&bridge).await;
+    let rx = ports_given(&main, "yours");
+    let mut client = Client::connect(serving.url(), None).await.unwrap();
+    client
+        .ipc(send_envelope("yours", Value::Null), vec![1])
+        .await;
+    let given = rx.recv_timeout(LONG).unwrap();
+    // 32 MiB, posted as fast as the gateway takes it; main reads none of it for a while.
+    let sender = tokio::spawn(async move {
+        for i in 0..COUNT {
+            let data = Value::String(format!("{i:08}{}", "y".repeat(CHUNK)));
+            client
+                .send(Frame::Message {
+                    port: 1,
+                    data,
+                    transfer: vec![],
+                })
+                .await;
+        }
+        client
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut waiting = Vec::new();
+    while let Ok(event) = given.try_recv() {
+        waiting.push(event);
+    }
+    // 4 MiB of 256 KiB messages is 16; a few more may have been on their way.
+    assert!(
+        waiting.len() <= 24,
+        "{} of {COUNT} messages queued unread",
+        waiting.len()
+    );
+    let mut seen = waiting.len();
+    for (i, event) in waiting.into_iter().enumerate() {
+        assert!(event
+            .data::<String>()
+            .unwrap()
+            .starts_with(&format!("{i:08}")));
+    }
+    while seen < COUNT {
+        let event = given.recv_timeout(LONG).expect("the rest arrives");
+        assert!(event
+            .data::<String>()
+            .unwrap()
+            .starts_with(&format!("{seen:08}")));
+        seen += 1;
+    }
+    let _client = sender.await.unwrap();
+}
+
 /// The connection's end (the client vanishing) closes every port it held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_closes_its_ports() {

@@ -404,6 +404,13 @@ impl Endpoint {
         lock(&self.state).closed
     }
 
+    /// How many messages are queued here, not yet delivered.
+    pub(crate) fn backlog(&self) -> usize {
+        let taken = lock(&self.taken);
+        let st = lock(&self.state);
+        taken.len() + st.queue.len()
+    }
+
     /// Prepares this end to be moved into a message: the receiver of the message gets an
     /// unstarted port with no callbacks, as on the web. Queued messages stay and travel with it.
     pub(crate) fn detach_for_transfer(&self) {

@@ -367,6 +367,28 @@ impl MessagePort {
         self.ep.is_closed()
     }
 
+    /// How many messages posted on this port wait at its peer, not yet taken (pulled or handed
+    /// to a callback), when the peer is in this process; 0 when it is in another one (the
+    /// transport bounds those). A poster that must not run far ahead of its reader (a gateway
+    /// relaying an untrusted sender, say) reads it to pause: posting itself never blocks.
+    ///
+    /// ```
+    /// use msgport::MessageChannel;
+    ///
+    /// let (a, b) = MessageChannel::new().into_ports();
+    /// a.post_message(1, []).unwrap();
+    /// a.post_message(2, []).unwrap();
+    /// assert_eq!(a.peer_backlog(), 2);
+    /// b.blocking_recv().unwrap();
+    /// assert_eq!(a.peer_backlog(), 1);
+    /// ```
+    pub fn peer_backlog(&self) -> usize {
+        match &self.peer {
+            Peer::Local(peer) => peer.backlog(),
+            Peer::Remote(_) => 0,
+        }
+    }
+
     /// Registers the message callback, replacing any previous one (Electron's
     /// `port.on('message', ...)`). It does **not** start the port: call [`start`](Self::start).
     ///
