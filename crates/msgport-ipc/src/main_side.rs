@@ -49,6 +49,9 @@ struct Registered {
 /// dropped (with a warning) until someone listens.
 const QUEUED_PER_CHANNEL: usize = 1024;
 const QUEUED_IN_ALL: usize = 16 * 1024;
+/// And at most this much data in all (as [`data_size`] counts it): a child's messages may be
+/// large (up to the transport's message limit), and nobody may ever listen.
+const QUEUED_BYTES: usize = 64 << 20;
 
 #[derive(Default)]
 struct Shared {
@@ -65,8 +68,26 @@ struct Shared {
 
 #[derive(Default)]
 struct Queued {
-    by_channel: HashMap<String, std::collections::VecDeque<IpcMainEvent>>,
+    /// Each message with its [`data_size`].
+    by_channel: HashMap<String, std::collections::VecDeque<(IpcMainEvent, usize)>>,
     total: usize,
+    bytes: usize,
+}
+
+/// About what a message's data holds in memory: its strings' and byte strings' lengths, and a
+/// word or two per item. Walked once, for a message that must wait for a listener.
+fn data_size(v: &Value) -> usize {
+    16 + match v {
+        Value::String(s) => s.len(),
+        Value::Binary(b) => b.bytes.len(),
+        Value::BigInt(b) => b.magnitude().len(),
+        Value::RegExp { source, flags } => source.len() + flags.len(),
+        Value::Array(items) | Value::Set(items) => items.iter().map(data_size).sum(),
+        Value::Object(entries) => entries.iter().map(|(k, v)| k.len() + data_size(v)).sum(),
+        Value::Map(pairs) => pairs.iter().map(|(k, v)| data_size(k) + data_size(v)).sum(),
+        Value::Error(e) => e.name.len() + e.message.len() + e.stack.as_ref().map_or(0, String::len),
+        _ => 0,
+    }
 }
 
 /// The main side of the IPC layer (Electron's `ipcMain`, plus spawning).
@@ -418,10 +439,11 @@ impl IpcMain {
                     .by_channel
                     .get_mut(channel)
                     .and_then(std::collections::VecDeque::pop_front);
-                if next.is_some() {
+                next.map(|(event, size)| {
                     queued.total -= 1;
-                }
-                next
+                    queued.bytes -= size;
+                    event
+                })
             };
             let Some(mut event) = next else {
                 all.entry(channel.to_owned())
@@ -439,7 +461,8 @@ impl IpcMain {
 
     /// Calls `f` for every message children send on `channel` (`send` and `post_message`),
     /// starting with those that arrived before anyone listened on it (in order: at most 1,024
-    /// per channel and 16,384 in all wait; later ones are dropped with a warning).
+    /// per channel, and 16,384 holding 64 MiB of data in all, wait; later ones are dropped
+    /// with a warning).
     pub fn on<F>(&self, channel: &str, f: F) -> ListenerId
     where
         F: FnMut(&mut IpcMainEvent) + Send + 'static,
@@ -815,7 +838,11 @@ fn emit(shared: &Shared, event: &mut IpcMainEvent) {
                 // held, so `on` cannot slip in between).
                 let mut queued = shared.queued.lock().unwrap_or_else(|p| p.into_inner());
                 let waiting = queued.by_channel.get(&event.channel).map_or(0, |q| q.len());
-                if waiting >= QUEUED_PER_CHANNEL || queued.total >= QUEUED_IN_ALL {
+                let size = data_size(&event.data);
+                if waiting >= QUEUED_PER_CHANNEL
+                    || queued.total >= QUEUED_IN_ALL
+                    || queued.bytes + size > QUEUED_BYTES
+                {
                     tracing::warn!(
                         channel = event.channel,
                         "msgport-ipc: dropping a message nobody listens to (queue full)"
@@ -832,8 +859,9 @@ fn emit(shared: &Shared, event: &mut IpcMainEvent) {
                     .by_channel
                     .entry(moved.channel.clone())
                     .or_default()
-                    .push_back(moved);
+                    .push_back((moved, size));
                 queued.total += 1;
+                queued.bytes += size;
                 return;
             }
         }

@@ -61,6 +61,16 @@ fn child_entry() {
                 .unwrap();
             std::thread::sleep(Duration::from_secs(60));
         }
+        "flood-unheard" => {
+            // 80 MiB on a channel main does not listen to (yet), then a word on one it does.
+            let ipc = IpcChild::connect().unwrap();
+            let big = "u".repeat(2 << 20);
+            for _ in 0..40 {
+                ipc.send("unheard", &big).unwrap();
+            }
+            ipc.send("sent", ()).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
         "hang-invoke" => {
             let ipc = IpcChild::connect().unwrap();
             ipc.send("about-to-hang", ()).unwrap();
@@ -907,6 +917,27 @@ fn async_handlers_on_tokio_and_on_the_own_executor() {
         rx.recv_timeout(LIMIT).unwrap(),
         "Ok(42) | Ok(\"opened\") | Err(HandlerFailed(\"bad input\")) | true | Ok(6)"
     );
+    child.kill().unwrap();
+}
+
+/// Messages sent on a channel nobody listens to wait for its first listener, at most 1,024 per
+/// channel and 16,384 in all, and now at most 64 MiB of data in all: counting messages alone let
+/// a child park 16,384 messages of any size in main (here 40 of 2 MiB all waited; now 31).
+#[test]
+fn messages_waiting_for_a_listener_are_bounded_in_bytes() {
+    let main = IpcMain::new();
+    let (sent_tx, sent) = mpsc::channel();
+    main.on("sent", move |_| sent_tx.send(()).unwrap());
+    let child = main.spawn(&mut cmd("flood-unheard")).unwrap();
+    sent.recv_timeout(LIMIT).unwrap();
+    let (tx, rx) = mpsc::channel();
+    main.on("unheard", move |e| {
+        tx.send(e.data::<String>().unwrap().len()).unwrap()
+    });
+    let waited: Vec<usize> = rx.try_iter().collect();
+    assert!(waited.iter().all(|&len| len == 2 << 20));
+    // 64 MiB holds 31 of them (each counts its 2 MiB and a few bytes).
+    assert_eq!(waited.len(), 31, "messages kept for the first listener");
     child.kill().unwrap();
 }
 
