@@ -45,7 +45,7 @@
 //!
 //! | Electron | msgport-ipc |
 //! |---|---|
-//! | `ipcMain.on(ch, (e, ...args))` / `once` / `off` (`removeListener`) / `removeAllListeners` | [`IpcMain::on`] (adds; returns a [`ListenerId`]) / [`IpcMain::once`] / [`IpcMain::off`] ([`IpcMain::remove_listener`]) / [`IpcMain::remove_all_listeners`] (all work from inside a listener; messages sent before main listens on a channel wait for its first listener: 1,024 per channel, 16,384 and 64 MiB of data in all) |
+//! | `ipcMain.on(ch, (e, ...args))` / `once` / `off` (`removeListener`) / `removeAllListeners` | [`IpcMain::on`] (adds; returns a [`ListenerId`]) / [`IpcMain::once`] / [`IpcMain::off`] ([`IpcMain::remove_listener`]) / [`IpcMain::remove_all_listeners`] (all work from inside a listener; messages sent before main listens on a channel wait for its first listener: 1,024 per channel, 16,384 and 64 MiB of data in all, a port counting 16 KiB) |
 //! | `ipcMain.handle(ch, fn)` / `handleOnce` / `removeHandler` | [`IpcMain::handle`] (or [`IpcMain::handle_typed`]: any `Serialize` answer, any `Display` error) / [`IpcMain::handle_once`] / [`IpcMain::remove_handler`] |
 //! | `ipcMain.handle(ch, async fn)` | [`IpcMain::handle_async`] (on the caller's tokio runtime, or msgport-ipc's own task thread; the connection keeps serving meanwhile) |
 //! | `event.senderFrame` / `event.sender` | [`IpcEvent::sender`]: a [`ChildRef`] in main, a [`MainRef`] in a child (one event shape, [`IpcEvent`], on both sides: `sender`, `channel`, [`data::<T>()`](IpcEvent::data), `ports`) |

@@ -49,9 +49,14 @@ struct Registered {
 /// dropped (with a warning) until someone listens.
 const QUEUED_PER_CHANNEL: usize = 1024;
 const QUEUED_IN_ALL: usize = 16 * 1024;
-/// And at most this much data in all (as [`data_size`] counts it): a child's messages may be
-/// large (up to the transport's message limit), and nobody may ever listen.
+/// And at most this much data in all (as [`data_size`] counts it, ports as [`PORT_COST`]): a
+/// child's messages may be large (up to the transport's message limit) or carry many ports,
+/// and nobody may ever listen.
 const QUEUED_BYTES: usize = 64 << 20;
+/// What a waiting message's port counts for there: it holds a descriptor (a socket) of main's,
+/// and descriptors are few (the transport charges a received one 16 KiB too). At most 4,096
+/// ports wait.
+const PORT_COST: usize = 16 << 10;
 
 #[derive(Default)]
 struct Shared {
@@ -461,8 +466,8 @@ impl IpcMain {
 
     /// Calls `f` for every message children send on `channel` (`send` and `post_message`),
     /// starting with those that arrived before anyone listened on it (in order: at most 1,024
-    /// per channel, and 16,384 holding 64 MiB of data in all, wait; later ones are dropped
-    /// with a warning).
+    /// per channel, and 16,384 holding 64 MiB of data in all, a port counting 16 KiB, wait;
+    /// later ones are dropped with a warning: their ports close).
     pub fn on<F>(&self, channel: &str, f: F) -> ListenerId
     where
         F: FnMut(&mut IpcMainEvent) + Send + 'static,
@@ -838,7 +843,7 @@ fn emit(shared: &Shared, event: &mut IpcMainEvent) {
                 // held, so `on` cannot slip in between).
                 let mut queued = shared.queued.lock().unwrap_or_else(|p| p.into_inner());
                 let waiting = queued.by_channel.get(&event.channel).map_or(0, |q| q.len());
-                let size = data_size(&event.data);
+                let size = data_size(&event.data) + event.ports.len() * PORT_COST;
                 if waiting >= QUEUED_PER_CHANNEL
                     || queued.total >= QUEUED_IN_ALL
                     || queued.bytes + size > QUEUED_BYTES

@@ -71,6 +71,21 @@ fn child_entry() {
             ipc.send("sent", ()).unwrap();
             std::thread::sleep(Duration::from_secs(60));
         }
+        "flood-unheard-ports" => {
+            // 600 messages of 10 ports each on a channel main does not listen to (yet).
+            let ipc = IpcChild::connect().unwrap();
+            let mut kept = Vec::new();
+            for _ in 0..600 {
+                let ports = (0..10).map(|_| {
+                    let (mine, theirs) = MessageChannel::new().into_ports();
+                    kept.push(mine);
+                    theirs
+                });
+                ipc.post_message("unheard", (), ports).unwrap();
+            }
+            ipc.send("sent", ()).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
         "hang-invoke" => {
             let ipc = IpcChild::connect().unwrap();
             ipc.send("about-to-hang", ()).unwrap();
@@ -938,6 +953,25 @@ fn messages_waiting_for_a_listener_are_bounded_in_bytes() {
     assert!(waited.iter().all(|&len| len == 2 << 20));
     // 64 MiB holds 31 of them (each counts its 2 MiB and a few bytes).
     assert_eq!(waited.len(), 31, "messages kept for the first listener");
+    child.kill().unwrap();
+}
+
+/// The ports of messages waiting for a listener count too (16 KiB each: each holds a
+/// descriptor of main's): 600 messages of 10 ports all waited, 6,000 sockets held in main for
+/// nobody; now 409 (4,090 ports) do, and the rest close.
+#[test]
+fn ports_waiting_for_a_listener_are_bounded() {
+    let main = IpcMain::new();
+    let (sent_tx, sent) = mpsc::channel();
+    main.on("sent", move |_| sent_tx.send(()).unwrap());
+    let child = main.spawn(&mut cmd("flood-unheard-ports")).unwrap();
+    sent.recv_timeout(LIMIT).unwrap();
+    let (tx, rx) = mpsc::channel();
+    main.on("unheard", move |e| tx.send(e.take_ports().len()).unwrap());
+    let waited: Vec<usize> = rx.try_iter().collect();
+    assert!(waited.iter().all(|&n| n == 10));
+    // 64 MiB holds 409 messages of 10 ports (each port 16 KiB, the data a few bytes).
+    assert_eq!(waited.len(), 409, "messages kept for the first listener");
     child.kill().unwrap();
 }
 
