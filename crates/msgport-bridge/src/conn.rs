@@ -246,7 +246,7 @@ impl Conn {
 
     /// Whether messages the client posted and the Rust side has not taken yet hold more than
     /// `mark` bytes. With `all`, every port's count is brought up to date first (its peer's
-    /// backlog read); without, only those of ports posted on since.
+    /// backlog read); without, the count is as each post left it (its own port settled).
     pub(crate) fn unread_over(&self, mark: usize, all: bool) -> bool {
         let mut table = self.table();
         if all {

@@ -935,25 +935,34 @@ fn async_handlers_on_tokio_and_on_the_own_executor() {
     child.kill().unwrap();
 }
 
+/// Runs child `role`, which sends on "unheard" (nobody listens yet) and then on "sent"; once
+/// that arrives, listens on "unheard" and returns what `each` makes of the messages that waited.
+fn waited_for_first_listener<T: Send + 'static>(
+    role: &str,
+    each: impl Fn(&mut msgport_ipc::IpcMainEvent) -> T + Send + 'static,
+) -> Vec<T> {
+    let main = IpcMain::new();
+    let (sent_tx, sent) = mpsc::channel();
+    main.on("sent", move |_| sent_tx.send(()).unwrap());
+    let child = main.spawn(&mut cmd(role)).unwrap();
+    sent.recv_timeout(LIMIT).unwrap();
+    let (tx, rx) = mpsc::channel();
+    // The messages that waited reach the first listener before `on` returns.
+    main.on("unheard", move |e| tx.send(each(e)).unwrap());
+    let waited = rx.try_iter().collect();
+    child.kill().unwrap();
+    waited
+}
+
 /// Messages sent on a channel nobody listens to wait for its first listener, at most 1,024 per
 /// channel and 16,384 in all, and now at most 64 MiB of data in all: counting messages alone let
 /// a child park 16,384 messages of any size in main (here 40 of 2 MiB all waited; now 31).
 #[test]
 fn messages_waiting_for_a_listener_are_bounded_in_bytes() {
-    let main = IpcMain::new();
-    let (sent_tx, sent) = mpsc::channel();
-    main.on("sent", move |_| sent_tx.send(()).unwrap());
-    let child = main.spawn(&mut cmd("flood-unheard")).unwrap();
-    sent.recv_timeout(LIMIT).unwrap();
-    let (tx, rx) = mpsc::channel();
-    main.on("unheard", move |e| {
-        tx.send(e.data::<String>().unwrap().len()).unwrap()
-    });
-    let waited: Vec<usize> = rx.try_iter().collect();
+    let waited = waited_for_first_listener("flood-unheard", |e| e.data::<String>().unwrap().len());
     assert!(waited.iter().all(|&len| len == 2 << 20));
     // 64 MiB holds 31 of them (each counts its 2 MiB and a few bytes).
     assert_eq!(waited.len(), 31, "messages kept for the first listener");
-    child.kill().unwrap();
 }
 
 /// The ports of messages waiting for a listener count too (16 KiB each: each holds a
@@ -961,18 +970,10 @@ fn messages_waiting_for_a_listener_are_bounded_in_bytes() {
 /// nobody; now 409 (4,090 ports) do, and the rest close.
 #[test]
 fn ports_waiting_for_a_listener_are_bounded() {
-    let main = IpcMain::new();
-    let (sent_tx, sent) = mpsc::channel();
-    main.on("sent", move |_| sent_tx.send(()).unwrap());
-    let child = main.spawn(&mut cmd("flood-unheard-ports")).unwrap();
-    sent.recv_timeout(LIMIT).unwrap();
-    let (tx, rx) = mpsc::channel();
-    main.on("unheard", move |e| tx.send(e.take_ports().len()).unwrap());
-    let waited: Vec<usize> = rx.try_iter().collect();
+    let waited = waited_for_first_listener("flood-unheard-ports", |e| e.take_ports().len());
     assert!(waited.iter().all(|&n| n == 10));
     // 64 MiB holds 409 messages of 10 ports (each port 16 KiB, the data a few bytes).
     assert_eq!(waited.len(), 409, "messages kept for the first listener");
-    child.kill().unwrap();
 }
 
 /// How many invokes the "flood-invokes" child makes at once.

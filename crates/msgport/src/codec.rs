@@ -427,8 +427,8 @@ const SCAN_DEPTH: usize = 2 * MAX_DEPTH + 8;
 /// Finds the extent of the data item at `start` without building it (no allocation but a
 /// small stack; recursion at most [`FAST_DEPTH`] calls deep): its well-formedness (heads,
 /// lengths within the input, breaks only in indefinite items, only the simple values msgport
-/// defines), its port slots, and whether it is [plain](Scan::plain). Text is not checked for UTF-8 nor tags for meaning
-/// here: that is the reader's work.
+/// defines), its port slots, and whether it is [plain](Scan::plain). Text is not checked for
+/// UTF-8 nor tags for meaning here: that is the reader's work.
 pub(crate) fn scan(input: &[u8], start: usize) -> Result<Scan, CodecError> {
     let mut end = start;
     if plain_extent(input, &mut end, FAST_DEPTH).is_some() {

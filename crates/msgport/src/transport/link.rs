@@ -1066,25 +1066,27 @@ impl Link {
             }
             let at = start + wire::HEADER;
             if !head.shared && nfds == 0 {
-                // The common message: small data, no port. Its event is built here, without
-                // the general path's intermediate values (measured: their moves were most of
-                // this function's time).
+                // The common message: no port. Its event is built here, without the general
+                // path's intermediate values (measured: their moves were most of this
+                // function's time for small messages).
                 if let Some(data) = wire::portless_data(&io.inbuf[at..at + len]) {
                     // Fuzzing checks this reading against the general reader's (inside).
                     #[cfg(fuzzing)]
                     let _ = wire::decode_body_leaving(&io.inbuf[at..at + len], VecDeque::new());
                     let data = data?;
-                    if data.range.len() < wire::ZERO_COPY_MIN {
-                        let bytes =
-                            Held::copy_of(&io.inbuf[at + data.range.start..at + data.range.end]);
-                        let payload = Payload::Cbor {
-                            bytes,
-                            plain: data.plain,
-                        };
-                        events.push((MessageEvent::new(payload, Vec::new()), wire::HEADER + len));
-                        start += wire::HEADER + len;
-                        continue;
+                    let payload = Payload::Cbor {
+                        bytes: Self::hold(io, at, len, data.range),
+                        plain: data.plain,
+                    };
+                    events.push((MessageEvent::new(payload, Vec::new()), wire::HEADER + len));
+                    if io.inbuf.is_empty() {
+                        // Its buffer went with the message: nothing else was in it.
+                        io.filled = 0;
+                        start = 0;
+                        break;
                     }
+                    start += wire::HEADER + len;
+                    continue;
                 }
             }
             let mut fds: VecDeque<OwnedFd> = io.infds.drain(..nfds).collect();
@@ -1113,21 +1115,7 @@ impl Link {
                 (frame, size, copied.or(lease.map(Held::Region)))
             } else {
                 let frame = wire::decode_body_leaving(&io.inbuf[at..at + len], fds)?;
-                let held = frame.left.clone().map(|r| {
-                    if r.len() >= wire::ZERO_COPY_MIN
-                        && at + len == io.filled
-                        && io.inbuf.capacity() <= 2 * r.len()
-                    {
-                        // The last frame read, most of its buffer: the buffer goes with its
-                        // data, uncopied (a queued message holds at most twice its size), cut
-                        // at the frame's end (see `Held::Buffer`).
-                        let mut buf = std::mem::take(&mut io.inbuf);
-                        buf.truncate(at + len);
-                        Held::new(buf, at + r.start, at + r.end)
-                    } else {
-                        Held::copy_of(&io.inbuf[at + r.start..at + r.end])
-                    }
-                });
+                let held = frame.left.clone().map(|r| Self::hold(io, at, len, r));
                 (frame, len, held)
             };
             let cost =
@@ -1179,6 +1167,22 @@ impl Link {
         io.queued = 0;
         io.closing = false;
         io.regions.clear();
+    }
+
+    /// The data at `range` of the frame body of `len` bytes at `at` in the read buffer, as a
+    /// message keeps it: copied, or, for the last frame read when it is most of its buffer, in
+    /// that buffer itself, uncopied (a queued message holds at most twice its size), cut at the
+    /// frame's end (see `Held::Buffer`; the read buffer is then left empty).
+    fn hold(io: &mut Io, at: usize, len: usize, range: std::ops::Range<usize>) -> Held {
+        if range.len() >= wire::ZERO_COPY_MIN
+            && at + len == io.filled
+            && io.inbuf.capacity() <= 2 * range.len()
+        {
+            let mut buf = std::mem::take(&mut io.inbuf);
+            buf.truncate(at + len);
+            return Held::new(buf, at + range.start, at + range.end);
+        }
+        Held::copy_of(&io.inbuf[at + range.start..at + range.end])
     }
 
     /// Stops using the socket ([`shut`](Self::shut)) and drops what was read from it: the
@@ -1436,7 +1440,7 @@ impl Outbound for Link {
                 if ports.is_empty()
                     && region.is_none()
                     && encoded.holes.is_empty()
-                    && encoded.head.len() + 2 < shm::MIN =>
+                    && !shm::large(encoded.head.len() + 2) =>
             {
                 match wire::portless_bytes(encoded.head) {
                     Ok(frame) => {

@@ -183,7 +183,12 @@ impl Regions {
 
 /// Whether a frame of this body size goes through a region.
 pub(crate) fn wants(frame: &Frame) -> bool {
-    frame.body_len() >= MIN && carries_descriptors(frame)
+    large(frame.body_len()) && carries_descriptors(frame)
+}
+
+/// Whether a frame body of `len` bytes is large enough to go through a region.
+pub(crate) fn large(len: usize) -> bool {
+    len >= MIN
 }
 
 /// Whether a region frame's 16 bytes can carry the frame's descriptors (at most 253 a byte)

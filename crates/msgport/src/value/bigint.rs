@@ -111,7 +111,8 @@ const MAX_DECIMAL_BYTES: usize = 1024;
 /// at most [`MAX_DECIMAL_BYTES`] bytes fits.
 const MAX_DECIMAL_DIGITS: usize = 2467;
 
-/// Reads as JavaScript writes it: `-123n` (`0x…n` past 2,467 digits, see [`Display`](#impl-Display-for-BigInt)).
+/// Reads as JavaScript writes it: `-123n` (`0x…n` past 2,467 digits, see
+/// [`Display`](#impl-Display-for-BigInt)).
 impl fmt::Debug for BigInt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self}n")
