@@ -309,17 +309,13 @@ fn typed_array_kind(tag: u64) -> Option<(BinaryKind, Option<usize>)> {
 /// assert_eq!(job, Job { id: 7, tags: vec!["a".into()] });
 /// ```
 pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, crate::ValueError> {
-    let invalid = |e: CodecError| crate::ValueError::new(e.to_string());
-    let scanned = scan(bytes, 0).map_err(invalid)?;
-    if scanned.end != bytes.len() {
-        return Err(invalid(CodecError::TrailingBytes(
-            bytes.len() - scanned.end,
-        )));
-    }
-    if scanned.plain {
-        crate::value::cbor_de::from_cbor(bytes)
-    } else {
-        crate::value::from_value(decode(bytes).map_err(invalid)?)
+    // Read in one pass, without a scan first: an item that turns out not to be plain (a map
+    // with a key that is not a text string) is read again from the start through a `Value`.
+    match crate::value::cbor_de::read(bytes) {
+        Some(read) => read,
+        None => crate::value::from_value(
+            decode(bytes).map_err(|e| crate::ValueError::new(e.to_string()))?,
+        ),
     }
 }
 

@@ -775,6 +775,76 @@ mod direct_decoding {
         agree::<u64>(&bytes);
         agree::<Value>(&bytes);
     }
+
+    /// `from_slice` reads in one pass: a map that shows a key other than a definite text
+    /// string only after other entries were read (which msgport's encoder never writes, a
+    /// foreign one may) is read again through a `Value`, with the same result.
+    #[test]
+    fn a_key_that_is_not_text_after_text_keys_reads_alike() {
+        for bytes in [
+            &[0xa2, 0x61, b'a', 0x01, 0x01, 0x02][..],
+            &[0xa2, 0x61, b'w', 0x01, 0x01, 0x02],
+            &[0xa2, 0x61, b'w', 0x61, b'x', 0x01, 0x02],
+            &[0xa2, 0x61, b'w', 0x01, 0x7f, 0x61, b'h', 0xff, 0xf6],
+            &[0xa1, 0x01, 0xf6],
+            &[0xa1, 0x7f, 0xff, 0xf6],
+            &[0x81, 0xa2, 0x61, b'a', 0x01, 0xf5, 0x02],
+        ] {
+            agree::<Value>(bytes);
+            agree::<Shape>(bytes);
+            agree::<Vec<Shape>>(bytes);
+            agree::<BTreeMap<String, i64>>(bytes);
+            agree::<BTreeMap<u32, i64>>(bytes);
+            agree::<Vec<BTreeMap<String, Value>>>(bytes);
+        }
+    }
+
+    /// A length no input of its size could hold is refused before a visitor is told it: a
+    /// type that reserves what `size_hint` says gets an error, not an allocation of exabytes.
+    #[test]
+    fn a_container_longer_than_its_input_is_refused_before_its_visitor_sees_it() {
+        struct Reserving;
+        impl<'de> serde::de::Visitor<'de> for Reserving {
+            type Value = Reserving;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("anything")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Reserving, A::Error> {
+                let n = seq.size_hint().expect("a definite array");
+                assert!(n <= 64, "told of {n} elements in a 64-byte input");
+                Ok(Reserving)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Reserving, A::Error> {
+                let n = map.size_hint().expect("a definite map");
+                assert!(n <= 32, "told of {n} entries in a 64-byte input");
+                Ok(Reserving)
+            }
+        }
+        impl<'de> Deserialize<'de> for Reserving {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(Reserving)
+            }
+        }
+        for head in [
+            &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+            &[0x9a, 0x00, 0x01, 0x00, 0x00],
+            &[0xbb, 0x80, 0, 0, 0, 0, 0, 0, 0],
+            &[0xb8, 0x40],
+        ] {
+            let mut bytes = head.to_vec();
+            bytes.resize(64, 0x00);
+            assert!(
+                codec::from_slice::<Reserving>(&bytes).is_err(),
+                "{head:02x?}"
+            );
+        }
+    }
 }
 
 /// The vectors shared with the TypeScript client (testdata/wire-vectors.json): each decodes to

@@ -77,11 +77,17 @@ impl Encoded {
     /// The encoding in one buffer (the head itself when nothing was set apart). Only for an
     /// encoding with nothing placed ([`has_placed`](Self::has_placed)): placed bytes are not
     /// here to copy (they come out empty).
+    #[inline]
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         debug_assert!(!self.has_placed(), "placed bytes cannot be gathered here");
         if self.holes.is_empty() {
             return self.head;
         }
+        self.gather()
+    }
+
+    #[cold]
+    fn gather(self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.head.len() + self.apart);
         self.pieces(|piece| match piece {
             Piece::Inline(bytes) => out.extend_from_slice(bytes),
@@ -204,6 +210,29 @@ fn integer(out: &mut Vec<u8>, n: i128) {
     }
 }
 
+/// [`integer`] for an unsigned integer of at most 64 bits, without 128-bit arithmetic.
+#[inline(always)]
+fn unsigned(out: &mut Vec<u8>, n: u64) {
+    if n <= 1 << 53 {
+        head(out, 0, n);
+    } else {
+        big_integer(out, i128::from(n));
+    }
+}
+
+/// [`integer`] for a signed integer of at most 64 bits, without 128-bit arithmetic.
+#[inline(always)]
+fn signed(out: &mut Vec<u8>, n: i64) {
+    const SAFE: i64 = 1 << 53;
+    if n >= 0 {
+        unsigned(out, n as u64);
+    } else if n >= -SAFE {
+        head(out, 1, (-1 - n) as u64);
+    } else {
+        big_integer(out, i128::from(n));
+    }
+}
+
 #[cold]
 fn big_integer(out: &mut Vec<u8>, n: i128) {
     codec::encode_into(&super::Value::BigInt(BigInt::from(n)), out);
@@ -299,11 +328,20 @@ impl Container<'_, '_> {
         self.item(value)
     }
 
+    #[inline]
     fn finish(self) -> Result<(), ValueError> {
-        let tagged = self.major == 5 && !self.all_text_keys;
-        if self.declared == Some(self.count) && !tagged {
+        if self.declared == Some(self.count) && self.all_text_keys {
             return Ok(());
         }
+        self.rewrite_head();
+        Ok(())
+    }
+
+    /// Puts the right head in front: the length was not declared, or declared wrong, or a map
+    /// has a key that is not a string.
+    #[cold]
+    fn rewrite_head(self) {
+        let tagged = self.major == 5 && !self.all_text_keys;
         let mut front = Vec::with_capacity(head_len(self.count as u64) + 3);
         if tagged {
             head(&mut front, 6, codec::TAG_MAP);
@@ -321,15 +359,15 @@ impl Container<'_, '_> {
                 *pos = pos.wrapping_add_signed(grown);
             }
         }
-        Ok(())
     }
 }
 
 /// Integers as `Value::from` takes them (see [`integer`]).
 macro_rules! integer_methods {
-    ($($method:ident: $t:ty),*) => {$(
+    ($($method:ident: $t:ty => $write:ident $as:ty),*) => {$(
+        #[inline]
         fn $method(self, v: $t) -> Result<(), ValueError> {
-            integer(&mut self.s.head, i128::from(v));
+            $write(&mut self.s.head, <$as>::from(v));
             Ok(())
         }
     )*};
@@ -351,15 +389,15 @@ impl<'a, 'b> ser::Serializer for Cbor<'a, 'b> {
         Ok(())
     }
     integer_methods!(
-        serialize_i8: i8,
-        serialize_i16: i16,
-        serialize_i32: i32,
-        serialize_i64: i64,
-        serialize_i128: i128,
-        serialize_u8: u8,
-        serialize_u16: u16,
-        serialize_u32: u32,
-        serialize_u64: u64
+        serialize_i8: i8 => signed i64,
+        serialize_i16: i16 => signed i64,
+        serialize_i32: i32 => signed i64,
+        serialize_i64: i64 => signed i64,
+        serialize_i128: i128 => integer i128,
+        serialize_u8: u8 => unsigned u64,
+        serialize_u16: u16 => unsigned u64,
+        serialize_u32: u32 => unsigned u64,
+        serialize_u64: u64 => unsigned u64
     );
     fn serialize_u128(self, v: u128) -> Result<(), ValueError> {
         if v <= 1 << 53 {

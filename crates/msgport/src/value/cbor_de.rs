@@ -21,15 +21,41 @@ use crate::error::{PathSegment, ValueError};
 
 /// Decodes one plain CBOR item as `T` (see the module docs).
 pub(crate) fn from_cbor<T: DeserializeOwned>(input: &[u8]) -> Result<T, ValueError> {
-    let mut r = Reader { input, pos: 0 };
+    read(input).unwrap_or_else(|| unreachable_unplain())
+}
+
+/// Decodes one CBOR item as `T` if it is plain, in one pass (no [`scan`](codec::scan) first):
+/// `None` when it turns out not to be (a map key that is not a definite text string), for the
+/// `Value` path to read it from the start. Any other item, well-formed or not, reads as the
+/// `Value` path reads it.
+pub(crate) fn read<T: DeserializeOwned>(input: &[u8]) -> Option<Result<T, ValueError>> {
+    let mut r = Reader {
+        input,
+        pos: 0,
+        unplain: false,
+    };
     let value = T::deserialize(Item {
         r: &mut r,
         depth: 0,
-    })?;
-    if r.pos != input.len() {
-        return Err(codec_error(CodecError::TrailingBytes(input.len() - r.pos)));
+    });
+    if r.unplain {
+        return None;
     }
-    Ok(value)
+    Some(value.and_then(|value| {
+        if r.pos != input.len() {
+            return Err(codec_error(CodecError::TrailingBytes(input.len() - r.pos)));
+        }
+        Ok(value)
+    }))
+}
+
+/// A scanned plain item found not plain: the scan and this reader disagree, a bug.
+#[cold]
+fn unreachable_unplain<T>() -> Result<T, ValueError> {
+    debug_assert!(false, "a scanned plain item read as not plain");
+    Err(ValueError::new(
+        "a key that is not a text string in a plain item",
+    ))
 }
 
 fn codec_error(e: CodecError) -> ValueError {
@@ -39,6 +65,8 @@ fn codec_error(e: CodecError) -> ValueError {
 struct Reader<'a> {
     input: &'a [u8],
     pos: usize,
+    /// Set where the item turned out not to be plain (see [`read`]).
+    unplain: bool,
 }
 
 /// A head: major type, additional information, argument, and its length in bytes.
@@ -119,6 +147,27 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A definite container's count of `n` items of at least `each` bytes, refused when the
+    /// rest of the input cannot hold them (as the `Value` path refuses it): a visitor's
+    /// `size_hint` is never more than the input could hold.
+    #[inline]
+    fn count(&self, n: u64, each: u64) -> Result<usize, ValueError> {
+        let left = (self.input.len() - self.pos) as u64;
+        match n.checked_mul(each) {
+            Some(need) if need <= left => Ok(n as usize),
+            _ => Err(codec_error(CodecError::Malformed(
+                "a container past the end".into(),
+            ))),
+        }
+    }
+
+    /// Where a map key is not a definite text string: the item is not plain (see [`read`]).
+    #[cold]
+    fn not_plain(&mut self) -> ValueError {
+        self.unplain = true;
+        ValueError::new("a key that is not a text string in a plain item")
+    }
+
     /// The bytes of a definite string whose head is `h` (at the reader).
     #[inline]
     fn body(&self, h: Head) -> Result<&'a [u8], ValueError> {
@@ -191,7 +240,7 @@ impl<'r, 'a> Item<'r, 'a> {
             return Ok(None);
         }
         self.r.pos += h.len;
-        Ok(Some(usize::try_from(h.arg).unwrap_or(usize::MAX)))
+        self.r.count(h.arg, 1).map(Some)
     }
 
     /// A definite map's entry count, consuming its head, if the item is one. In a plain item
@@ -203,7 +252,7 @@ impl<'r, 'a> Item<'r, 'a> {
             return Ok(None);
         }
         self.r.pos += h.len;
-        Ok(Some(usize::try_from(h.arg).unwrap_or(usize::MAX)))
+        self.r.count(h.arg, 2).map(Some)
     }
 
     fn seq<'de, V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, ValueError> {
@@ -369,6 +418,9 @@ impl<'de> Deserializer<'de> for Item<'_, '_> {
                 return Err(codec_error(CodecError::TooDeep));
             }
             let kh = self.r.peek()?;
+            if kh.major != 3 || kh.info > 27 {
+                return Err(self.r.not_plain());
+            }
             let variant = self.r.text(kh)?;
             self.r.pos += kh.len + variant.len();
             return visitor.visit_enum(Enum {
@@ -490,9 +542,7 @@ impl<'de, 'a> MapAccess<'de> for &mut Map<'_, 'a> {
         }
         let h = self.r.peek()?;
         if h.major != 3 || h.info > 27 {
-            return Err(ValueError::new(
-                "a key that is not a text string in a plain item",
-            ));
+            return Err(self.r.not_plain());
         }
         let text = self.r.text(h)?;
         self.r.pos += h.len + text.len();
