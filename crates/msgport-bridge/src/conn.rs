@@ -38,23 +38,39 @@ struct Table {
     next_theirs: u64,
     /// Set when the connection ends: nothing is attached or forwarded any more.
     ended: bool,
-    /// What the client posted on each port and the Rust side has not taken yet: the sizes of
-    /// its messages still queued at the port's peer, oldest first (see [`Conn::unread_over`]).
-    unread: HashMap<u64, VecDeque<usize>>,
+    /// What the client posted on each port and the Rust side has not taken yet (see
+    /// [`Conn::unread_over`]).
+    unread: HashMap<u64, Unread>,
     /// Their sum, over every port.
     unread_bytes: usize,
 }
 
+/// The client's messages on one port still held in this process, oldest first: queued at the
+/// port's peer, or (the peer being in another process) waiting for that link's socket.
+#[derive(Default)]
+struct Unread {
+    sizes: VecDeque<usize>,
+    /// Their sum.
+    bytes: usize,
+}
+
 impl Table {
-    /// Forgets the sizes of the messages of port `id` that the Rust side took: its peer's
-    /// backlog says how many of the newest are still there (a queue is taken in order).
+    /// Forgets the sizes of the messages of port `id` that left: a peer in this process says
+    /// how many of the newest it still holds (a queue is taken in order); for a peer in
+    /// another process, the link says how many bytes still wait for its socket (the newest
+    /// messages, written in order), which the newest sizes are counted against.
     fn settle(&mut self, id: u64) {
-        let backlog = self.ports.get(&id).map_or(0, |twin| twin.peer_backlog());
-        if let Some(sizes) = self.unread.get_mut(&id) {
-            while sizes.len() > backlog {
-                self.unread_bytes -= sizes.pop_front().unwrap_or(0);
+        let (backlog, unsent) = self
+            .ports
+            .get(&id)
+            .map_or((0, 0), |twin| (twin.peer_backlog(), twin.unsent_bytes()));
+        if let Some(unread) = self.unread.get_mut(&id) {
+            while unread.sizes.len() > backlog && (unsent == 0 || unread.bytes > unsent) {
+                let size = unread.sizes.pop_front().unwrap_or(0);
+                unread.bytes -= size;
+                self.unread_bytes -= size;
             }
-            if sizes.is_empty() {
+            if unread.sizes.is_empty() {
                 self.unread.remove(&id);
             }
         }
@@ -340,7 +356,9 @@ impl Conn {
                     tracing::warn!(port, "msgport-bridge: a client's message was refused: {e}");
                 } else {
                     let mut table = self.table();
-                    table.unread.entry(port).or_default().push_back(cost);
+                    let unread = table.unread.entry(port).or_default();
+                    unread.sizes.push_back(cost);
+                    unread.bytes += cost;
                     table.unread_bytes += cost;
                     table.settle(port);
                 }

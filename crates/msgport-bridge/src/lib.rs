@@ -84,11 +84,11 @@ pub struct Limits {
     /// violation), not main's memory grown: back-pressure would stall every Rust port that
     /// sends to it.
     pub max_queued_bytes: usize,
-    /// Bytes of the client's messages that wait, not yet taken by the Rust side, at ports of
-    /// this process (default 64 MiB). Past it the gateway stops reading that connection until
-    /// they are down to half: a page posting faster than Rust reads fills its own WebSocket
-    /// buffers (`bufferedAmount`), not main's memory. (A port whose peer is in another process
-    /// is bounded by that link's own high-water mark on the reading side only.)
+    /// Bytes of the client's messages held in this process, not yet taken by the Rust side
+    /// (queued at ports of this process, or waiting to be written to a child whose port it
+    /// posts to and who does not read) (default 64 MiB). Past it the gateway stops reading
+    /// that connection until they are down to half: a page posting faster than Rust reads
+    /// fills its own WebSocket buffers (`bufferedAmount`), not main's memory.
     pub max_unread_bytes: usize,
     /// Connections at a time (default 256); later ones are refused (503).
     pub max_connections: usize,

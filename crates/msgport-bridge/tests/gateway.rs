@@ -526,6 +526,89 @@ async fn a_client_posting_faster_than_rust_reads_is_paused_not_buffered() {
     let _client = sender.await.unwrap();
 }
 
+/// The same when the port's peer lives in another process that does not read: what the client
+/// posts waits in main to be written to that process's full socket, and counts against the
+/// limit as if it were queued here. (The other process is a port pair made by `listen` and
+/// `connect` in this one: the same link, and nobody reads its far end.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_posting_to_a_process_that_does_not_read_is_paused_not_buffered() {
+    const CHUNK: usize = 32 << 10;
+    const COUNT: usize = 3072; // 96 MiB
+    let main = IpcMain::new();
+    let bridge = Bridge::new(&main).with_limits(Limits {
+        max_unread_bytes: 4 << 20,
+        ..Limits::default()
+    });
+    let serving = serve(&bridge).await;
+    let rx = ports_given(&main, "yours");
+    let mut client = Client::connect(serving.url(), None).await.unwrap();
+    client
+        .ipc(send_envelope("yours", Value::Null), vec![1])
+        .await;
+    let given = rx.recv_timeout(LONG).unwrap();
+    // `given` leaves for "another process", where nobody reads it.
+    let dir = std::env::temp_dir().join(format!("msgport-bridge-far-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("far.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = msgport::process::listen(&path).unwrap();
+    let p = path.clone();
+    let connecting = std::thread::spawn(move || msgport::process::connect(&p).unwrap());
+    let (near, _) = listener.accept().unwrap();
+    let far = connecting.join().unwrap();
+    near.post_message("take", [given]).unwrap();
+    let arrived = far.recv_timeout(LONG).unwrap().ports.pop().unwrap();
+
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..COUNT {
+            client
+                .send(Frame::Message {
+                    port: 1,
+                    data: Value::from(&vec![i as u8; CHUNK][..]),
+                    transfer: vec![],
+                })
+                .await;
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        client
+    });
+    // Wait until the client cannot send any more (its socket buffers full, the gateway not
+    // reading), or has sent everything.
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+        if now == last || now == COUNT {
+            break;
+        }
+        last = now;
+    }
+    // The gateway pauses past 4 MiB; TCP buffers on both sides (up to 36 MiB here) and the
+    // far socket hold the rest of what the client could send.
+    let stalled = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        stalled * CHUNK <= 56 << 20,
+        "the client sent {} MiB before it had to wait",
+        (stalled * CHUNK) >> 20
+    );
+    let reading = std::thread::spawn(move || {
+        for i in 0..COUNT {
+            let event = arrived.recv_timeout(LONG).expect("the rest arrives");
+            assert_eq!(
+                event.value().unwrap(),
+                Value::from(&vec![i as u8; CHUNK][..])
+            );
+        }
+    });
+    let _client = sender.await.unwrap();
+    tokio::task::spawn_blocking(move || reading.join().unwrap())
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The connection's end (the client vanishing) closes every port it held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_closes_its_ports() {

@@ -423,3 +423,57 @@ fn listen_and_connect_errors_name_the_path() {
     );
     assert_eq!(refused.kind(), std::io::ErrorKind::NotFound);
 }
+
+/// What is posted toward a process that does not read waits in the poster's process once the
+/// socket is full, and `unsent_bytes` says how much: on a port whose peer lives elsewhere, and
+/// on a port whose peer end left this process. Nothing is lost: once read, all of it arrives,
+/// in order, and nothing is left waiting.
+#[test]
+fn unsent_bytes_count_what_waits_for_a_reader_that_does_not_read() {
+    const CHUNK: usize = 32 << 10;
+    const COUNT: usize = 384; // 12 MiB, three times what a port's socket holds at most
+    watchdog(LIMIT, || {
+        let dir = std::env::temp_dir().join(format!("msgport-unsent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rendezvous.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = process::listen(&path).unwrap();
+        let p = path.clone();
+        let connecting = std::thread::spawn(move || process::connect(&p).unwrap());
+        let (near, _) = listener.accept().unwrap();
+        let far = connecting.join().unwrap();
+        // `stay` keeps its peer in this process until it is sent over the socket: from then
+        // on its posts are forwarded through a link, and `arrived` (its new peer, whose own
+        // peer is now elsewhere) posts through one. Nobody waits on either: nothing reads.
+        let (stay, leave) = MessageChannel::new().into_ports();
+        assert_eq!(stay.unsent_bytes(), 0);
+        near.post_message("take", [leave]).unwrap();
+        let arrived = far.blocking_recv().unwrap().ports.pop().unwrap();
+        let chunk = |i: usize| Value::from(&vec![i as u8; CHUNK][..]);
+        for (port, name) in [(&stay, "forwarded"), (&arrived, "remote")] {
+            assert_eq!(port.unsent_bytes(), 0, "{name}");
+            for i in 0..COUNT {
+                port.post_message(chunk(i), []).unwrap();
+            }
+            let unsent = port.unsent_bytes();
+            assert!(
+                (4 << 20..=COUNT * (CHUNK + 64)).contains(&unsent),
+                "{name}: {unsent} bytes unsent of {}",
+                COUNT * CHUNK
+            );
+        }
+        for (from, to, name) in [(&stay, &arrived, "forwarded"), (&arrived, &stay, "remote")] {
+            for i in 0..COUNT {
+                let got = to.recv_timeout(Duration::from_secs(30)).unwrap();
+                assert_eq!(got.value().unwrap(), chunk(i), "{name} #{i}");
+            }
+            // Everything was read, so the last write is done or about to be.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while from.unsent_bytes() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(from.unsent_bytes(), 0, "{name}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}

@@ -405,6 +405,14 @@ impl Endpoint {
     }
 
     /// How many messages are queued here, not yet delivered.
+    /// What waits in this process to be written to the link this end's messages are
+    /// forwarded through, once it left the process (0 while it is here).
+    pub(crate) fn forwarded_unsent(&self) -> usize {
+        // The link's lock is never taken under an endpoint's.
+        let forward = lock(&self.state).forward.clone();
+        forward.map_or(0, |link| link.unsent())
+    }
+
     pub(crate) fn backlog(&self) -> usize {
         let taken = lock(&self.taken);
         let st = lock(&self.state);

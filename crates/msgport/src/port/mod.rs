@@ -368,9 +368,10 @@ impl MessagePort {
     }
 
     /// How many messages posted on this port wait at its peer, not yet taken (pulled or handed
-    /// to a callback), when the peer is in this process; 0 when it is in another one (the
-    /// transport bounds those). A poster that must not run far ahead of its reader (a gateway
-    /// relaying an untrusted sender, say) reads it to pause: posting itself never blocks.
+    /// to a callback), when the peer is in this process; 0 when it is in another one (see
+    /// [`unsent_bytes`](Self::unsent_bytes) for those). A poster that must not run far ahead
+    /// of its reader (a gateway relaying an untrusted sender, say) reads it to pause: posting
+    /// itself never blocks.
     ///
     /// ```
     /// use msgport::MessageChannel;
@@ -386,6 +387,19 @@ impl MessagePort {
         match &self.peer {
             Peer::Local(peer) => peer.backlog(),
             Peer::Remote(_) => 0,
+        }
+    }
+
+    /// Bytes of messages posted on this port that wait in this process to be written to the
+    /// process its peer lives in: what a reader there that stopped reading leaves here, once
+    /// its socket is full (the receiving side stops reading at its high-water mark, so the
+    /// sender's own queue is where an unread stream piles up). 0 when the peer is in this
+    /// process (see [`peer_backlog`](Self::peer_backlog)). Posting never blocks: a poster that
+    /// must not run far ahead of a remote reader reads it to pause.
+    pub fn unsent_bytes(&self) -> usize {
+        match &self.peer {
+            Peer::Local(peer) => peer.forwarded_unsent(),
+            Peer::Remote(out) => out.unsent(),
         }
     }
 

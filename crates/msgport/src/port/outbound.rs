@@ -84,6 +84,12 @@ pub(crate) trait Outbound: Send + Sync + 'static {
     /// This end closed: the peer observes the close after everything posted before it.
     fn close(&self);
 
+    /// Bytes of messages sent through this backing that still wait in this process (a link's
+    /// frames behind a full socket).
+    fn unsent(&self) -> usize {
+        0
+    }
+
     /// Asynchronous pulls or callbacks are about to wait on the endpoint this backing feeds:
     /// feed it without being asked.
     fn arm(&self);

@@ -1472,6 +1472,10 @@ impl Outbound for Link {
         self.close_writing();
     }
 
+    fn unsent(&self) -> usize {
+        lock(&self.io).queued
+    }
+
     fn arm(&self) {
         // Already fed by the reactor: nothing to do (no lock).
         if self.pulled.load(std::sync::atomic::Ordering::Relaxed) {
