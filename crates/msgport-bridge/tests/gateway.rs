@@ -532,8 +532,19 @@ async fn a_client_posting_faster_than_rust_reads_is_paused_not_buffered() {
 /// `connect` in this one: the same link, and nobody reads its far end.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_posting_to_a_process_that_does_not_read_is_paused_not_buffered() {
-    const CHUNK: usize = 32 << 10;
-    const COUNT: usize = 3072; // 96 MiB
+    posting_to_a_process_that_does_not_read(32 << 10, 3072).await;
+}
+
+/// The same with messages large enough to travel in shared memory: a region the far process
+/// has not read counts as what waits for its socket does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_to_a_process_that_does_not_read_are_paused_too() {
+    posting_to_a_process_that_does_not_read(1 << 20, 160).await;
+}
+
+/// A client posts `count` messages of `chunk` bytes to a port whose peer is in a process that
+/// does not read; the gateway's limit is 4 MiB.
+async fn posting_to_a_process_that_does_not_read(chunk: usize, count: usize) {
     let main = IpcMain::new();
     let bridge = Bridge::new(&main).with_limits(Limits {
         max_unread_bytes: 4 << 20,
@@ -547,7 +558,8 @@ async fn a_client_posting_to_a_process_that_does_not_read_is_paused_not_buffered
         .await;
     let given = rx.recv_timeout(LONG).unwrap();
     // `given` leaves for "another process", where nobody reads it.
-    let dir = std::env::temp_dir().join(format!("msgport-bridge-far-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("msgport-bridge-far-{}-{chunk}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("far.sock");
     let _ = std::fs::remove_file(&path);
@@ -559,14 +571,15 @@ async fn a_client_posting_to_a_process_that_does_not_read_is_paused_not_buffered
     near.post_message("take", [given]).unwrap();
     let arrived = far.recv_timeout(LONG).unwrap().ports.pop().unwrap();
 
+    let message = move |i: usize| Value::from(&vec![i as u8; chunk][..]);
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = sent.clone();
     let sender = tokio::spawn(async move {
-        for i in 0..COUNT {
+        for i in 0..count {
             client
                 .send(Frame::Message {
                     port: 1,
-                    data: Value::from(&vec![i as u8; CHUNK][..]),
+                    data: message(i),
                     transfer: vec![],
                 })
                 .await;
@@ -580,7 +593,7 @@ async fn a_client_posting_to_a_process_that_does_not_read_is_paused_not_buffered
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let now = sent.load(std::sync::atomic::Ordering::Relaxed);
-        if now == last || now == COUNT {
+        if now == last || now == count {
             break;
         }
         last = now;
@@ -589,17 +602,15 @@ async fn a_client_posting_to_a_process_that_does_not_read_is_paused_not_buffered
     // far socket hold the rest of what the client could send.
     let stalled = sent.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        stalled * CHUNK <= 56 << 20,
-        "the client sent {} MiB before it had to wait",
-        (stalled * CHUNK) >> 20
+        stalled * chunk <= 56 << 20,
+        "the client sent {} of {} MiB before it had to wait",
+        (stalled * chunk) >> 20,
+        (count * chunk) >> 20
     );
     let reading = std::thread::spawn(move || {
-        for i in 0..COUNT {
+        for i in 0..count {
             let event = arrived.recv_timeout(LONG).expect("the rest arrives");
-            assert_eq!(
-                event.value().unwrap(),
-                Value::from(&vec![i as u8; CHUNK][..])
-            );
+            assert_eq!(event.value().unwrap(), message(i));
         }
     });
     let _client = sender.await.unwrap();

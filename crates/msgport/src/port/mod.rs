@@ -390,12 +390,12 @@ impl MessagePort {
         }
     }
 
-    /// Bytes of messages posted on this port that wait in this process to be written to the
-    /// process its peer lives in: what a reader there that stopped reading leaves here, once
-    /// its socket is full (the receiving side stops reading at its high-water mark, so the
-    /// sender's own queue is where an unread stream piles up). 0 when the peer is in this
-    /// process (see [`peer_backlog`](Self::peer_backlog)). Posting never blocks: a poster that
-    /// must not run far ahead of a remote reader reads it to pause.
+    /// Bytes of messages posted on this port that this process holds for the process its peer
+    /// lives in: frames waiting to be written to its socket, and large messages' shared-memory
+    /// regions that the peer has not taken yet. That is where a stream piles up when the
+    /// reader there stops reading (its side stops reading the socket at its high-water mark).
+    /// 0 when the peer is in this process (see [`peer_backlog`](Self::peer_backlog)). Posting
+    /// never blocks: a poster that must not run far ahead of a remote reader reads it to pause.
     pub fn unsent_bytes(&self) -> usize {
         match &self.peer {
             Peer::Local(peer) => peer.forwarded_unsent(),

@@ -84,8 +84,9 @@ pub(crate) trait Outbound: Send + Sync + 'static {
     /// This end closed: the peer observes the close after everything posted before it.
     fn close(&self);
 
-    /// Bytes of messages sent through this backing that still wait in this process (a link's
-    /// frames behind a full socket).
+    /// Bytes of messages sent through this backing that this process still holds for the
+    /// peer: a link's frames behind a full socket, and its shared-memory regions the peer has
+    /// not freed.
     fn unsent(&self) -> usize {
         0
     }

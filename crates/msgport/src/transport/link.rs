@@ -1473,7 +1473,8 @@ impl Outbound for Link {
     }
 
     fn unsent(&self) -> usize {
-        lock(&self.io).queued
+        let io = lock(&self.io);
+        io.queued + io.regions.in_flight()
     }
 
     fn arm(&self) {

@@ -174,6 +174,16 @@ impl Regions {
         Some(region)
     }
 
+    /// Bytes of the regions in flight: sent, and not yet freed by the receiver (a message's
+    /// region is freed once its data is taken).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.all
+            .iter()
+            .filter(|r| !r.is_free())
+            .map(|r| r.size())
+            .sum()
+    }
+
     /// Drops every region (the link is closed: a receiver still holding one keeps its pages
     /// alive until it is done with them).
     pub(crate) fn clear(&mut self) {
