@@ -463,17 +463,14 @@ async fn a_client_that_never_reads_is_cut_off() {
     assert_eq!(id, peer.id());
 }
 
-/// A client posting into a Rust port faster than the Rust side reads is no longer read from
-/// past `max_unread_bytes`, rather than buffered in main without bound (it used to be: every
-/// frame became a queued message at once); once the Rust side reads, the rest arrives, all of
-/// it, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_posting_faster_than_rust_reads_is_paused_not_buffered() {
-    const CHUNK: usize = 256 << 10;
-    const COUNT: usize = 128;
+/// A gateway whose `max_unread_bytes` is `limit`, a client of it, and the port the client gave
+/// main (its own is port 1).
+async fn given_with_unread_limit(
+    limit: usize,
+) -> (IpcMain, msgport_bridge::Serving, Client, MessagePort) {
     let main = IpcMain::new();
     let bridge = Bridge::new(&main).with_limits(Limits {
-        max_unread_bytes: 4 << 20,
+        max_unread_bytes: limit,
         ..Limits::default()
     });
     let serving = serve(&bridge).await;
@@ -483,6 +480,18 @@ async fn a_client_posting_faster_than_rust_reads_is_paused_not_buffered() {
         .ipc(send_envelope("yours", Value::Null), vec![1])
         .await;
     let given = rx.recv_timeout(LONG).unwrap();
+    (main, serving, client, given)
+}
+
+/// A client posting into a Rust port faster than the Rust side reads is no longer read from
+/// past `max_unread_bytes`, rather than buffered in main without bound (it used to be: every
+/// frame became a queued message at once); once the Rust side reads, the rest arrives, all of
+/// it, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_posting_faster_than_rust_reads_is_paused_not_buffered() {
+    const CHUNK: usize = 256 << 10;
+    const COUNT: usize = 128;
+    let (_main, _serving, mut client, given) = given_with_unread_limit(4 << 20).await;
     // 32 MiB, posted as fast as the gateway takes it; main reads none of it for a while.
     let sender = tokio::spawn(async move {
         for i in 0..COUNT {
@@ -545,18 +554,7 @@ async fn large_messages_to_a_process_that_does_not_read_are_paused_too() {
 /// A client posts `count` messages of `chunk` bytes to a port whose peer is in a process that
 /// does not read; the gateway's limit is 4 MiB.
 async fn posting_to_a_process_that_does_not_read(chunk: usize, count: usize) {
-    let main = IpcMain::new();
-    let bridge = Bridge::new(&main).with_limits(Limits {
-        max_unread_bytes: 4 << 20,
-        ..Limits::default()
-    });
-    let serving = serve(&bridge).await;
-    let rx = ports_given(&main, "yours");
-    let mut client = Client::connect(serving.url(), None).await.unwrap();
-    client
-        .ipc(send_envelope("yours", Value::Null), vec![1])
-        .await;
-    let given = rx.recv_timeout(LONG).unwrap();
+    let (_main, _serving, mut client, given) = given_with_unread_limit(4 << 20).await;
     // `given` leaves for "another process", where nobody reads it.
     let dir =
         std::env::temp_dir().join(format!("msgport-bridge-far-{}-{chunk}", std::process::id()));
