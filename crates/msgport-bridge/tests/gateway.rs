@@ -556,16 +556,7 @@ async fn large_messages_to_a_process_that_does_not_read_are_paused_too() {
 async fn posting_to_a_process_that_does_not_read(chunk: usize, count: usize) {
     let (_main, _serving, mut client, given) = given_with_unread_limit(4 << 20).await;
     // `given` leaves for "another process", where nobody reads it.
-    let dir =
-        std::env::temp_dir().join(format!("msgport-bridge-far-{}-{chunk}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("far.sock");
-    let _ = std::fs::remove_file(&path);
-    let listener = msgport::process::listen(&path).unwrap();
-    let p = path.clone();
-    let connecting = std::thread::spawn(move || msgport::process::connect(&p).unwrap());
-    let (near, _) = listener.accept().unwrap();
-    let far = connecting.join().unwrap();
+    let (near, far, _rendezvous) = msgport_testkit::linked_pair(&format!("bridge-far-{chunk}"));
     near.post_message("take", [given]).unwrap();
     let arrived = far.recv_timeout(LONG).unwrap().ports.pop().unwrap();
 
@@ -615,7 +606,6 @@ async fn posting_to_a_process_that_does_not_read(chunk: usize, count: usize) {
     tokio::task::spawn_blocking(move || reading.join().unwrap())
         .await
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The connection's end (the client vanishing) closes every port it held.

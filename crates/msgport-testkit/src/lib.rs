@@ -44,6 +44,31 @@ pub fn watchdog<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send
     }
 }
 
+/// Two ports joined through a socket made by `process::listen` and `process::connect` in this
+/// process: each port's peer is "in another process" (a link, read by the reactor), both in the
+/// test's hands. The listening path lives in a directory named by `tag` and this process, gone
+/// with the returned [`Rendezvous`].
+pub fn linked_pair(tag: &str) -> (msgport::MessagePort, msgport::MessagePort, Rendezvous) {
+    let dir = std::env::temp_dir().join(format!("msgport-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let path = dir.join("rendezvous.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = msgport::process::listen(&path).expect("listen");
+    let connecting = std::thread::spawn(move || msgport::process::connect(&path).expect("connect"));
+    let (accepted, _) = listener.accept().expect("accept");
+    let connected = connecting.join().expect("the connecting thread");
+    (accepted, connected, Rendezvous(dir))
+}
+
+/// The directory of a [`linked_pair`]'s listening path, removed on drop.
+pub struct Rendezvous(std::path::PathBuf);
+
+impl Drop for Rendezvous {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The repository README's examples, compiled and run as doc tests (here, in a crate that is
 /// not published, since the README is outside every published crate).
 #[cfg(doctest)]

@@ -433,15 +433,7 @@ fn unsent_bytes_count_what_waits_for_a_reader_that_does_not_read() {
     const CHUNK: usize = 32 << 10;
     const COUNT: usize = 384; // 12 MiB, three times what a port's socket holds at most
     watchdog(LIMIT, || {
-        let dir = std::env::temp_dir().join(format!("msgport-unsent-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("rendezvous.sock");
-        let _ = std::fs::remove_file(&path);
-        let listener = process::listen(&path).unwrap();
-        let p = path.clone();
-        let connecting = std::thread::spawn(move || process::connect(&p).unwrap());
-        let (near, _) = listener.accept().unwrap();
-        let far = connecting.join().unwrap();
+        let (near, far, _rendezvous) = msgport_testkit::linked_pair("unsent");
         // `stay` keeps its peer in this process until it is sent over the socket: from then
         // on its posts are forwarded through a link, and `arrived` (its new peer, whose own
         // peer is now elsewhere) posts through one. Nobody waits on either: nothing reads.
@@ -474,6 +466,5 @@ fn unsent_bytes_count_what_waits_for_a_reader_that_does_not_read() {
             }
             assert_eq!(from.unsent_bytes(), 0, "{name}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     });
 }
