@@ -91,8 +91,8 @@ impl MessageEvent {
     pub fn take_data<T: DeserializeOwned + 'static>(&mut self) -> Result<T, DecodeError> {
         if let Payload::Inline(inline) = &mut self.payload {
             if let Some(value) = inline.take_in_place::<T>() {
-                // Emptied: nothing left to drop.
-                self.payload = Payload::Taken;
+                // Emptied: nothing left to drop (forgotten rather than dropped in place).
+                std::mem::forget(std::mem::replace(&mut self.payload, Payload::Taken));
                 return Ok(value);
             }
         }

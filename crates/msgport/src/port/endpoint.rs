@@ -623,7 +623,22 @@ impl Endpoint {
 
     /// Wakes pullers and runs callbacks after a change to `st`, with the lock released (a woken
     /// thread must not find the lock still held). Consumes the guard.
-    fn after_change(&self, mut st: MutexGuard<'_, State>) {
+    #[inline]
+    fn after_change(&self, st: MutexGuard<'_, State>) {
+        // The common case of a stream: nobody waits and no callback is set.
+        if st.sleepers == 0
+            && st.wakers.is_empty()
+            && st.on_message.is_none()
+            && st.on_close.is_none()
+        {
+            return;
+        }
+        self.wake_after_change(st);
+    }
+
+    /// [`after_change`](Self::after_change) when someone may have to be woken or called.
+    #[inline(never)]
+    fn wake_after_change(&self, mut st: MutexGuard<'_, State>) {
         let signal = st.sleepers > 0 && !st.notified;
         st.notified |= signal;
         let waker = match st.wakers.len() {
