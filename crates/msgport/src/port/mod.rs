@@ -285,7 +285,10 @@ impl MessagePort {
                     None => match slot.as_ref() {
                         Some(data) => {
                             let n = ports.len();
-                            out.post_encoded(&mut |spill| encode_direct(data, n, spill), ports)
+                            out.post_encoded(
+                                &mut |spill, head| encode_direct(data, n, spill, head),
+                                ports,
+                            )
                         }
                         None => Ok(()),
                     },
@@ -323,8 +326,11 @@ impl MessagePort {
             Peer::Remote(out) => {
                 self.awaiting_answer.store(true, Ordering::Relaxed);
                 let n = ports.len();
-                out.post_encoded(&mut |spill| encode_direct(data, n, spill), ports)
-                    .map_err(|refused| refused.error)
+                out.post_encoded(
+                    &mut |spill, head| encode_direct(data, n, spill, head),
+                    ports,
+                )
+                .map_err(|refused| refused.error)
             }
             Peer::Local(_) => match crate::value::to_value(data) {
                 Ok(value) => self.post_message(value, ports),
@@ -580,14 +586,15 @@ impl futures_core::Stream for MessagePort {
     }
 }
 
-/// Serializes `data` straight to CBOR for a message with `transferred` ports, checking that
-/// the port slots it holds (a [`Value`] inside it) are in the transfer list.
+/// Serializes `data` straight to CBOR (into `head`) for a message with `transferred` ports,
+/// checking that the port slots it holds (a [`Value`] inside it) are in the transfer list.
 fn encode_direct<T: Serialize + ?Sized>(
     data: &T,
     transferred: usize,
     spill: Option<&mut dyn crate::value::cbor::Spill>,
+    head: Vec<u8>,
 ) -> Result<crate::value::cbor::Encoded, PostError> {
-    match crate::value::cbor::to_parts(data, spill) {
+    match crate::value::cbor::to_parts_into(data, spill, head) {
         Ok(encoded) => match encoded.max_slot {
             Some(slot) if slot as usize >= transferred => {
                 Err(PostError::PortNotTransferred { slot, transferred })

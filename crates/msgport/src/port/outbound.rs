@@ -43,8 +43,10 @@ pub(crate) enum PullMode {
     Spin,
 }
 
-/// Serializes a message's data, large byte strings in the given [`Spill`] when there is one.
-pub(crate) type Encoder<'a> = dyn FnMut(Option<&mut dyn Spill>) -> Result<Encoded, PostError> + 'a;
+/// Serializes a message's data, large byte strings in the given [`Spill`] when there is one,
+/// the rest into the given buffer (emptied first; see [`Encoded::head`]).
+pub(crate) type Encoder<'a> =
+    dyn FnMut(Option<&mut dyn Spill>, Vec<u8>) -> Result<Encoded, PostError> + 'a;
 
 pub(crate) trait Outbound: Send + Sync + 'static {
     /// Sends a message to the peer; the ports leave with it. Never blocks.
@@ -58,7 +60,7 @@ pub(crate) trait Outbound: Send + Sync + 'static {
         encode: &mut Encoder<'_>,
         ports: Vec<MessagePort>,
     ) -> Result<(), Refused> {
-        match encode(None) {
+        match encode(None, Vec::with_capacity(64)) {
             Ok(encoded) => self
                 .post(WireData::Encoded(encoded), ports)
                 .map_err(|error| Refused {

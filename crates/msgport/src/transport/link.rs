@@ -218,27 +218,77 @@ fn queue(out: &mut VecDeque<Chunk>, mut parts: Vec<Vec<u8>>, fds: Vec<OwnedFd>, 
 
 /// [`queue`] for a frame in one buffer, without descriptors.
 fn queue_bytes(out: &mut VecDeque<Chunk>, frame: Vec<u8>, merge: bool) {
-    if let (true, Some(back)) = (merge, out.back_mut()) {
-        let fits = frame.len() <= MERGE_MAX && back.fds.is_empty();
-        if fits && back.merged && back.bytes.len() + frame.len() <= MERGE_LIMIT {
-            back.bytes.extend_from_slice(&frame);
-            return;
-        }
-        if fits && back.pos == 0 && back.bytes.len() <= MERGE_MAX {
-            let mut bytes = Vec::with_capacity(MERGE_START);
-            bytes.extend_from_slice(&back.bytes);
-            bytes.extend_from_slice(&frame);
-            back.bytes = bytes;
-            back.merged = true;
-            return;
+    match burst_buffer(out, frame.len(), merge) {
+        Some(bytes) => bytes.extend_from_slice(&frame),
+        None => out.push_back(Chunk::of(frame)),
+    }
+}
+
+/// [`queue_bytes`] for the frame of a message without ports whose data is `data`, `len` bytes
+/// in all ([`wire::portless_len`]): written straight where it is queued.
+fn queue_portless(out: &mut VecDeque<Chunk>, data: &[u8], len: usize, merge: bool) {
+    match burst_buffer(out, len, merge) {
+        Some(bytes) => wire::write_portless(bytes, data),
+        None => {
+            let mut frame = Vec::with_capacity(len);
+            wire::write_portless(&mut frame, data);
+            out.push_back(Chunk::of(frame));
         }
     }
-    out.push_back(Chunk {
-        bytes: frame,
-        pos: 0,
-        fds: Vec::new(),
-        merged: false,
-    });
+}
+
+/// Where a small frame of `len` bytes that a burst holds (`merge`) is copied, behind the small
+/// frames before it (see [`queue`]), if it is.
+fn burst_buffer(out: &mut VecDeque<Chunk>, len: usize, merge: bool) -> Option<&mut Vec<u8>> {
+    let back = out.back_mut().filter(|_| merge)?;
+    let fits = len <= MERGE_MAX && back.fds.is_empty();
+    if fits && back.merged && back.bytes.len() + len <= MERGE_LIMIT {
+        return Some(&mut back.bytes);
+    }
+    if fits && back.pos == 0 && back.bytes.len() <= MERGE_MAX {
+        let mut bytes = Vec::with_capacity(MERGE_START);
+        bytes.extend_from_slice(&back.bytes);
+        back.bytes = bytes;
+        back.merged = true;
+        return Some(&mut back.bytes);
+    }
+    None
+}
+
+impl Chunk {
+    /// A frame in a chunk of its own.
+    fn of(bytes: Vec<u8>) -> Self {
+        Chunk {
+            bytes,
+            pos: 0,
+            fds: Vec::new(),
+            merged: false,
+        }
+    }
+}
+
+/// The most a kept encoding buffer may hold (see [`Link::post_encoded`]).
+const SPARE_MAX: usize = 16 << 10;
+
+thread_local! {
+    /// The buffer this thread's last small post was encoded into, kept for its next post.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A buffer to encode a message into: this thread's kept one, or a new one.
+fn spare_buffer() -> Vec<u8> {
+    let spare = SPARE.with(std::cell::Cell::take);
+    if spare.capacity() == 0 {
+        return Vec::with_capacity(64);
+    }
+    spare
+}
+
+/// Keeps `buf` for this thread's next post, unless it grew large.
+fn keep_spare(buf: Vec<u8>) {
+    if buf.capacity() <= SPARE_MAX {
+        SPARE.with(|spare| spare.set(buf));
+    }
 }
 
 /// The largest frame a burst copies into one buffer with the frames before it (see [`queue`]);
@@ -422,10 +472,14 @@ impl Link {
 
     /// [`send_frame`](Self::send_frame) for a frame in one buffer, without descriptors (what
     /// [`wire::portless_bytes`] makes: the common post).
-    fn send_bytes(&self, frame: Vec<u8>) {
-        self.send_queued(frame.len(), true, |out, burst| {
-            queue_bytes(out, frame, burst);
+    /// Sends the frame of a message without ports whose data is `data` (see
+    /// [`wire::portless_len`]).
+    fn send_portless(&self, data: &[u8]) -> Result<(), PostError> {
+        let len = wire::portless_len(data.len())?;
+        self.send_queued(len, true, |out, burst| {
+            queue_portless(out, data, len, burst);
         });
+        Ok(())
     }
 
     /// The work of [`send_frame`](Self::send_frame) for a frame of `len` bytes (`plain`: without
@@ -1431,27 +1485,25 @@ impl Outbound for Link {
     ) -> Result<(), Refused> {
         let lease = |need: usize| self.lease_region(need);
         let mut placer = shm::Placer::new(&lease);
-        let encoded = encode(Some(&mut placer));
+        let encoded = encode(Some(&mut placer), spare_buffer());
         let region = placer.into_region();
         match encoded {
             // The common post: small data, no port, nothing placed in a region. Its frame is
-            // made and queued here, without the general path's intermediate values.
+            // written straight where it is queued (without the general path's intermediate
+            // values), and the buffer it was encoded into is kept for the next post: no
+            // allocation.
             Ok(encoded)
                 if ports.is_empty()
                     && region.is_none()
                     && encoded.holes.is_empty()
                     && !shm::large(encoded.head.len() + 2) =>
             {
-                match wire::portless_bytes(encoded.head) {
-                    Ok(frame) => {
-                        self.send_bytes(frame);
-                        Ok(())
-                    }
-                    Err(error) => Err(Refused {
-                        error,
-                        ports: Vec::new(),
-                    }),
-                }
+                let sent = self.send_portless(&encoded.head);
+                keep_spare(encoded.head);
+                sent.map_err(|error| Refused {
+                    error,
+                    ports: Vec::new(),
+                })
             }
             Ok(encoded) => self
                 .send_placed(WireData::Encoded(encoded), ports, region)

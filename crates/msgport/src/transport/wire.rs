@@ -380,10 +380,9 @@ fn portless_frame(message: Outgoing) -> Result<Result<Frame, PostError>, Outgoin
     }))
 }
 
-/// The frame of a message without ports whose data is `bytes` (its CBOR, complete): the header
-/// and the body's array heads put around the data, in the same buffer.
-pub(crate) fn portless_bytes(mut bytes: Vec<u8>) -> Result<Vec<u8>, PostError> {
-    let data = bytes.len();
+/// The length of the frame of a message without ports whose data (its CBOR, complete) is
+/// `data` bytes long, or why it cannot be sent.
+pub(crate) fn portless_len(data: usize) -> Result<usize, PostError> {
     let size = data + 2;
     if size > max_frame() {
         return Err(PostError::TooLarge {
@@ -391,10 +390,27 @@ pub(crate) fn portless_bytes(mut bytes: Vec<u8>) -> Result<Vec<u8>, PostError> {
             max: max_frame(),
         });
     }
+    Ok(HEADER + size)
+}
+
+/// Appends the frame of a message without ports whose data is `data` (its CBOR, complete), once
+/// [`portless_len`] accepted its length: the bytes [`portless_bytes`] makes.
+pub(crate) fn write_portless(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(&frame_header(data.len() + 2, 0));
+    out.push(0x82);
+    out.extend_from_slice(data);
+    out.push(0x80);
+}
+
+/// The frame of a message without ports whose data is `bytes` (its CBOR, complete): the header
+/// and the body's array heads put around the data, in the same buffer.
+pub(crate) fn portless_bytes(mut bytes: Vec<u8>) -> Result<Vec<u8>, PostError> {
+    let data = bytes.len();
+    portless_len(data)?;
     bytes.reserve(HEADER + 2);
     bytes.resize(HEADER + 1 + data, 0);
     bytes.copy_within(..data, HEADER + 1);
-    bytes[..HEADER].copy_from_slice(&frame_header(size, 0));
+    bytes[..HEADER].copy_from_slice(&frame_header(data + 2, 0));
     bytes[HEADER] = 0x82;
     bytes.push(0x80);
     Ok(bytes)
@@ -790,7 +806,20 @@ mod tests {
             let general = write_frame(message()).unwrap();
             assert_eq!(fast.parts, general.parts);
             assert!(fast.fds.is_empty() && fast.gaps.is_empty());
+            // Written behind other bytes (a burst's buffer), the same frame.
+            let mut burst = vec![9; 5];
+            assert_eq!(
+                portless_len(encoded.head.len()).unwrap(),
+                fast.parts[0].len()
+            );
+            write_portless(&mut burst, &encoded.head);
+            assert_eq!(burst[..5], [9; 5]);
+            assert_eq!(burst[5..], fast.parts[0]);
         }
+        assert!(matches!(
+            portless_len(max_frame() - 1),
+            Err(PostError::TooLarge { .. })
+        ));
         // Large byte strings apart, or ports: the general writer's.
         let apart =
             crate::value::cbor::to_parts(&serde_bytes::ByteBuf::from(vec![1; 70_000]), None);

@@ -127,9 +127,20 @@ pub(crate) fn to_parts<T: Serialize + ?Sized>(
     value: &T,
     spill: Option<&mut dyn Spill>,
 ) -> Result<Encoded, ValueError> {
+    to_parts_into(value, spill, Vec::with_capacity(64))
+}
+
+/// [`to_parts`], the head written into `head` (emptied first): a buffer kept from an earlier
+/// message, so that a small post allocates nothing.
+pub(crate) fn to_parts_into<T: Serialize + ?Sized>(
+    value: &T,
+    spill: Option<&mut dyn Spill>,
+    mut head: Vec<u8>,
+) -> Result<Encoded, ValueError> {
+    head.clear();
     let mut sink = Sink {
         enc: Encoded {
-            head: Vec::with_capacity(64),
+            head,
             ..Encoded::default()
         },
         spill,
