@@ -22,10 +22,12 @@
 //! `sigkill_closes_and_ten_thousand_cycles_leak_no_descriptor`), and the `link` fuzz target,
 //! which drives this read path with fuzzer-chosen writes and descriptors.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
 use super::handoff::{self, Backlog, Handover, Outgoing, Segment};
@@ -230,7 +232,7 @@ fn queue_portless(out: &mut VecDeque<Chunk>, data: &[u8], len: usize, merge: boo
     match burst_buffer(out, len, merge) {
         Some(bytes) => wire::write_portless(bytes, data),
         None => {
-            let mut frame = Vec::with_capacity(len);
+            let mut frame = take_spare(&FRAMES, len);
             wire::write_portless(&mut frame, data);
             out.push_back(Chunk::of(frame));
         }
@@ -267,27 +269,30 @@ impl Chunk {
     }
 }
 
-/// The most a kept encoding buffer may hold (see [`Link::post_encoded`]).
+// One small buffer of each kind per thread, kept from one message for the next, so that a
+// small post allocates nothing.
+thread_local! {
+    /// The buffer this thread's last small post was encoded into (see [`Link::post_encoded`]).
+    static ENCODED: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// The buffer of a lone frame this thread saw written (see [`queue_portless`], `flush`).
+    static FRAMES: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The most a kept buffer may hold.
 const SPARE_MAX: usize = 16 << 10;
 
-thread_local! {
-    /// The buffer this thread's last small post was encoded into, kept for its next post.
-    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+/// This thread's kept buffer of `kind`, emptied, with room for `len` bytes (or a new one).
+fn take_spare(kind: &'static LocalKey<Cell<Vec<u8>>>, len: usize) -> Vec<u8> {
+    let mut buf = kind.with(Cell::take);
+    buf.clear();
+    buf.reserve(len);
+    buf
 }
 
-/// A buffer to encode a message into: this thread's kept one, or a new one.
-fn spare_buffer() -> Vec<u8> {
-    let spare = SPARE.with(std::cell::Cell::take);
-    if spare.capacity() == 0 {
-        return Vec::with_capacity(64);
-    }
-    spare
-}
-
-/// Keeps `buf` for this thread's next post, unless it grew large.
-fn keep_spare(buf: Vec<u8>) {
+/// Keeps `buf` as this thread's buffer of `kind`, unless it is large.
+fn keep_spare(kind: &'static LocalKey<Cell<Vec<u8>>>, buf: Vec<u8>) {
     if buf.capacity() <= SPARE_MAX {
-        SPARE.with(|spare| spare.set(buf));
+        kind.with(|spare| spare.set(buf));
     }
 }
 
@@ -641,7 +646,11 @@ impl Link {
                             );
                         }
                         if let Some(done) = io.out.pop_front() {
-                            crate::buffers::give(done.bytes);
+                            if done.bytes.capacity() <= SPARE_MAX {
+                                keep_spare(&FRAMES, done.bytes);
+                            } else {
+                                crate::buffers::give(done.bytes);
+                            }
                         }
                         if n == 0 {
                             break;
@@ -1485,7 +1494,7 @@ impl Outbound for Link {
     ) -> Result<(), Refused> {
         let lease = |need: usize| self.lease_region(need);
         let mut placer = shm::Placer::new(&lease);
-        let encoded = encode(Some(&mut placer), spare_buffer());
+        let encoded = encode(Some(&mut placer), take_spare(&ENCODED, 64));
         let region = placer.into_region();
         match encoded {
             // The common post: small data, no port, nothing placed in a region. Its frame is
@@ -1499,7 +1508,7 @@ impl Outbound for Link {
                     && !shm::large(encoded.head.len() + 2) =>
             {
                 let sent = self.send_portless(&encoded.head);
-                keep_spare(encoded.head);
+                keep_spare(&ENCODED, encoded.head);
                 sent.map_err(|error| Refused {
                     error,
                     ports: Vec::new(),
