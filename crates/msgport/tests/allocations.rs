@@ -76,3 +76,46 @@ fn a_round_trip_of_a_small_struct_allocates_nothing() {
     let made = allocations() - before;
     assert_eq!(made, 0, "{made} allocations in 1,000 round trips");
 }
+
+/// A post made by a thread-local's destructor as its thread ends, after this crate's kept
+/// buffers are gone (a thread's locals are destroyed in the reverse order of their first use),
+/// still leaves: it used to panic reaching the kept buffer, which aborts the process.
+#[test]
+fn a_post_from_a_thread_local_destructor_still_leaves() {
+    struct PostOnDrop(Option<msgport::MessagePort>);
+    impl Drop for PostOnDrop {
+        fn drop(&mut self) {
+            if let Some(port) = self.0.take() {
+                let last = Small {
+                    seq: 7,
+                    rest: [7; 7],
+                };
+                port.post_message(last, []).unwrap();
+            }
+        }
+    }
+    thread_local! {
+        static LAST: std::cell::RefCell<PostOnDrop> =
+            const { std::cell::RefCell::new(PostOnDrop(None)) };
+    }
+    let (a, b, _dir) = msgport_testkit::linked_pair("thread-end");
+    std::thread::spawn(move || {
+        // First used before the kept buffers (the post below), so destroyed after them.
+        LAST.with(|last| drop(last.borrow()));
+        a.post_message(
+            Small {
+                seq: 1,
+                rest: [1; 7],
+            },
+            [],
+        )
+        .unwrap();
+        LAST.with(|last| last.borrow_mut().0 = Some(a));
+    })
+    .join()
+    .unwrap();
+    for seq in [1, 7] {
+        let got: Small = b.blocking_recv().unwrap().take_data().unwrap();
+        assert_eq!(got.seq, seq);
+    }
+}

@@ -281,18 +281,20 @@ thread_local! {
 /// The most a kept buffer may hold.
 const SPARE_MAX: usize = 16 << 10;
 
-/// This thread's kept buffer of `kind`, emptied, with room for `len` bytes (or a new one).
+/// This thread's kept buffer of `kind`, emptied, with room for `len` bytes (or a new one; also
+/// while the thread's locals are being destroyed, when a post may still be made).
 fn take_spare(kind: &'static LocalKey<Cell<Vec<u8>>>, len: usize) -> Vec<u8> {
-    let mut buf = kind.with(Cell::take);
+    let mut buf = kind.try_with(Cell::take).unwrap_or_default();
     buf.clear();
     buf.reserve(len);
     buf
 }
 
-/// Keeps `buf` as this thread's buffer of `kind`, unless it is large.
+/// Keeps `buf` as this thread's buffer of `kind`, unless it is large (or the thread's locals
+/// are being destroyed: it is dropped).
 fn keep_spare(kind: &'static LocalKey<Cell<Vec<u8>>>, buf: Vec<u8>) {
     if buf.capacity() <= SPARE_MAX {
-        kind.with(|spare| spare.set(buf));
+        let _ = kind.try_with(|spare| spare.set(buf));
     }
 }
 
