@@ -455,6 +455,19 @@ fn plain_extent(input: &[u8], pos: &mut usize, depth: u32) -> Option<()> {
     let ib = *input.get(*pos)?;
     *pos += 1;
     let (major, info) = (ib >> 5, ib & 0x1f);
+    if major <= 1 {
+        // An integer: only its head's length matters here, not its value.
+        let n = match info {
+            0..=23 => 0,
+            24..=27 => 1 << (info - 24),
+            _ => return None,
+        };
+        if n > input.len() - *pos {
+            return None;
+        }
+        *pos += n;
+        return Some(());
+    }
     let arg = match info {
         0..=23 => u64::from(info),
         24..=27 => {
@@ -465,7 +478,6 @@ fn plain_extent(input: &[u8], pos: &mut usize, depth: u32) -> Option<()> {
         _ => return None,
     };
     match major {
-        0 | 1 => Some(()),
         2 | 3 => {
             if arg > (input.len() - *pos) as u64 {
                 return None;
