@@ -127,7 +127,15 @@ pub(crate) fn to_parts<T: Serialize + ?Sized>(
     value: &T,
     spill: Option<&mut dyn Spill>,
 ) -> Result<Encoded, ValueError> {
-    to_parts_into(value, spill, Vec::with_capacity(64))
+    let mut sink = Sink {
+        enc: Encoded {
+            head: Vec::with_capacity(64),
+            ..Encoded::default()
+        },
+        spill,
+    };
+    value.serialize(Cbor { s: &mut sink })?;
+    Ok(sink.enc)
 }
 
 /// [`to_parts`], the head written into `head` (emptied first): a buffer kept from an earlier
