@@ -173,6 +173,26 @@ impl Held {
         Held::Buffer { buf, start: 0, end }
     }
 
+    /// [`copy_of`](Self::copy_of) `bytes[range]`. A short range is copied as a whole in-place
+    /// buffer's worth of `bytes` when they reach that far (the bytes past the range are kept
+    /// but never read): a copy of a fixed length is a few moves, one of the range's own length
+    /// a call to `memcpy`.
+    pub(crate) fn copy_from(bytes: &[u8], range: std::ops::Range<usize>) -> Self {
+        if range.len() <= HELD_INLINE {
+            let window = range
+                .start
+                .checked_add(HELD_INLINE)
+                .and_then(|end| bytes.get(range.start..end));
+            if let Some(Ok(buf)) = window.map(<[u8; HELD_INLINE]>::try_from) {
+                return Held::Small {
+                    len: range.len() as u8,
+                    buf,
+                };
+            }
+        }
+        Held::copy_of(&bytes[range])
+    }
+
     /// The bytes, in a vector of their own (moved when they start a buffer).
     pub(crate) fn into_vec(mut self) -> Vec<u8> {
         match &mut self {
@@ -257,6 +277,13 @@ mod tests {
         assert_eq!(&*Held::new(vec![1, 2, 3], 1, 9), [2, 3]);
         assert_eq!(&*Held::copy_of(b"abc"), b"abc");
         assert!(matches!(Held::copy_of(b"abc"), Held::Small { len: 3, .. }));
+        // From a longer buffer, in a window reaching past the range or not, the same bytes.
+        let long: Vec<u8> = (0..200u8).collect();
+        for range in [0..3, 10..10, 100..156, 150..200, 190..200, 0..57, 20..120] {
+            let held = Held::copy_from(&long, range.clone());
+            assert_eq!(&*held, &long[range.clone()], "{range:?}");
+            assert_eq!(held.into_vec(), long[range].to_vec());
+        }
         let most = [7u8; HELD_INLINE];
         assert!(matches!(Held::copy_of(&most), Held::Small { .. }));
         assert_eq!(&*Held::copy_of(&most), &most[..]);

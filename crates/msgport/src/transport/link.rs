@@ -1247,7 +1247,7 @@ impl Link {
             buf.truncate(at + len);
             return Held::new(buf, at + range.start, at + range.end);
         }
-        Held::copy_of(&io.inbuf[at + range.start..at + range.end])
+        Held::copy_from(&io.inbuf, at + range.start..at + range.end)
     }
 
     /// Stops using the socket ([`shut`](Self::shut)) and drops what was read from it: the
