@@ -404,7 +404,6 @@ impl Endpoint {
         lock(&self.state).closed
     }
 
-    /// How many messages are queued here, not yet delivered.
     /// What waits in this process to be written to the link this end's messages are
     /// forwarded through, once it left the process (0 while it is here).
     pub(crate) fn forwarded_unsent(&self) -> usize {
@@ -413,6 +412,7 @@ impl Endpoint {
         forward.map_or(0, |link| link.unsent())
     }
 
+    /// How many messages are queued here, not yet delivered.
     pub(crate) fn backlog(&self) -> usize {
         let taken = lock(&self.taken);
         let st = lock(&self.state);

@@ -477,10 +477,8 @@ impl Link {
         });
     }
 
-    /// [`send_frame`](Self::send_frame) for a frame in one buffer, without descriptors (what
-    /// [`wire::portless_bytes`] makes: the common post).
-    /// Sends the frame of a message without ports whose data is `data` (see
-    /// [`wire::portless_len`]).
+    /// [`send_frame`](Self::send_frame) for the frame of a message without ports whose data is
+    /// `data` (the common post; see [`wire::portless_len`]), written where it is queued.
     fn send_portless(&self, data: &[u8]) -> Result<(), PostError> {
         let len = wire::portless_len(data.len())?;
         self.send_queued(len, true, |out, burst| {

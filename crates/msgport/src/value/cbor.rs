@@ -123,6 +123,10 @@ impl std::ops::DerefMut for Sink<'_> {
 /// Encodes `value`, large byte strings apart (see [`Encoded`]): a frame sends them as parts of
 /// their own, never copied into one buffer with the rest. Byte strings of at least
 /// [`PLACE_MIN`] are offered to `spill` first.
+///
+/// The same as [`to_parts_into`] with a new buffer, written out rather than delegated: the call
+/// changed how the serializer was inlined into `codec::to_vec` (the in-process CBOR-encoded
+/// stream on one CPU measured 0.23× → 0.21× the moved one).
 pub(crate) fn to_parts<T: Serialize + ?Sized>(
     value: &T,
     spill: Option<&mut dyn Spill>,
