@@ -5,7 +5,9 @@
 //! `BufWriter`, its reader decoding every message. Each contender talks to a child process of
 //! this binary (`msgport-bench --child ROLE CPU [NAME]`) that does the same in its own terms.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -14,6 +16,10 @@ use ipc_channel::ipc::{
     self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender,
 };
 use msgport::{process, MessageChannel, MessagePort, Value};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -56,6 +62,23 @@ impl Payload for Small {
 }
 impl Payload for Blob {
     const KIND: Kind = Kind::Blob;
+}
+
+/// A way to make a round trip with a child process that echoes (see [`rtt_detail`]).
+pub(crate) trait RoundTrip {
+    /// One round trip of `m`.
+    fn round_trip(&mut self, m: Small) -> Small;
+    /// The child process's id (for its CPU time).
+    fn child_pid(&self) -> u32;
+}
+
+impl<T: Transport> RoundTrip for T {
+    fn round_trip(&mut self, m: Small) -> Small {
+        Transport::round_trip(self, m)
+    }
+    fn child_pid(&self) -> u32 {
+        Transport::child_pid(self)
+    }
 }
 
 /// A way to talk to another process, as its users write it.
@@ -235,6 +258,93 @@ impl<const BATCHED: bool> Transport for Raw<BATCHED> {
         }
         let mut ack = [0u8; 1];
         self.reader.read_exact(&mut ack).unwrap();
+    }
+}
+
+// ---- raw seqpacket socket -------------------------------------------------------------------
+
+/// A raw `AF_UNIX` seqpacket socket pair (the kind ipc-channel runs over), one record per
+/// message: the record is the frame, its body the postcard encoding. Round trips only (a record
+/// has a size limit a stream does not). The child's end is passed over the bootstrap socket.
+pub(crate) struct RawSeq {
+    child: Option<Child>,
+    socket: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl RawSeq {
+    const NAME: &'static str = "raw AF_UNIX seqpacket, postcard, a record each";
+
+    fn spawn_echo(cpu: usize) -> Self {
+        let (child, boot) =
+            process::spawn_socket(&mut child_cmd("rawseq-echo", cpu, None)).expect("spawn");
+        let (socket, there) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("seqpacket socket pair");
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [there.as_fd()];
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            &boot,
+            &[IoSlice::new(&[1])],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .expect("send the child its end");
+        RawSeq {
+            child: Some(child),
+            socket,
+            buf: vec![0; 4096],
+        }
+    }
+}
+
+/// In a `rawseq-*` child: the seqpacket end its parent sent over the bootstrap socket.
+fn rawseq_inherited() -> OwnedFd {
+    let boot = raw_inherited();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    rustix::net::recvmsg(
+        &boot,
+        &mut [IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .expect("receive the seqpacket end");
+    control
+        .drain()
+        .find_map(|m| match m {
+            RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+            _ => None,
+        })
+        .expect("a descriptor with the byte")
+}
+
+impl Drop for RawSeq {
+    fn drop(&mut self) {
+        let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Both);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl RoundTrip for RawSeq {
+    fn round_trip(&mut self, m: Small) -> Small {
+        let record = postcard::to_slice(&m, &mut self.buf).expect("postcard encodes");
+        rustix::net::send(&self.socket, record, SendFlags::empty()).expect("send");
+        let (n, _) =
+            rustix::net::recv(&self.socket, &mut self.buf, RecvFlags::empty()).expect("recv");
+        unframe(&self.buf[..n])
+    }
+    fn child_pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 }
 
@@ -534,6 +644,20 @@ pub(crate) fn child(role: &str, cpu: usize, name: Option<String>) {
                 s.set_nonblocking(true).unwrap();
             }
         }
+        "rawseq-echo" => {
+            let s = rawseq_inherited();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (n, _) = rustix::net::recv(&s, &mut buf, RecvFlags::empty()).expect("recv");
+                if n == 0 {
+                    return;
+                }
+                let m: Small = unframe(&buf[..n]);
+                let mut out = [0u8; 128];
+                let record = postcard::to_slice(&m, &mut out).expect("postcard encodes");
+                rustix::net::send(&s, record, SendFlags::empty()).expect("send");
+            }
+        }
         "raw-sink-small" => raw_sink::<Small>(raw_inherited()),
         "raw-sink-blob" => raw_sink::<Blob>(raw_inherited()),
         "ipc-echo" => {
@@ -676,7 +800,7 @@ struct RttDetail {
 /// Which figure of a rep's details.
 type Pick = fn(&RttDetail) -> f64;
 
-fn rtt_detail<T: Transport>(c: &mut T, n: usize) -> RttDetail {
+fn rtt_detail<T: RoundTrip>(c: &mut T, n: usize) -> RttDetail {
     let pids = [std::process::id(), c.child_pid()];
     let cpu_before: u64 = pids.iter().map(|&p| cpu_ns(p)).sum();
     let mut single = Vec::with_capacity(n);
@@ -746,19 +870,21 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
             let mut m = Msgport::spawn(Role::Echo, cpu);
             let mut raw = Raw::<false>::spawn(Role::Echo, cpu);
             let mut ipc = IpcChannel::spawn(Role::Echo, cpu);
+            let mut seq = RawSeq::spawn_echo(cpu);
             // Each rep also keeps its single round trips' percentiles and the CPU time spent.
-            let mut details: [Vec<RttDetail>; 3] = Default::default();
-            let [dm, dr, di] = &mut details;
+            let mut details: [Vec<RttDetail>; 4] = Default::default();
+            let [dm, dr, di, ds] = &mut details;
             let s = compare(
                 reps,
                 &mut [
                     &mut || keep(dm, rtt_detail(&mut m, n_rtt)),
                     &mut || keep(dr, rtt_detail(&mut raw, n_rtt)),
                     &mut || keep(di, rtt_detail(&mut ipc, n_rtt)),
+                    &mut || keep(ds, rtt_detail(&mut seq, n_rtt)),
                 ],
             );
             let name = format!("round trip, 64 B struct, {p}");
-            let rivals = [Raw::<false>::NAME, IpcChannel::NAME];
+            let rivals = [Raw::<false>::NAME, IpcChannel::NAME, RawSeq::NAME];
             report.versus_each("xproc", name, "µs", Better::Lower, &s, &rivals);
             // The warm-up rep is not a sample.
             let of = |d: &[RttDetail], f: Pick| Samples(d.iter().skip(1).map(f).collect());
