@@ -1,5 +1,7 @@
 //! The in-process group: msgport's ports against tokio's and crossbeam's channels, two threads
-//! of one process, the same typed payload ([`Small`]).
+//! of one process, the same typed payload ([`Small`]); and, on one CPU, against a Node.js
+//! worker's `MessagePort` (the in-process port of the design brief's figures), the payload an
+//! object `{seq, rest: [7 numbers]}`.
 
 use std::hint::black_box;
 use std::thread;
@@ -319,6 +321,117 @@ impl InProc for TokioAsync {
     }
 }
 
+/// A Node.js main thread and a worker talking over a `MessageChannel` whose second port was
+/// transferred to the worker, as Node's users write it (`postMessage`, `'message'` events). One
+/// rep is one `node` process on the CPUs it is started on: a warm-up batch, then a timed one.
+const NODE_WORKER: &str = r#"
+const { Worker, MessageChannel, isMainThread, workerData } = require('worker_threads');
+const small = (seq) => ({ seq, rest: [seq, seq, seq, seq, seq, seq, seq] });
+if (!isMainThread) {
+  const { port, n, mode } = workerData;
+  let got = 0;
+  port.on('message', (m) => {
+    if (mode === 'rtt') { port.postMessage(m); return; }
+    if (m.seq !== got % n) throw new Error('out of order');
+    got++;
+    if (got % n === 0) port.postMessage('done');
+  });
+} else {
+  const [n, mode] = [Number(process.argv[2]), process.argv[3]];
+  const { port1, port2 } = new MessageChannel();
+  const worker = new Worker(__filename, { workerData: { port: port2, n, mode }, transferList: [port2] });
+  const next = () => new Promise((resolve) => port1.once('message', resolve));
+  (async () => {
+    let figure = 0;
+    for (let r = 0; r < 2; r++) {
+      const t0 = process.hrtime.bigint();
+      if (mode === 'rtt') {
+        // Each answer posts the next message from its own event (no promise per message).
+        await new Promise((resolve) => {
+          let i = 0;
+          port1.on('message', (m) => {
+            if (m.seq !== i) throw new Error('bad echo');
+            if (++i === n) {
+              port1.removeAllListeners('message');
+              resolve();
+            } else port1.postMessage(small(i));
+          });
+          port1.postMessage(small(0));
+        });
+        figure = Number(process.hrtime.bigint() - t0) / 1000 / n;
+      } else {
+        const done = next();
+        for (let i = 0; i < n; i++) port1.postMessage(small(i));
+        await done;
+        figure = n / (Number(process.hrtime.bigint() - t0) / 1e9);
+      }
+    }
+    console.log(JSON.stringify(figure));
+    await worker.terminate();
+  })();
+}
+"#;
+
+/// One rep of [`NODE_WORKER`] on CPU 0: messages per second (`mode` "throughput") or
+/// microseconds per round trip ("rtt"); `None` when it did not run.
+fn node_worker(mode: &str, n: u64) -> Option<f64> {
+    let dir = std::env::temp_dir().join(format!("msgport-bench-worker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let script = dir.join("worker.js");
+    std::fs::write(&script, NODE_WORKER).ok()?;
+    let out = std::process::Command::new("taskset")
+        .args(["-c", "0", "node"])
+        .arg(&script)
+        .args([n.to_string(), mode.to_string()])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// msgport against a Node.js worker's `MessagePort`, every thread on one CPU (Node's threads
+/// cannot be pinned one by one, so there is no split figure).
+fn against_node(cfg: &Config, report: &mut Report) {
+    if !crate::ipc::node_available() {
+        println!("inproc  node is not on this machine: the Node.js worker comparison is skipped");
+        return;
+    }
+    let placement = Placement::OneCpu;
+    let p = placement.label();
+    let n = if cfg.quick { 50_000 } else { 200_000 };
+    let rtt_n = if cfg.quick { 5_000 } else { 20_000 };
+    let nan = f64::NAN;
+    let s = compare(
+        cfg.reps,
+        &mut [&mut || Msgport::throughput(n, placement), &mut || {
+            node_worker("throughput", n).unwrap_or(nan)
+        }],
+    );
+    report.versus(
+        "inproc",
+        format!("throughput, 64 B struct, against a Node.js worker, {p}"),
+        "msg/s",
+        Better::Higher,
+        &s[0],
+        "Node.js worker MessagePort",
+        &s[1],
+    );
+    let s = compare(
+        cfg.reps,
+        &mut [&mut || Msgport::round_trip(rtt_n, placement), &mut || {
+            node_worker("rtt", rtt_n).unwrap_or(nan)
+        }],
+    );
+    report.versus(
+        "inproc",
+        format!("round trip, 64 B struct, against a Node.js worker, {p}"),
+        "µs",
+        Better::Lower,
+        &s[0],
+        "Node.js worker MessagePort",
+        &s[1],
+    );
+}
+
 /// msgport against every rival, each metric's reps interleaved across all of them.
 pub(crate) fn group(cfg: &Config, report: &mut Report) {
     let n = if cfg.quick { 200_000 } else { 1_000_000 };
@@ -401,4 +514,5 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
             &s[1],
         );
     }
+    against_node(cfg, report);
 }

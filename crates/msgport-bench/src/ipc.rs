@@ -214,13 +214,14 @@ impl<const ADVANCED: bool> Node<ADVANCED> {
             .ok()?;
         String::from_utf8_lossy(&out.stdout).trim().parse().ok()
     }
+}
 
-    fn available() -> bool {
-        Command::new("node")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
+/// Whether `node` runs on this machine (the Node.js rivals are skipped otherwise).
+pub(crate) fn node_available() -> bool {
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 impl<const ADVANCED: bool> IpcSystem for Node<ADVANCED> {
@@ -265,7 +266,7 @@ pub(crate) fn group(cfg: &Config, report: &mut Report) {
             );
         }
     }
-    if !Node::<true>::available() {
+    if !node_available() {
         println!("ipc     node is not on this machine: the Node.js comparisons are skipped");
         return;
     }
