@@ -218,6 +218,55 @@ fn regions_are_reused_and_bounded() {
     });
 }
 
+/// How many shared-memory regions this process has mapped.
+fn region_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("msgport-region"))
+        .count()
+}
+
+/// A link that goes quiet after a burst of large messages gives their memory back: once it has
+/// leased no region for five seconds the sender drops its free regions (their descriptors
+/// close), and the receiver unmaps them at its next look (five seconds apart at most); the link
+/// then still carries large messages.
+#[test]
+fn a_quiet_link_gives_its_regions_back() {
+    isolated("a_quiet_link_gives_its_regions_back", &[], LIMIT, || {
+        let (a, b) = socket_pair();
+        let (base_fds, base_maps) = (open_fds(), region_mappings());
+        for i in 0..8u32 {
+            a.post_message(bytes(1 << 20, i as u8), []).unwrap();
+        }
+        for i in 0..8u32 {
+            let got = b.recv_timeout(LIMIT).unwrap();
+            assert_eq!(got.value().unwrap(), bytes(1 << 20, i as u8));
+        }
+        assert!(
+            open_fds() > base_fds && region_mappings() > base_maps,
+            "the burst went through regions"
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while (open_fds() > base_fds || region_mappings() > base_maps)
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(open_fds(), base_fds, "the sender dropped its regions");
+        assert_eq!(region_mappings(), base_maps, "both ends unmapped them");
+        a.post_message(bytes(1 << 20, 9), []).unwrap();
+        assert_eq!(
+            b.recv_timeout(LIMIT).unwrap().value().unwrap(),
+            bytes(1 << 20, 9)
+        );
+        assert!(
+            region_mappings() > base_maps,
+            "a new burst maps a region again"
+        );
+    });
+}
+
 /// A port whose socket holds unread region frames, moved to another port's message and read
 /// there: every frame arrives (the regions travel with the frames that name them).
 #[test]

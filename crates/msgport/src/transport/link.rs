@@ -125,6 +125,8 @@ struct Io {
     regions: shm::Regions,
     /// Regions the peer sent, kept mapped for its next large frames.
     mapped: shm::Mapped,
+    /// When the reactor calls [`Link::trim_regions`], if it is to.
+    trim_at: Option<Instant>,
 }
 
 /// How a thread pulling on a link waits for its socket.
@@ -455,7 +457,37 @@ impl Link {
         if io.fd.is_none() || io.closing {
             return None;
         }
-        io.regions.lease(need)
+        let region = io.regions.lease(need)?;
+        self.trim_later(&mut io, Instant::now() + shm::IDLE);
+        Some(region)
+    }
+
+    /// Has the reactor call [`trim_regions`](Self::trim_regions) at `at`, unless a call is due
+    /// already.
+    fn trim_later(&self, io: &mut Io, at: Instant) {
+        if io.trim_at.is_some() {
+            return;
+        }
+        if let Some(r) = reactor::running() {
+            io.trim_at = Some(at);
+            r.trim_at(at, self.me.clone());
+        }
+    }
+
+    /// Drops the regions this link no longer uses, and unmaps those its peer dropped; comes
+    /// back while any is left. Without it a link that went quiet after a burst of large
+    /// messages would keep their memory (a sender learns that a region was freed only when it
+    /// next leases one, a receiver that one was dropped only at its next region frame).
+    pub(crate) fn trim_regions(&self) {
+        let mut io = lock(&self.io);
+        io.trim_at = None;
+        let now = Instant::now();
+        let again = io.regions.trim(now);
+        let mapped = io.mapped.drop_retired();
+        let at = again.or(mapped.then(|| now + shm::IDLE));
+        if let Some(at) = at {
+            self.trim_later(&mut io, at);
+        }
     }
 
     /// Writes a frame, or queues it behind earlier ones. Never blocks.
@@ -917,6 +949,9 @@ impl Link {
                     }
                     None => Self::read_once(&mut io, events, ports),
                 };
+                if io.trim_at.is_none() && !io.mapped.is_empty() {
+                    self.trim_later(&mut io, Instant::now() + shm::IDLE);
+                }
                 if let Step::Ended(why) = step {
                     ended = Some(why);
                     self.release(&mut io);

@@ -23,11 +23,12 @@ use crate::sys::poll::{Epoll, Events, Interest, Timer, Waker};
 
 pub(crate) struct Reactor {
     epoll: Epoll,
-    /// Wakes the thread when a new linger deadline is set.
+    /// Wakes the thread when a new deadline is set.
     wake: Waker,
     links: Mutex<HashMap<usize, Arc<Link>>>,
-    /// Closed links still writing what their peer has not read, with their deadlines.
-    lingering: Mutex<Vec<(Instant, Weak<Link>)>>,
+    /// Links to call back at a deadline: closed links still writing what their peer has not
+    /// read, links holding shared-memory regions (see [`Due`]).
+    lingering: Mutex<Vec<(Instant, Weak<Link>, Due)>>,
     /// `lingering` is not empty (written under its lock): the loop takes no lock per wake-up
     /// for timers when there are none.
     any_lingering: AtomicBool,
@@ -44,6 +45,15 @@ pub(crate) struct Reactor {
 static REACTOR: OnceLock<Reactor> = OnceLock::new();
 static START: Mutex<()> = Mutex::new(());
 static NEXT_TOKEN: AtomicUsize = AtomicUsize::new(1);
+/// What a link is called back for at its deadline.
+#[derive(Clone, Copy)]
+enum Due {
+    /// A closed link's time to finish writing ran out.
+    Linger,
+    /// Time to drop the shared-memory regions it no longer uses.
+    Trim,
+}
+
 /// The links a burst left frames queued in, and whether the cork timer is armed for them.
 #[derive(Default)]
 struct Corked {
@@ -354,9 +364,17 @@ impl Reactor {
 
     /// Gives a closed link `linger` to finish writing; then it is shut.
     pub(crate) fn linger(&self, link: Weak<Link>, linger: Duration) {
-        let at = Instant::now() + linger;
+        self.call_at(Instant::now() + linger, link, Due::Linger);
+    }
+
+    /// Has `link` trim its shared-memory regions at `at` (see `Link::trim_regions`).
+    pub(crate) fn trim_at(&self, at: Instant, link: Weak<Link>) {
+        self.call_at(at, link, Due::Trim);
+    }
+
+    fn call_at(&self, at: Instant, link: Weak<Link>, due: Due) {
         let mut lingering = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
-        lingering.push((at, link));
+        lingering.push((at, link, due));
         self.any_lingering.store(true, Ordering::Release);
         drop(lingering);
         self.wake.wake();
@@ -370,7 +388,7 @@ impl Reactor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(at, _)| *at)
+            .map(|(at, _, _)| *at)
             .min()
     }
 
@@ -379,15 +397,15 @@ impl Reactor {
             return;
         }
         let now = Instant::now();
-        let expired: Vec<Weak<Link>> = {
+        let expired: Vec<(Weak<Link>, Due)> = {
             let mut lingering = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
             let mut expired = Vec::new();
-            lingering.retain(|(at, link)| {
+            lingering.retain(|(at, link, due)| {
                 if link.strong_count() == 0 {
                     return false;
                 }
                 if *at <= now {
-                    expired.push(link.clone());
+                    expired.push((link.clone(), *due));
                     return false;
                 }
                 true
@@ -397,8 +415,12 @@ impl Reactor {
             }
             expired
         };
-        for link in expired.iter().filter_map(Weak::upgrade) {
-            let _ = catch_unwind(AssertUnwindSafe(|| link.linger_expired()));
+        for (link, due) in expired {
+            let Some(link) = link.upgrade() else { continue };
+            let _ = catch_unwind(AssertUnwindSafe(|| match due {
+                Due::Linger => link.linger_expired(),
+                Due::Trim => link.trim_regions(),
+            }));
         }
     }
 }

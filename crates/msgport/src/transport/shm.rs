@@ -21,11 +21,14 @@
 //! costs is bounded per link ([`KEEP_IDLE`], [`PER_LINK`], [`LINK_BYTES`]) and per process
 //! ([`MAX_REGIONS`], [`MAX_BYTES`]); when a region cannot be had, the frame goes through the
 //! socket as any other. A receiver that never frees its regions keeps at most that much of the
-//! sender's memory.
+//! sender's memory. A link that leases no region for [`IDLE`] drops its free ones, and a
+//! receiver unmaps retired regions every [`IDLE`] while it keeps any (`Link::trim_regions`, on
+//! the reactor's timer): a quiet link gives a burst's memory back.
 //!
 //! Proven by: the unit tests below, `tests/shared_memory.rs`
 //! (`large_messages_travel_in_shared_memory`, `typed_large_messages_written_in_place_arrive_whole`,
-//! `regions_are_reused_and_bounded`, `a_port_moved_with_region_frames_unread_loses_nothing`,
+//! `regions_are_reused_and_bounded`, `a_quiet_link_gives_its_regions_back`,
+//! `a_port_moved_with_region_frames_unread_loses_nothing`,
 //! `hostile_region_frames_close_only_their_port`), and the `link` fuzz target, which sends
 //! fuzzer-made regions.
 
@@ -33,6 +36,7 @@ use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::wire::{self, Frame};
 use crate::sys::shm::{self, Mapping};
@@ -122,7 +126,14 @@ fn size_for(need: usize) -> Option<usize> {
 #[derive(Default)]
 pub(crate) struct Regions {
     all: Vec<Arc<Region>>,
+    /// When the link last leased one (see [`trim`](Self::trim)).
+    last_lease: Option<Instant>,
 }
+
+/// How long a link's regions stay once nothing leases them: then the free ones are dropped
+/// (and the receiver unmaps them), so that a link gone quiet after a burst of large messages
+/// does not keep their memory.
+pub(crate) const IDLE: Duration = Duration::from_secs(5);
 
 impl Regions {
     /// A free region of at least `need` bytes, now marked in flight: the smallest free one that
@@ -151,6 +162,7 @@ impl Regions {
             }
         };
         region.map.state().store(IN_FLIGHT, Ordering::Relaxed);
+        self.last_lease = Some(Instant::now());
         let mut idle: usize = self
             .all
             .iter()
@@ -188,6 +200,19 @@ impl Regions {
     /// alive until it is done with them).
     pub(crate) fn clear(&mut self) {
         self.all.clear();
+    }
+
+    /// Drops the free regions once the link has leased none for [`IDLE`]. Returns when to look
+    /// again: at the end of that time when a lease came within it, after another [`IDLE`]
+    /// while a region is still in flight; `None` once the link holds none.
+    pub(crate) fn trim(&mut self, now: Instant) -> Option<Instant> {
+        if let Some(quiet) = self.last_lease.map(|at| at + IDLE) {
+            if now < quiet {
+                return Some(quiet);
+            }
+        }
+        self.all.retain(|r| !r.is_free());
+        (!self.all.is_empty()).then(|| now + IDLE)
     }
 }
 
@@ -371,6 +396,22 @@ impl Mapped {
         while self.pop_front() {}
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    /// Unmaps the regions their sender has dropped; whether any mapping is left.
+    pub(crate) fn drop_retired(&mut self) -> bool {
+        self.maps.retain(|(_, map)| {
+            let retired = map.state().load(Ordering::Acquire) == RETIRED;
+            if retired {
+                forget(map.len());
+            }
+            !retired
+        });
+        !self.maps.is_empty()
+    }
+
     fn pop_front(&mut self) -> bool {
         match self.maps.pop_front() {
             Some((_, map)) => {
@@ -447,13 +488,7 @@ pub(crate) fn receive_keeping<T>(
     let need = BODY_AT.checked_add(size).ok_or_else(invalid)?;
     let (dev, ino, file_size) = shm::identify(region)?;
     let key = (dev, ino);
-    mapped.maps.retain(|(_, map)| {
-        let retired = map.state().load(Ordering::Acquire) == RETIRED;
-        if retired {
-            forget(map.len());
-        }
-        !retired
-    });
+    mapped.drop_retired();
     let found = mapped.maps.iter().position(|(k, _)| *k == key);
     let map = match found {
         Some(i) if mapped.maps[i].1.len() >= need => mapped.maps[i].1.clone(),
