@@ -399,37 +399,49 @@ fn against_node(cfg: &Config, report: &mut Report) {
     let p = placement.label();
     let n = if cfg.quick { 50_000 } else { 200_000 };
     let rtt_n = if cfg.quick { 5_000 } else { 20_000 };
-    let nan = f64::NAN;
-    let s = compare(
-        cfg.reps,
-        &mut [&mut || Msgport::throughput(n, placement), &mut || {
-            node_worker("throughput", n).unwrap_or(nan)
-        }],
+    type Case = (
+        &'static str,
+        fn(u64, Placement) -> f64,
+        &'static str,
+        u64,
+        &'static str,
+        Better,
     );
-    report.versus(
-        "inproc",
-        format!("throughput, 64 B struct, against a Node.js worker, {p}"),
-        "msg/s",
-        Better::Higher,
-        &s[0],
-        "Node.js worker MessagePort",
-        &s[1],
-    );
-    let s = compare(
-        cfg.reps,
-        &mut [&mut || Msgport::round_trip(rtt_n, placement), &mut || {
-            node_worker("rtt", rtt_n).unwrap_or(nan)
-        }],
-    );
-    report.versus(
-        "inproc",
-        format!("round trip, 64 B struct, against a Node.js worker, {p}"),
-        "µs",
-        Better::Lower,
-        &s[0],
-        "Node.js worker MessagePort",
-        &s[1],
-    );
+    let cases: [Case; 2] = [
+        (
+            "throughput",
+            Msgport::throughput,
+            "throughput",
+            n,
+            "msg/s",
+            Better::Higher,
+        ),
+        (
+            "round trip",
+            Msgport::round_trip,
+            "rtt",
+            rtt_n,
+            "µs",
+            Better::Lower,
+        ),
+    ];
+    for (what, ours, mode, count, unit, better) in cases {
+        let s = compare(
+            cfg.reps,
+            &mut [&mut || ours(count, placement), &mut || {
+                node_worker(mode, count).unwrap_or(f64::NAN)
+            }],
+        );
+        report.versus(
+            "inproc",
+            format!("{what}, 64 B struct, against a Node.js worker, {p}"),
+            unit,
+            better,
+            &s[0],
+            "Node.js worker MessagePort",
+            &s[1],
+        );
+    }
 }
 
 /// msgport against every rival, each metric's reps interleaved across all of them.

@@ -28,10 +28,10 @@ pub(crate) struct Reactor {
     links: Mutex<HashMap<usize, Arc<Link>>>,
     /// Links to call back at a deadline: closed links still writing what their peer has not
     /// read, links holding shared-memory regions (see [`Due`]).
-    lingering: Mutex<Vec<(Instant, Weak<Link>, Due)>>,
-    /// `lingering` is not empty (written under its lock): the loop takes no lock per wake-up
+    deadlines: Mutex<Vec<(Instant, Weak<Link>, Due)>>,
+    /// `deadlines` is not empty (written under its lock): the loop takes no lock per wake-up
     /// for timers when there are none.
-    any_lingering: AtomicBool,
+    any_deadline: AtomicBool,
     /// Links holding frames a posting thread left queued during a burst (`Link::send_frame`),
     /// to write when `cork_timer` fires.
     corked: Mutex<Corked>,
@@ -110,8 +110,8 @@ pub(crate) fn reactor() -> std::io::Result<&'static Reactor> {
         epoll,
         wake,
         links: Mutex::new(HashMap::new()),
-        lingering: Mutex::new(Vec::new()),
-        any_lingering: AtomicBool::new(false),
+        deadlines: Mutex::new(Vec::new()),
+        any_deadline: AtomicBool::new(false),
         corked: Mutex::new(Corked::default()),
         cork_timer,
         writing_corked: AtomicBool::new(false),
@@ -373,18 +373,18 @@ impl Reactor {
     }
 
     fn call_at(&self, at: Instant, link: Weak<Link>, due: Due) {
-        let mut lingering = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
-        lingering.push((at, link, due));
-        self.any_lingering.store(true, Ordering::Release);
-        drop(lingering);
+        let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        deadlines.push((at, link, due));
+        self.any_deadline.store(true, Ordering::Release);
+        drop(deadlines);
         self.wake.wake();
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        if !self.any_lingering.load(Ordering::Acquire) {
+        if !self.any_deadline.load(Ordering::Acquire) {
             return None;
         }
-        self.lingering
+        self.deadlines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
@@ -393,14 +393,14 @@ impl Reactor {
     }
 
     fn expire(&self) {
-        if !self.any_lingering.load(Ordering::Acquire) {
+        if !self.any_deadline.load(Ordering::Acquire) {
             return;
         }
         let now = Instant::now();
         let expired: Vec<(Weak<Link>, Due)> = {
-            let mut lingering = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
+            let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
             let mut expired = Vec::new();
-            lingering.retain(|(at, link, due)| {
+            deadlines.retain(|(at, link, due)| {
                 if link.strong_count() == 0 {
                     return false;
                 }
@@ -410,8 +410,8 @@ impl Reactor {
                 }
                 true
             });
-            if lingering.is_empty() {
-                self.any_lingering.store(false, Ordering::Release);
+            if deadlines.is_empty() {
+                self.any_deadline.store(false, Ordering::Release);
             }
             expired
         };
