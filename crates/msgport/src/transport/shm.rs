@@ -52,9 +52,9 @@ const GRAIN: usize = 64 << 10;
 /// The most regions, in flight or free, one link holds, and their most bytes: a sender that
 /// posts faster than its peer reads keeps that much in regions before it uses the socket.
 const PER_LINK: usize = 64;
-const LINK_BYTES: usize = 256 << 20;
+const LINK_BYTES: usize = 512 << 20;
 /// The most bytes of free regions one link keeps for later frames.
-const KEEP_IDLE: usize = 128 << 20;
+const KEEP_IDLE: usize = 256 << 20;
 /// The most regions, and bytes of regions, a process holds over all its links.
 const MAX_REGIONS: usize = 256;
 const MAX_BYTES: usize = 2 << 30;
@@ -608,16 +608,32 @@ mod tests {
     #[test]
     fn a_receiver_keeps_no_mapping_past_its_bounds() {
         use rustix::fs::{MemfdFlags, SealFlags};
-        // A sparse region larger than a link's bound: read, but not kept mapped (what is read
-        // of a kept mapping stays resident).
-        let fd = rustix::fs::memfd_create("big", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-            .unwrap();
-        rustix::fs::ftruncate(&fd, (LINK_BYTES + (1 << 20)) as u64).unwrap();
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+        let sparse = |size: usize| {
+            let fd =
+                rustix::fs::memfd_create("big", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+                    .unwrap();
+            rustix::fs::ftruncate(&fd, size as u64).unwrap();
+            rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+            fd
+        };
+        // Sparse regions that together pass a link's bound: each is read, the oldest mappings
+        // are dropped to keep the link within it (what is read of a kept mapping stays
+        // resident).
         let mut mapped = Mapped::default();
-        let got = receive(&mut mapped, fd.as_fd(), 3, |b| b.to_vec()).unwrap();
-        assert_eq!(got, vec![0, 0, 0]);
-        assert!(mapped.maps.is_empty());
+        let third = LINK_BYTES / 3 + (1 << 20);
+        let fds: Vec<_> = (0..3).map(|_| sparse(third)).collect();
+        for fd in &fds {
+            let got = receive(&mut mapped, fd.as_fd(), 3, |b| b.to_vec()).unwrap();
+            assert_eq!(got, vec![0, 0, 0]);
+        }
+        assert_eq!(mapped.maps.len(), 2);
+        assert!(mapped.bytes() <= LINK_BYTES);
+        mapped.clear();
+        assert_eq!(mapped.bytes(), 0);
+        // One mapping larger than the bound is not kept at all.
+        let huge =
+            Arc::new(shm::open(sparse(LINK_BYTES + (1 << 20)).as_fd(), LINK_BYTES + 1).unwrap());
+        assert!(mapped.keep((0, 0), huge).is_err());
         assert_eq!(mapped.bytes(), 0);
         // A region within bounds is kept, and counted until dropped.
         let mut regions = Regions::default();
