@@ -149,6 +149,12 @@ pub mod __fuzz {
     pub fn link_reads(input: &[u8]) -> usize {
         crate::transport::fuzz::link_reads(input)
     }
+
+    /// [`link_reads`], the port read by a thread waiting for answers (it reads the socket
+    /// itself, asleep in `recvmsg`) while another thread writes.
+    pub fn link_pulls(input: &[u8]) -> usize {
+        crate::transport::fuzz::link_pulls(input)
+    }
 }
 
 /// Test hooks for the hostile-peer suite; not part of the API.
