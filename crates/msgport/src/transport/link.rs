@@ -452,14 +452,28 @@ impl Link {
 
     /// A free region of this link for `need` bytes, marked in flight; none once the link is
     /// closed or closing (its frames would be dropped).
+    ///
+    /// When every region of the link is in flight, its reader is behind: the poster gives way
+    /// once and looks again before the frame goes the slower way, through the socket (a
+    /// reader sharing this CPU runs then and frees some). Posting still never blocks.
     fn lease_region(&self, need: usize) -> Option<Arc<shm::Region>> {
-        let mut io = lock(&self.io);
-        if io.fd.is_none() || io.closing {
-            return None;
+        let mut gave_way = false;
+        loop {
+            let mut io = lock(&self.io);
+            if io.fd.is_none() || io.closing {
+                return None;
+            }
+            if let Some(region) = io.regions.lease(need) {
+                self.trim_later(&mut io, Instant::now() + shm::IDLE);
+                return Some(region);
+            }
+            if gave_way || !io.regions.all_in_flight() {
+                return None;
+            }
+            drop(io);
+            std::thread::yield_now();
+            gave_way = true;
         }
-        let region = io.regions.lease(need)?;
-        self.trim_later(&mut io, Instant::now() + shm::IDLE);
-        Some(region)
     }
 
     /// Has the reactor call [`trim_regions`](Self::trim_regions) at `at`, unless a call is due

@@ -188,6 +188,11 @@ impl Regions {
         Some(region)
     }
 
+    /// Whether the link holds regions and every one is in flight (its reader is behind).
+    pub(crate) fn all_in_flight(&self) -> bool {
+        !self.all.is_empty() && self.all.iter().all(|r| !r.is_free())
+    }
+
     /// Bytes of the regions in flight: sent, and not yet freed by the receiver (a message's
     /// region is freed once its data is taken).
     pub(crate) fn in_flight(&self) -> usize {
@@ -683,8 +688,10 @@ mod tests {
             .map(|_| regions.lease(need(&frame(MIN)).unwrap()).unwrap())
             .collect();
         // Every region in flight: the frame goes through the socket.
+        assert!(regions.all_in_flight());
         assert!(regions.lease(need(&frame(MIN)).unwrap()).is_none());
         held[3].map.state().store(FREE, Ordering::Release);
+        assert!(!regions.all_in_flight());
         assert!(regions.lease(need(&frame(MIN)).unwrap()).is_some());
         regions.clear();
     }
