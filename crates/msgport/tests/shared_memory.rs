@@ -218,6 +218,44 @@ fn regions_are_reused_and_bounded() {
     });
 }
 
+/// `unsent_bytes` counts a message waiting in a region by the message's size, not the
+/// region's: a 1 MiB message reusing the region a 16 MiB one left counts about 1 MiB (it
+/// counted the whole 18 MiB region).
+#[test]
+fn unsent_bytes_count_a_message_in_a_region_by_its_size() {
+    isolated(
+        "unsent_bytes_count_a_message_in_a_region_by_its_size",
+        &[],
+        LIMIT,
+        || {
+            let (a, b) = socket_pair();
+            let settled = |port: &msgport::MessagePort| {
+                let deadline = std::time::Instant::now() + LIMIT;
+                while port.unsent_bytes() > 0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                port.unsent_bytes()
+            };
+            a.post_message(bytes(16 << 20, 1), []).unwrap();
+            drop(b.recv_timeout(LIMIT).unwrap());
+            assert_eq!(settled(&a), 0);
+            // Nobody takes this one: it waits in the region the first one left free.
+            a.post_message(bytes(1 << 20, 2), []).unwrap();
+            let unsent = a.unsent_bytes();
+            assert!(
+                ((1 << 20)..(1 << 20) + (64 << 10)).contains(&unsent),
+                "{unsent} bytes unsent for a message of {}",
+                1 << 20
+            );
+            assert_eq!(
+                b.recv_timeout(LIMIT).unwrap().value().unwrap(),
+                bytes(1 << 20, 2)
+            );
+            assert_eq!(settled(&a), 0);
+        },
+    );
+}
+
 /// How many shared-memory regions this process has mapped.
 fn region_mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps")

@@ -71,6 +71,10 @@ static BYTES: AtomicUsize = AtomicUsize::new(0);
 pub(crate) struct Region {
     fd: OwnedFd,
     map: Mapping,
+    /// The bytes of the frame body it carries (what was asked for while it is being filled):
+    /// what it counts for while in flight, rather than its size (a region may be far larger
+    /// than the message reusing it).
+    carries: AtomicUsize,
 }
 
 impl Region {
@@ -86,7 +90,11 @@ impl Region {
             return None;
         }
         match shm::create(size) {
-            Ok((fd, map)) => Some(Region { fd, map }),
+            Ok((fd, map)) => Some(Region {
+                fd,
+                map,
+                carries: AtomicUsize::new(0),
+            }),
             Err(e) => {
                 tracing::debug!("msgport: no shared-memory region ({e}); using the socket");
                 REGIONS.fetch_sub(1, Ordering::Relaxed);
@@ -172,6 +180,7 @@ impl Regions {
             }
         };
         region.map.state().store(IN_FLIGHT, Ordering::Relaxed);
+        region.carries.store(need, Ordering::Relaxed);
         self.last_lease = Some(Instant::now());
         let mut idle: usize = self
             .all
@@ -193,13 +202,13 @@ impl Regions {
         !self.all.is_empty() && self.all.iter().all(|r| !r.is_free())
     }
 
-    /// Bytes of the regions in flight: sent, and not yet freed by the receiver (a message's
-    /// region is freed once its data is taken).
+    /// Bytes of the messages in regions in flight: sent, and not yet freed by the receiver (a
+    /// message's region is freed once its data is taken).
     pub(crate) fn in_flight(&self) -> usize {
         self.all
             .iter()
             .filter(|r| !r.is_free())
-            .map(|r| r.size())
+            .map(|r| r.carries.load(Ordering::Relaxed))
             .sum()
     }
 
@@ -314,6 +323,7 @@ pub(crate) fn stage(region: &Region, frame: Frame) -> Result<Frame, Frame> {
         Ok(fd) => fd,
         Err(_) => return Err(materialize(region, frame)),
     };
+    region.carries.store(size, Ordering::Relaxed);
     let Frame { parts, fds, gaps } = frame;
     let mut at = 0;
     let mut gaps = gaps.iter().peekable();
