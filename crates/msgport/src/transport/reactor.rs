@@ -11,7 +11,7 @@
 //! `if_the_reactor_thread_dies_its_ports_close`, `a_closed_port_whose_peer_never_reads_is_released`,
 //! `a_flood_on_one_port_does_not_starve_another`).
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::os::fd::BorrowedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,8 +27,10 @@ pub(crate) struct Reactor {
     wake: Waker,
     links: Mutex<HashMap<usize, Arc<Link>>>,
     /// Links to call back at a deadline: closed links still writing what their peer has not
-    /// read, links holding shared-memory regions (see [`Due`]).
-    deadlines: Mutex<Vec<(Instant, Weak<Link>, Due)>>,
+    /// read, links holding shared-memory regions (see [`Due`]). A heap, earliest first: the
+    /// loop looks at the earliest only, however many links wait (one entry per lingering or
+    /// region-holding link; that of a link gone meanwhile is dropped when its time comes).
+    deadlines: Mutex<BinaryHeap<Deadline>>,
     /// `deadlines` is not empty (written under its lock): the loop takes no lock per wake-up
     /// for timers when there are none.
     any_deadline: AtomicBool,
@@ -53,6 +55,33 @@ enum Due {
     /// Time to drop the shared-memory regions it no longer uses.
     Trim,
 }
+
+/// A link to call back at `at`, for `due`; ordered so that the heap's top is the earliest.
+struct Deadline {
+    at: Instant,
+    link: Weak<Link>,
+    due: Due,
+}
+
+impl Ord for Deadline {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.at.cmp(&self.at)
+    }
+}
+
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Deadline {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Deadline {}
 
 /// The links a burst left frames queued in, and whether the cork timer is armed for them.
 #[derive(Default)]
@@ -110,7 +139,7 @@ pub(crate) fn reactor() -> std::io::Result<&'static Reactor> {
         epoll,
         wake,
         links: Mutex::new(HashMap::new()),
-        deadlines: Mutex::new(Vec::new()),
+        deadlines: Mutex::new(BinaryHeap::new()),
         any_deadline: AtomicBool::new(false),
         corked: Mutex::new(Corked::default()),
         cork_timer,
@@ -374,7 +403,7 @@ impl Reactor {
 
     fn call_at(&self, at: Instant, link: Weak<Link>, due: Due) {
         let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
-        deadlines.push((at, link, due));
+        deadlines.push(Deadline { at, link, due });
         self.any_deadline.store(true, Ordering::Release);
         drop(deadlines);
         self.wake.wake();
@@ -387,9 +416,8 @@ impl Reactor {
         self.deadlines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(at, _, _)| *at)
-            .min()
+            .peek()
+            .map(|d| d.at)
     }
 
     fn expire(&self) {
@@ -400,16 +428,11 @@ impl Reactor {
         let expired: Vec<(Weak<Link>, Due)> = {
             let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
             let mut expired = Vec::new();
-            deadlines.retain(|(at, link, due)| {
-                if link.strong_count() == 0 {
-                    return false;
+            while deadlines.peek().is_some_and(|d| d.at <= now) {
+                if let Some(Deadline { link, due, .. }) = deadlines.pop() {
+                    expired.push((link, due));
                 }
-                if *at <= now {
-                    expired.push((link.clone(), *due));
-                    return false;
-                }
-                true
-            });
+            }
             if deadlines.is_empty() {
                 self.any_deadline.store(false, Ordering::Release);
             }
@@ -427,3 +450,25 @@ impl Reactor {
 
 /// Keeps a descriptor usable by a thread that polls it without the link's lock.
 pub(crate) type SharedFd = Arc<std::os::fd::OwnedFd>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_come_out_earliest_first() {
+        let now = Instant::now();
+        let mut heap = BinaryHeap::new();
+        for secs in [30, 5, 10, 5, 1] {
+            heap.push(Deadline {
+                at: now + Duration::from_secs(secs),
+                link: Weak::new(),
+                due: Due::Trim,
+            });
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| heap.pop())
+            .map(|d| (d.at - now).as_secs())
+            .collect();
+        assert_eq!(order, [1, 5, 5, 10, 30]);
+    }
+}
