@@ -375,17 +375,12 @@ if (!isMainThread) {
 /// One rep of [`NODE_WORKER`] on CPU 0: messages per second (`mode` "throughput") or
 /// microseconds per round trip ("rtt"); `None` when it did not run.
 fn node_worker(mode: &str, n: u64) -> Option<f64> {
-    let dir = std::env::temp_dir().join(format!("msgport-bench-worker-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
-    let script = dir.join("worker.js");
-    std::fs::write(&script, NODE_WORKER).ok()?;
-    let out = std::process::Command::new("taskset")
-        .args(["-c", "0", "node"])
-        .arg(&script)
-        .args([n.to_string(), mode.to_string()])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    crate::ipc::run_node(
+        "worker",
+        &[("worker.js", NODE_WORKER)],
+        0,
+        &[n.to_string(), mode.to_string()],
+    )
 }
 
 /// msgport against a Node.js worker's `MessagePort`, every thread on one CPU (Node's threads

@@ -197,23 +197,41 @@ pub(crate) struct Node<const ADVANCED: bool>;
 
 impl<const ADVANCED: bool> Node<ADVANCED> {
     fn figure(mode: &str, placement: Placement, n: u64) -> Option<f64> {
-        let dir = std::env::temp_dir().join(format!("msgport-bench-node-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).ok()?;
-        std::fs::write(dir.join("parent.js"), NODE_PARENT).ok()?;
-        std::fs::write(dir.join("child.js"), NODE_CHILD).ok()?;
-        let out = Command::new("taskset")
-            .args(["-c", &placement.cpu(0).to_string(), "node"])
-            .arg(dir.join("parent.js"))
-            .args([
+        run_node(
+            "node",
+            &[("parent.js", NODE_PARENT), ("child.js", NODE_CHILD)],
+            placement.cpu(0),
+            &[
                 n.to_string(),
                 placement.cpu(1).to_string(),
                 mode.to_string(),
                 if ADVANCED { "advanced" } else { "json" }.to_string(),
-            ])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+            ],
+        )
     }
+}
+
+/// Runs the first of `scripts` (file name, source; all written to a directory of this run
+/// named for `tag`) with `node` pinned to `cpu`, with `args`: the number it prints, `None`
+/// when it did not run.
+pub(crate) fn run_node(
+    tag: &str,
+    scripts: &[(&str, &str)],
+    cpu: usize,
+    args: &[String],
+) -> Option<f64> {
+    let dir = std::env::temp_dir().join(format!("msgport-bench-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    for (name, source) in scripts {
+        std::fs::write(dir.join(name), source).ok()?;
+    }
+    let out = Command::new("taskset")
+        .args(["-c", &cpu.to_string(), "node"])
+        .arg(dir.join(scripts.first()?.0))
+        .args(args)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 /// Whether `node` runs on this machine (the Node.js rivals are skipped otherwise).

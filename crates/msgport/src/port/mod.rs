@@ -398,8 +398,9 @@ impl MessagePort {
 
     /// Bytes of messages posted on this port that this process holds for the process its peer
     /// lives in: frames waiting to be written to its socket, and large messages waiting in
-    /// shared-memory regions that the peer has not taken yet (counted by their size). That is where a stream piles up when the
-    /// reader there stops reading (its side stops reading the socket at its high-water mark).
+    /// shared-memory regions that the peer has not taken yet (counted by their size). That is
+    /// where a stream piles up when the reader there stops reading (its side stops reading the
+    /// socket at its high-water mark).
     /// 0 when the peer is in this process (see [`peer_backlog`](Self::peer_backlog)). Posting
     /// never blocks: a poster that must not run far ahead of a remote reader reads it to pause.
     pub fn unsent_bytes(&self) -> usize {
