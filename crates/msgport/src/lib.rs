@@ -169,6 +169,12 @@ pub mod __testing {
     pub fn panic_reactor_thread() {
         crate::transport::PANIC_THREAD.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// How many rings this process writes and reads now (a link's small frames in shared
+    /// memory, `transport::ring`).
+    pub fn rings_in_use() -> (usize, usize) {
+        crate::transport::ring::in_use()
+    }
 }
 
 /// The crate README's example, compiled and run as a doc test.

@@ -578,7 +578,8 @@ fn a_closed_port_whose_peer_never_reads_is_released() {
             let before = open_fds();
             drop(port);
             std::thread::sleep(Duration::from_secs(2));
-            assert_eq!(open_fds(), before - 1, "the socket was released");
+            // (With its ring, when the link has one: see `MSGPORT_RING_AFTER`.)
+            assert!(open_fds() < before, "the socket was released");
             assert!(peer.sees_close_within(Duration::from_secs(10)));
         },
     );
@@ -602,10 +603,11 @@ fn a_closed_port_whose_peer_goes_away_is_released_at_once() {
             assert_eq!(open_fds(), before, "the closed port lingers");
             drop(peer);
             let deadline = Instant::now() + msgport::Limits::default().close_linger / 3;
-            while open_fds() != before - 2 && Instant::now() < deadline {
+            // Both sockets go (with their rings, when the links have some).
+            while open_fds() > before - 2 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            assert_eq!(open_fds(), before - 2, "the socket was released");
+            assert!(open_fds() <= before - 2, "the socket was released");
         },
     );
 }

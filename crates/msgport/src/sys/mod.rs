@@ -16,6 +16,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+pub(crate) mod futex;
 pub(crate) mod poll;
 pub(crate) mod shm;
 

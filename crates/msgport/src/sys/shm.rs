@@ -76,6 +76,16 @@ impl Mapping {
         unsafe { &*self.ptr.as_ptr().cast::<AtomicU32>() }
     }
 
+    /// The 4-byte word at `at` (a multiple of 4), shared by both processes; `None` past the end.
+    pub(crate) fn word(&self, at: usize) -> Option<&AtomicU32> {
+        if at % 4 != 0 || at.checked_add(4)? > self.len {
+            return None;
+        }
+        // SAFETY: within the mapping and 4-byte aligned (the mapping is page-aligned); an
+        // `AtomicU32` may alias memory that another process writes.
+        Some(unsafe { &*self.ptr.as_ptr().add(at).cast::<AtomicU32>() })
+    }
+
     /// The bytes `at..at + len` of the mapping, or `None` past its end.
     pub(crate) fn bytes(&self, at: usize, len: usize) -> Option<&[u8]> {
         let end = at.checked_add(len)?;
@@ -117,10 +127,12 @@ impl Drop for Mapping {
 /// A new region of `size` bytes: a close-on-exec `memfd`, sized and sealed (its size can never
 /// change again), mapped here with its pages populated.
 pub(crate) fn create(size: usize) -> io::Result<(OwnedFd, Mapping)> {
-    let fd = rustix::fs::memfd_create(
-        "msgport-region",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )?;
+    create_named("msgport-region", size)
+}
+
+/// [`create`], the `memfd` named `name` (as `/proc/<pid>/fd` shows it).
+pub(crate) fn create_named(name: &str, size: usize) -> io::Result<(OwnedFd, Mapping)> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     rustix::fs::ftruncate(&fd, size as u64)?;
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
     let map = Mapping::map(fd.as_fd(), size, true)?;
@@ -154,6 +166,27 @@ pub(crate) fn open(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
         ));
     }
     Mapping::map(fd, len, false)
+}
+
+/// Maps a whole region a peer sent that must be exactly `len` bytes long (sealed against
+/// shrinking and growing), its pages populated.
+pub(crate) fn open_exact(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+    let seals = rustix::fs::fcntl_get_seals(fd)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a region is not a memfd"))?;
+    if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a region's size is not sealed",
+        ));
+    }
+    let size = rustix::fs::fstat(fd)?.st_size;
+    if u64::try_from(size).ok() != Some(len as u64) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a region is not of the size agreed",
+        ));
+    }
+    Mapping::map(fd, len, true)
 }
 
 #[cfg(test)]

@@ -45,6 +45,17 @@ pub(crate) struct Backlog {
     pub prefix: Vec<u8>,
     pub prefix_fds: Vec<OwnedFd>,
     pub unsent: Vec<Segment>,
+    /// The ring the peer writes for this end, and the one this end writes (`transport::ring`).
+    pub ring_in: Option<RingState>,
+    pub ring_out: Option<RingState>,
+}
+
+/// A link's ring as it travels with the socket: its descriptor, the position reached (read or
+/// written), and whether the ring (rather than the socket) carries that direction's next frames.
+pub(crate) struct RingState {
+    pub fd: OwnedFd,
+    pub pos: u32,
+    pub active: bool,
 }
 
 /// A stretch of a link's output: bytes, and the descriptors that go with their first byte(s)

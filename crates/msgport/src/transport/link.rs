@@ -30,10 +30,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
-use super::handoff::{self, Backlog, Handover, Outgoing, Segment};
+use super::handoff::{self, Backlog, Handover, Outgoing, RingState, Segment};
 use super::reactor::{self, reactor, SharedFd};
+use super::ring::{self, RingIn, RingOut, Wake};
 use super::shm;
-use super::wire::{self, Frame, WireError};
+use super::wire::{self, Control, Frame, WireError};
 use crate::buffers::Held;
 use crate::error::{PostError, Refused};
 use crate::event::{MessageEvent, Payload};
@@ -127,6 +128,26 @@ struct Io {
     mapped: shm::Mapped,
     /// When the reactor calls [`Link::trim_regions`], if it is to.
     trim_at: Option<Instant>,
+    /// The ring this link writes for its peer (`ring`), once offered.
+    ring_out: Option<RingOut>,
+    /// Frames go into `ring_out` now (a TO_RING was queued, and no TO_SOCKET since).
+    out_on_ring: bool,
+    /// Answers posted (a message was delivered on the port since the post before): the link
+    /// offers its peer a ring after [`ring_after`] of them (a request-and-answer exchange).
+    answers: u32,
+    /// This link offers no ring (none could be made, or its reader broke the last one).
+    no_ring: bool,
+    /// The ring the peer writes for us, once accepted. Shared with a pulling thread asleep on
+    /// it.
+    ring_in: Option<Arc<RingIn>>,
+    /// Frames come from `ring_in` now (a TO_RING was read, and no TO_SOCKET since).
+    in_on_ring: bool,
+    /// While frames come from the ring, the socket has something too (the reactor saw it
+    /// readable, or the ring said TO_SOCKET): read it.
+    socket_due: bool,
+    /// A frame read from the socket waits for the ring's TO_SOCKET (it was read while frames
+    /// came from the ring; the writer left the marker before writing it).
+    blocked: bool,
 }
 
 /// How a thread pulling on a link waits for its socket.
@@ -179,6 +200,11 @@ struct Received {
 /// must end its wait shuts the socket (see `close_writing`).
 const SLICE: Duration = Duration::from_millis(50);
 
+/// An untimed pull asleep on a ring wakes at least this often to look at its socket (its
+/// reactor wakes it at once when the peer hangs up; this bounds what a writer that keeps
+/// asking for futex wake-ups it never gives can delay that by).
+const RING_SLICE: Duration = Duration::from_secs(1);
+
 struct Chunk {
     bytes: Vec<u8>,
     pos: usize,
@@ -218,6 +244,12 @@ fn queue(out: &mut VecDeque<Chunk>, mut parts: Vec<Vec<u8>>, fds: Vec<OwnedFd>, 
             merged: false,
         });
     }
+}
+
+/// Queues a control frame of the link's rings (never merged with a burst's frames).
+fn queue_control(io: &mut Io, kind: Control) {
+    queue_bytes(&mut io.out, kind.frame().to_vec(), false);
+    io.queued += wire::CONTROL_FRAME;
 }
 
 /// [`queue`] for a frame in one buffer, without descriptors.
@@ -365,7 +397,17 @@ impl Link {
             prefix,
             prefix_fds,
             unsent,
+            ring_in,
+            ring_out,
         } = backlog;
+        // The rings an earlier owner used travel with the socket: what is in them comes in
+        // order with what is in the socket.
+        let ring_in = ring_in
+            .map(|r| RingIn::adopt(r.fd, r.pos).map(|ring| (Arc::new(ring), r.active)))
+            .transpose()?;
+        let ring_out = ring_out
+            .map(|r| RingOut::adopt(r.fd, r.pos).map(|ring| (ring, r.active)))
+            .transpose()?;
         let filled = prefix.len();
         let queued = unsent.iter().map(|s| s.bytes.len()).sum();
         let out = unsent
@@ -392,6 +434,10 @@ impl Link {
                 out,
                 queued,
                 pull_mode: true,
+                in_on_ring: ring_in.as_ref().is_some_and(|r| r.1),
+                ring_in: ring_in.map(|r| r.0),
+                out_on_ring: ring_out.as_ref().is_some_and(|r| r.1),
+                ring_out: ring_out.map(|r| r.0),
                 ..Io::default()
             }),
         });
@@ -399,6 +445,10 @@ impl Link {
         let waited_on = link.target.set_reader(reader, reading == Reading::OnWait);
         {
             let mut io = lock(&link.io);
+            if let Some(ring) = &io.ring_in {
+                // Pulling until told otherwise, as the link starts (see `Io::pull_mode`).
+                ring.set_pulling(true);
+            }
             if !io.out.is_empty() {
                 link.flush(&mut io);
             }
@@ -519,36 +569,161 @@ impl Link {
     /// order).
     pub(crate) fn send_frame(&self, frame: Frame) {
         let len: usize = frame.parts.iter().map(Vec::len).sum();
-        let plain = frame.fds.is_empty();
-        self.send_queued(len, plain, |out, burst| {
-            queue(out, frame.parts, frame.fds, burst);
-        });
+        let plain = frame.fds.is_empty() && frame.gaps.is_empty();
+        let parts = &frame.parts;
+        let ringed = plain && len <= ring::FRAME_MAX;
+        let mut put = |ring: &mut RingOut| {
+            let pieces: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            ring.put(&pieces)
+        };
+        let put: Option<&mut dyn FnMut(&mut RingOut) -> bool> = ringed.then_some(&mut put);
+        if let Some((io, answer)) = self.send_queued(len, plain, put) {
+            self.enqueue_frame(io, answer, len, plain, |out, burst| {
+                queue(out, frame.parts, frame.fds, burst);
+            });
+        }
     }
 
     /// [`send_frame`](Self::send_frame) for the frame of a message without ports whose data is
     /// `data` (the common post; see [`wire::portless_len`]), written where it is queued.
     fn send_portless(&self, data: &[u8]) -> Result<(), PostError> {
         let len = wire::portless_len(data.len())?;
-        self.send_queued(len, true, |out, burst| {
-            queue_portless(out, data, len, burst);
-        });
+        let mut put =
+            |ring: &mut RingOut| ring.put(&[&wire::portless_head(data.len()), data, &[0x80]]);
+        let put: Option<&mut dyn FnMut(&mut RingOut) -> bool> =
+            (len <= ring::FRAME_MAX).then_some(&mut put);
+        if let Some((io, answer)) = self.send_queued(len, true, put) {
+            self.enqueue_frame(io, answer, len, true, |out, burst| {
+                queue_portless(out, data, len, burst);
+            });
+        }
         Ok(())
     }
 
-    /// The work of [`send_frame`](Self::send_frame) for a frame of `len` bytes (`plain`: without
-    /// descriptors) that `enqueue` puts behind `out` (merged with the one before it when told).
-    #[inline(always)]
+    /// What every frame goes through first: the link's ring takes it when its reader pulls and
+    /// `put` (given for a frame the ring may carry) fits it in. Else, if frames were going into
+    /// the ring, the marker that sends the reader back to the socket goes there first, and the
+    /// link's lock comes back (with whether the frame answers a message) for the caller to
+    /// queue the frame for the socket. Offers the peer a ring once the link has posted enough
+    /// answers (`plain` ones: a frame with descriptors is no request's answer to count).
     fn send_queued(
         &self,
         len: usize,
         plain: bool,
-        enqueue: impl FnOnce(&mut VecDeque<Chunk>, bool),
-    ) {
+        put: Option<&mut dyn FnMut(&mut RingOut) -> bool>,
+    ) -> Option<(MutexGuard<'_, Io>, bool)> {
         let answer = self.target.take_delivered();
         let mut io = lock(&self.io);
         if io.fd.is_none() || io.closing {
-            return;
+            return None;
         }
+        if io.ring_out.is_none() {
+            let after = ring_after();
+            if (answer || after == 0) && plain && !io.no_ring {
+                io.answers = io.answers.saturating_add(1);
+                if io.answers >= after {
+                    self.offer_ring(&mut io);
+                }
+            }
+            return Some((io, answer));
+        }
+        if self.through_ring(&mut io, len, put) {
+            return None;
+        }
+        Some((io, answer))
+    }
+
+    /// [`send_queued`](Self::send_queued) once the link has a ring: whether the frame went into
+    /// it.
+    fn through_ring(
+        &self,
+        io: &mut Io,
+        len: usize,
+        put: Option<&mut dyn FnMut(&mut RingOut) -> bool>,
+    ) -> bool {
+        let pulls = io.ring_out.as_ref().is_some_and(RingOut::reader_pulls);
+        // Frames go back to the ring only when this one fits in it: every switch there is
+        // followed by a frame, so the room a frame leaves for the marker is always there.
+        let back = io.out_on_ring || io.ring_out.as_ref().is_some_and(|r| r.fits(len));
+        if let Some(put) = put.filter(|_| pulls && back) {
+            let switched = !io.out_on_ring;
+            if switched {
+                queue_control(io, Control::ToRing);
+                io.out_on_ring = true;
+            }
+            let Some(ring) = io.ring_out.as_mut() else {
+                return false;
+            };
+            if put(ring) {
+                let poke = ring.publish() == Wake::Poke;
+                if poke {
+                    queue_control(io, Control::Poke);
+                }
+                if (switched || poke) && !io.want_writable {
+                    self.flush(io);
+                }
+                return true;
+            }
+            // The ring is full (its reader is behind): the frame goes through the socket,
+            // behind the marker.
+        }
+        if io.out_on_ring {
+            io.out_on_ring = false;
+            let Some(ring) = io.ring_out.as_mut() else {
+                return false;
+            };
+            if !ring.put_marker(&Control::ToSocket.frame()) {
+                // The reader broke the ring (it claims to have read what was never written):
+                // nothing more goes there. It will not find the marker: its own doing.
+                tracing::warn!(
+                    "msgport: a peer broke its link's ring; the link keeps to its socket"
+                );
+                io.ring_out = None;
+                io.no_ring = true;
+                return false;
+            }
+            // A thread asleep on the ring is woken here; a reactor that asked for a poke is
+            // woken by the frame the caller writes next.
+            let _ = ring.publish();
+        }
+        false
+    }
+
+    /// Makes this link's ring and queues the frame that offers it to the peer.
+    fn offer_ring(&self, io: &mut Io) {
+        let Some(ring) = RingOut::create() else {
+            io.no_ring = true;
+            return;
+        };
+        let fd = match crate::sys::dup(ring.fd()) {
+            Ok(fd) => fd,
+            Err(_) => {
+                io.no_ring = true;
+                return;
+            }
+        };
+        queue(
+            &mut io.out,
+            vec![Control::Offer.frame().to_vec()],
+            vec![fd],
+            false,
+        );
+        io.queued += wire::CONTROL_FRAME;
+        io.ring_out = Some(ring);
+    }
+
+    /// The socket part of [`send_frame`](Self::send_frame) for a frame of `len` bytes
+    /// (`plain`: without descriptors) that `enqueue` puts behind `out` (merged with the one
+    /// before it when told), under `io`.
+    #[inline(always)]
+    fn enqueue_frame(
+        &self,
+        mut io: MutexGuard<'_, Io>,
+        answer: bool,
+        len: usize,
+        plain: bool,
+        enqueue: impl FnOnce(&mut VecDeque<Chunk>, bool),
+    ) {
         // Only a frame that could be held reads the clock (an answer, the round trip's post,
         // does not); the first such frame after others starts a burst, it is not part of one.
         // No clock either while the cork timer is armed (the burst is still on: the timer
@@ -755,9 +930,12 @@ impl Link {
             return Ok(());
         };
         let (read, write) = (!io.pull_mode, io.want_writable);
+        // A thread asleep on the ring sees nothing of the socket: the reactor watches it for
+        // a hang-up (a registration reports one whatever it asks for).
+        let hangups = io.ring_in.is_some();
         if io.registered {
             reactor()?.interest(self.token, fd.as_fd(), read, write);
-        } else if read || write {
+        } else if read || write || hangups {
             let Some(me) = self.me.upgrade() else {
                 return Ok(());
             };
@@ -776,6 +954,11 @@ impl Link {
             io.pull_mode = false;
             self.pulled
                 .store(false, std::sync::atomic::Ordering::Relaxed);
+            if let Some(ring) = &io.ring_in {
+                // The writer goes back to the socket; what is in the ring is read now.
+                ring.set_pulling(false);
+                self.read_soon();
+            }
             if let Err(e) = self.update_interest(&mut io) {
                 tracing::warn!("msgport: closing a port the reactor cannot watch: {e}");
                 self.shut(&mut io);
@@ -792,6 +975,9 @@ impl Link {
         let mut io = lock(&self.io);
         if !io.pull_mode && io.registered {
             let _ = self.update_interest(&mut io);
+            if io.ring_in.is_some() {
+                self.read_soon();
+            }
         }
     }
 
@@ -809,7 +995,36 @@ impl Link {
                 io.pull_mode = true;
                 self.pulled
                     .store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Some(ring) = &io.ring_in {
+                    ring.set_pulling(true);
+                }
                 let _ = self.update_interest(&mut io);
+            }
+            if io.in_on_ring {
+                // Frames come from the ring: sleep on it (unless something is there already),
+                // prepared under the lock so that a hang-up or a close seen meanwhile wakes it.
+                if !io.registered {
+                    // For the hang-up the reactor then watches for.
+                    let _ = self.update_interest(&mut io);
+                }
+                let ring = io.ring_in.clone();
+                let sleep = match &ring {
+                    Some(ring) if !io.socket_due && !self.target.has_pending() => {
+                        ring.prepare_sleep()
+                    }
+                    _ => false,
+                };
+                drop(io);
+                if let Some(ring) = ring.filter(|_| sleep) {
+                    ring.sleep(Some(timeout.unwrap_or(RING_SLICE)));
+                    if ring.available().is_ok_and(|n| n == 0) {
+                        // Woken with nothing in the ring (a timeout, a close, a hang-up): look
+                        // at the socket too.
+                        lock(&self.io).socket_due = true;
+                    }
+                }
+                self.read(Reader::Pulling);
+                return true;
             }
             // A pull sleeps in `recvmsg` untimed, or for a whole slice of a longer wait (the
             // socket's receive timeout is set to match), and not on a closed port (whose
@@ -879,9 +1094,28 @@ impl Link {
         self.flush(&mut io);
     }
 
-    /// The reactor saw the socket readable.
+    /// The reactor saw the socket readable (or hung up), or was asked to read the link.
     pub(crate) fn on_readable(&self) {
+        {
+            let mut io = lock(&self.io);
+            if io.pull_mode {
+                // Pulling threads read this link; one may sleep on the ring, blind to the
+                // socket: have it look (the reactor watches a ringed link for hang-ups).
+                if let Some(ring) = io.ring_in.clone() {
+                    io.socket_due = true;
+                    ring.wake_local();
+                }
+                return;
+            }
+        }
         self.read(Reader::Reactor);
+    }
+
+    /// Has the reactor read this link soon, though its socket may report nothing.
+    fn read_soon(&self) {
+        if let Some(r) = reactor::running() {
+            r.read_soon(self.me.clone());
+        }
     }
 
     /// Takes `deliver` without waiting for it: its holder may be a thread asleep in `recvmsg`,
@@ -963,7 +1197,7 @@ impl Link {
                     Some((fd, received)) => {
                         Self::take_received(&mut io, fd, received, events, ports)
                     }
-                    None => Self::read_once(&mut io, events, ports),
+                    None => Self::read_once(&mut io, events, ports, !here),
                 };
                 if io.trim_at.is_none() && !io.mapped.is_empty() {
                     self.trim_later(&mut io, Instant::now() + shm::IDLE);
@@ -1000,9 +1234,22 @@ impl Link {
             self.target.peer_closed();
         } else if more {
             // Let the other links have a turn; the reactor comes back (re-arming reports the
-            // data still there).
+            // data still there; a ring's frames are not reported: it is asked to come back).
             let mut io = lock(&self.io);
             let _ = self.update_interest(&mut io);
+            if io.in_on_ring {
+                self.read_soon();
+            }
+        } else if !here {
+            // The reactor reads a ring only when told to: ask the writer for a poke before
+            // going back to epoll, then look once more.
+            let io = lock(&self.io);
+            let poked = io.in_on_ring && !io.pull_mode && !self.target.reading_paused();
+            if let Some(ring) = io.ring_in.as_ref().filter(|_| poked) {
+                if !matches!(ring.want_poke(), Ok(false)) {
+                    self.read_soon();
+                }
+            }
         }
         // Rejected messages own ports: closing them locks other endpoints, not under ours.
         let rejected = std::mem::take(rejected);
@@ -1090,7 +1337,20 @@ impl Link {
         io: &mut Io,
         events: &mut Vec<(MessageEvent, usize)>,
         ports: &mut Vec<(usize, Vec<Handover>)>,
+        socket: bool,
     ) -> Step {
+        if io.in_on_ring && !socket && !std::mem::take(&mut io.socket_due) {
+            // Frames come from the ring: a pulling thread reads no socket for them.
+            return match Self::settle(io, events, ports) {
+                Ok(0) => Step::Dry,
+                Ok(n) => Step::Read(n),
+                Err(e) => {
+                    tracing::warn!("msgport: closing a port after a bad frame: {e}");
+                    Step::Ended("bad frame")
+                }
+            };
+        }
+        io.socket_due = false;
         loop {
             // A link holding no partial frame reads into this thread's buffer and keeps none
             // of its own: an idle port costs no receive buffer.
@@ -1139,18 +1399,30 @@ impl Link {
         events: &mut Vec<(MessageEvent, usize)>,
         ports: &mut Vec<(usize, Vec<Handover>)>,
     ) -> Option<Step> {
+        let bad = |e: WireError| {
+            tracing::warn!("msgport: closing a port after a bad frame: {e}");
+            Step::Ended("bad frame")
+        };
         Some(match got {
             // We shut our reading side to wake a pull (`close_writing`): not the peer's end.
             Ok(0) if io.read_shut => Step::Dry,
-            Ok(0) => Step::Ended("end of stream"),
+            // What the peer wrote in its ring before it closed comes first.
+            Ok(0) => match Self::settle(io, events, ports) {
+                Ok(_) => Step::Ended("end of stream"),
+                Err(e) => bad(e),
+            },
             Ok(n) => {
                 io.filled += n;
-                match Self::decode(io, events, ports) {
-                    Ok(()) => Step::Read(n),
-                    Err(e) => {
-                        tracing::warn!("msgport: closing a port after a bad frame: {e}");
-                        Step::Ended("bad frame")
-                    }
+                match Self::settle(io, events, ports) {
+                    Ok(ringed) => Step::Read(n + ringed),
+                    Err(e) => bad(e),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && io.in_on_ring => {
+                match Self::settle(io, events, ports) {
+                    Ok(0) => Step::Dry,
+                    Ok(ringed) => Step::Read(ringed),
+                    Err(e) => bad(e),
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Dry,
@@ -1179,6 +1451,16 @@ impl Link {
                 return Err(WireError::Descriptors);
             }
             let at = start + wire::HEADER;
+            if head.control {
+                Self::control(io, Control::of(&io.inbuf[at..at + len]), nfds)?;
+                start += wire::HEADER + len;
+                continue;
+            }
+            if io.in_on_ring {
+                // Written after the marker now in the ring: the ring's frames come first.
+                io.blocked = true;
+                break;
+            }
             if !head.shared && nfds == 0 {
                 // The common message: no port. Its event is built here, without the general
                 // path's intermediate values (measured: their moves were most of this
@@ -1258,10 +1540,100 @@ impl Link {
             io.inbuf.copy_within(start..io.filled, 0);
             io.filled -= start;
         }
-        if io.infds.len() > wire::unclaimed_limit(&io.inbuf[..io.filled])? {
+        if !io.blocked && io.infds.len() > wire::unclaimed_limit(&io.inbuf[..io.filled])? {
             return Err(WireError::Descriptors);
         }
         Ok(())
+    }
+
+    /// A control frame read from the socket (`kind`, with `nfds` descriptors).
+    fn control(io: &mut Io, kind: Option<Control>, nfds: usize) -> Result<(), WireError> {
+        match kind {
+            // A reactor reading the ring was to look at it: `settle` does.
+            Some(Control::Poke) if nfds == 0 => Ok(()),
+            Some(Control::Offer) if nfds == 1 && io.ring_in.is_none() => {
+                let fd = io.infds.pop_front().ok_or(WireError::Descriptors)?;
+                // Declined (this process reads too many): its writer never switches to it.
+                if let Some(ring) = RingIn::accept(fd).map_err(WireError::Ring)? {
+                    ring.set_pulling(io.pull_mode);
+                    io.ring_in = Some(Arc::new(ring));
+                }
+                Ok(())
+            }
+            Some(Control::ToRing) if nfds == 0 && io.ring_in.is_some() && !io.in_on_ring => {
+                io.in_on_ring = true;
+                Ok(())
+            }
+            _ => Err(WireError::Codec(crate::codec::CodecError::Invalid(
+                "a control frame out of place",
+            ))),
+        }
+    }
+
+    /// Decodes what the socket gave and what the ring holds, in the order the writer wrote
+    /// them: socket frames up to a TO_RING, then the ring's frames up to a TO_SOCKET, then the
+    /// socket's again... Returns the ring bytes consumed.
+    fn settle(
+        io: &mut Io,
+        events: &mut Vec<(MessageEvent, usize)>,
+        ports: &mut Vec<(usize, Vec<Handover>)>,
+    ) -> Result<usize, WireError> {
+        let mut consumed = 0;
+        loop {
+            Self::decode(io, events, ports)?;
+            if !io.in_on_ring {
+                return Ok(consumed);
+            }
+            consumed += Self::read_ring(io, events, ports)?;
+            if io.in_on_ring {
+                if io.blocked {
+                    return Err(WireError::Codec(crate::codec::CodecError::Invalid(
+                        "a frame on the socket while its ring is read",
+                    )));
+                }
+                return Ok(consumed);
+            }
+            if !std::mem::take(&mut io.blocked) {
+                return Ok(consumed);
+            }
+        }
+    }
+
+    /// Decodes the frames the ring holds, up to its TO_SOCKET marker if there is one (what
+    /// follows the marker comes after a later TO_RING on the socket); returns the bytes
+    /// consumed. The bytes are copied out of the peer's memory first, then checked.
+    fn read_ring(
+        io: &mut Io,
+        events: &mut Vec<(MessageEvent, usize)>,
+        ports: &mut Vec<(usize, Vec<Handover>)>,
+    ) -> Result<usize, WireError> {
+        let Some(ring) = io.ring_in.clone() else {
+            return Ok(0);
+        };
+        let n = ring.available()?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut buf = RING_SCRATCH.take();
+        buf.clear();
+        ring.copy_out(n, &mut buf);
+        let before = events.len();
+        let decoded = ring_frames(&buf, events, ports);
+        RING_SCRATCH.set(buf);
+        let (used, switched) = decoded?;
+        ring.consume(used);
+        if events.len() > before {
+            if let Some(out) = &io.ring_out {
+                // A request came: its answer will go to a reader that may sleep on another
+                // CPU; start waking it now.
+                out.nudge();
+            }
+        }
+        if switched {
+            io.in_on_ring = false;
+            io.socket_due = true;
+        }
+        Ok(used)
     }
 
     /// Stops using the socket: deregisters it and closes it.
@@ -1281,6 +1653,14 @@ impl Link {
         io.queued = 0;
         io.closing = false;
         io.regions.clear();
+        io.ring_out = None;
+        io.out_on_ring = false;
+        if let Some(ring) = io.ring_in.take() {
+            // A pulling thread may be asleep on it.
+            ring.set_pulling(false);
+            ring.wake_local();
+        }
+        io.in_on_ring = false;
     }
 
     /// The data at `range` of the frame body of `len` bytes at `at` in the read buffer, as a
@@ -1336,6 +1716,9 @@ impl Link {
                 sys::shutdown_reading(fd.as_fd());
                 io.read_shut = true;
             }
+            if let Some(ring) = &io.ring_in {
+                ring.wake_local();
+            }
             if let Some(r) = reactor::running() {
                 r.linger(self.me.clone(), crate::limits::close_linger());
             }
@@ -1356,8 +1739,30 @@ impl Link {
     /// Our port leaves the process: stop reading, and hand over the socket with what was read
     /// of an incomplete frame and what was not yet written.
     pub(crate) fn export(&self) -> Exported {
-        let _delivering = lock(&self.deliver);
+        let mut delivering = lock(&self.deliver);
         let mut io = lock(&self.io);
+        if io.ring_in.is_some() {
+            // What the ring holds (and what the socket gave behind its marker) is delivered
+            // here and travels queued: the next owner reads a partial frame at most, as always.
+            let Delivery {
+                events,
+                ports,
+                rejected,
+            } = &mut *delivering;
+            if let Err(e) = Self::settle(&mut io, events, ports) {
+                tracing::warn!("msgport: a port leaves with a broken ring: {e}");
+                self.release(&mut io);
+            }
+            drop(io);
+            for (i, handovers) in ports.drain(..) {
+                events[i].0.ports = handovers.into_iter().map(handoff::import).collect();
+            }
+            if !events.is_empty() {
+                self.target.push_remote(events, rejected);
+            }
+            drop(std::mem::take(rejected));
+            io = lock(&self.io);
+        }
         let registered = std::mem::take(&mut io.registered);
         let socket = io.fd.take().map(|fd| {
             if registered {
@@ -1394,15 +1799,106 @@ impl Link {
         let mut prefix = std::mem::take(&mut io.inbuf);
         prefix.truncate(filled);
         io.filled = 0;
+        // The rings go with the socket (none without it: the channel is dead).
+        let ring_in = io
+            .ring_in
+            .take()
+            .filter(|_| socket.is_some())
+            .and_then(|ring| {
+                let handed = ring.hand_over();
+                handed
+                    .map_err(|e| tracing::warn!("msgport: cannot hand over a port's ring: {e}"))
+                    .ok()
+            });
+        let ring_in = ring_in.map(|(fd, pos)| RingState {
+            fd,
+            pos,
+            active: io.in_on_ring,
+        });
+        let ring_out = io.ring_out.take().filter(|_| socket.is_some()).map(|ring| {
+            let (fd, pos) = ring.hand_over();
+            RingState {
+                fd,
+                pos,
+                active: io.out_on_ring,
+            }
+        });
+        io.in_on_ring = false;
+        io.out_on_ring = false;
         Exported {
             socket,
             backlog: Backlog {
                 prefix,
                 prefix_fds: io.infds.drain(..).collect(),
                 unsent,
+                ring_in,
+                ring_out,
             },
         }
     }
+}
+
+thread_local! {
+    /// The buffer a thread copies a ring's bytes into before decoding them.
+    static RING_SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The frames in `bytes` (copied out of a ring) decoded into `events` / `ports`, up to a
+/// TO_SOCKET marker: how many bytes they took, and whether the marker ended them. A ring holds
+/// whole frames without descriptors, and no other control frame.
+fn ring_frames(
+    bytes: &[u8],
+    events: &mut Vec<(MessageEvent, usize)>,
+    ports: &mut Vec<(usize, Vec<Handover>)>,
+) -> Result<(usize, bool), WireError> {
+    let invalid = |what| WireError::Codec(crate::codec::CodecError::Invalid(what));
+    let mut start = 0;
+    while let Some(head) = wire::next_frame(&bytes[start..])? {
+        let at = start + wire::HEADER;
+        let len = head.len;
+        start = at + len;
+        if head.control {
+            if head.nfds == 0 && Control::of(&bytes[at..start]) == Some(Control::ToSocket) {
+                return Ok((start, true));
+            }
+            return Err(invalid("a control frame out of place in a ring"));
+        }
+        if head.nfds != 0 || head.shared {
+            return Err(WireError::Descriptors);
+        }
+        let body = &bytes[at..start];
+        if let Some(data) = wire::portless_data(body) {
+            let data = data?;
+            let payload = Payload::Cbor {
+                bytes: Held::copy_from(bytes, at + data.range.start..at + data.range.end),
+                plain: data.plain,
+            };
+            events.push((MessageEvent::new(payload, Vec::new()), wire::HEADER + len));
+            continue;
+        }
+        let frame = wire::decode_body_leaving(body, VecDeque::new())?;
+        let held = frame
+            .left
+            .clone()
+            .map(|r| Held::copy_from(bytes, at + r.start..at + r.end));
+        let cost = wire::HEADER + len + frame.records * wire::RECORD_COST;
+        let Outgoing {
+            data,
+            ports: handovers,
+        } = frame.message;
+        if !handovers.is_empty() {
+            ports.push((events.len(), handovers));
+        }
+        let payload = match (held, data) {
+            (Some(bytes), WireData::Cbor { plain, .. }) => Payload::Cbor { bytes, plain },
+            (_, data) => handoff::payload(data),
+        };
+        events.push((MessageEvent::new(payload, Vec::new()), cost));
+    }
+    if start != bytes.len() {
+        return Err(invalid("a partial frame in a ring"));
+    }
+    Ok((start, false))
 }
 
 /// What one read did.
@@ -1586,7 +2082,8 @@ impl Outbound for Link {
 
     fn unsent(&self) -> usize {
         let io = lock(&self.io);
-        io.queued + io.regions.in_flight()
+        let ringed = io.ring_out.as_ref().and_then(RingOut::unread).unwrap_or(0);
+        io.queued + io.regions.in_flight() + ringed
     }
 
     fn arm(&self) {
@@ -1655,6 +2152,22 @@ impl Outbound for Link {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// Answers a link posts before it offers its peer a ring (see [`ring`]): an exchange of
+/// requests and answers, not a one-off message or a stream.
+const RING_AFTER: u32 = 16;
+
+/// [`RING_AFTER`], or what `MSGPORT_RING_AFTER` says (0: a ring with the first frame, answer
+/// or not; the test suites run again that way, so that every scenario crosses rings).
+fn ring_after() -> u32 {
+    static AFTER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *AFTER.get_or_init(|| {
+        std::env::var("MSGPORT_RING_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RING_AFTER)
+    })
 }
 
 /// Bytes queued behind a full socket from which a poster gives way (see `send_frame`).

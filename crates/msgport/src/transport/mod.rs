@@ -20,6 +20,7 @@ pub(crate) mod fuzz;
 pub(crate) mod handoff;
 mod link;
 mod reactor;
+pub(crate) mod ring;
 pub(crate) mod shm;
 pub(crate) mod wire;
 

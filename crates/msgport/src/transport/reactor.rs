@@ -54,6 +54,8 @@ enum Due {
     Linger,
     /// Time to drop the shared-memory regions it no longer uses.
     Trim,
+    /// Read it (its ring may hold frames: nothing on its socket would report them).
+    Read,
 }
 
 /// A link to call back at `at`, for `due`; ordered so that the heap's top is the earliest.
@@ -401,6 +403,12 @@ impl Reactor {
         self.call_at(at, link, Due::Trim);
     }
 
+    /// Has `link` read on this thread at once, as if its socket were readable: frames waiting
+    /// in its ring are not reported by the socket (see `Link::arm_reading`).
+    pub(crate) fn read_soon(&self, link: Weak<Link>) {
+        self.call_at(Instant::now(), link, Due::Read);
+    }
+
     fn call_at(&self, at: Instant, link: Weak<Link>, due: Due) {
         let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
         deadlines.push(Deadline { at, link, due });
@@ -440,10 +448,15 @@ impl Reactor {
         };
         for (link, due) in expired {
             let Some(link) = link.upgrade() else { continue };
-            let _ = catch_unwind(AssertUnwindSafe(|| match due {
+            let served = catch_unwind(AssertUnwindSafe(|| match due {
                 Due::Linger => link.linger_expired(),
                 Due::Trim => link.trim_regions(),
+                Due::Read => link.on_readable(),
             }));
+            if served.is_err() {
+                tracing::error!("msgport reactor: serving a port panicked; closing that port");
+                let _ = catch_unwind(AssertUnwindSafe(|| link.fail()));
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ use std::os::fd::OwnedFd;
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 
-use super::handoff::{Backlog, Handover, Outgoing, Segment};
+use super::handoff::{Backlog, Handover, Outgoing, RingState, Segment};
 use crate::codec::{self, ok, CodecError};
 use crate::error::PostError;
 use crate::port::WireData;
@@ -72,6 +72,10 @@ pub(crate) enum WireError {
     TooManyPorts,
     #[error("shared-memory region refused: {0}")]
     Region(std::io::Error),
+    #[error("ring refused: {0}")]
+    Ring(std::io::Error),
+    #[error(transparent)]
+    RingBroken(#[from] super::ring::RingError),
 }
 
 /// Set in a frame header's descriptor count: the body is in a shared-memory region
@@ -80,6 +84,47 @@ pub(crate) enum WireError {
 pub(crate) const SHARED: u32 = 1 << 31;
 /// A region frame's size: its header and the region body's length (u64 LE).
 pub(crate) const SHARED_FRAME: usize = HEADER + 8;
+
+/// Set in a frame header's descriptor count: a control frame of the link's rings
+/// ([`ring`](super::ring)), whose one-byte body is its [`Control`] kind.
+pub(crate) const CONTROL: u32 = 1 << 30;
+/// A control frame's size.
+pub(crate) const CONTROL_FRAME: usize = HEADER + 1;
+
+/// What a control frame says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// (Socket, with one descriptor.) A ring the sender will write for the receiver to read.
+    Offer = 1,
+    /// (Socket.) The sender's next frames are in its ring.
+    ToRing = 2,
+    /// (Ring.) The sender's next frames are on the socket.
+    ToSocket = 3,
+    /// (Socket.) Nothing: the receiver's reactor is to look at the ring.
+    Poke = 4,
+}
+
+impl Control {
+    /// The control frame of this kind.
+    pub(crate) fn frame(self) -> [u8; CONTROL_FRAME] {
+        let nfds = CONTROL | u32::from(self == Control::Offer);
+        let mut f = [0; CONTROL_FRAME];
+        f[..HEADER].copy_from_slice(&frame_header(1, nfds));
+        f[HEADER] = self as u8;
+        f
+    }
+
+    /// The kind a control frame's body names (`None`: no kind, a broken frame).
+    pub(crate) fn of(body: &[u8]) -> Option<Control> {
+        match body {
+            [1] => Some(Control::Offer),
+            [2] => Some(Control::ToRing),
+            [3] => Some(Control::ToSocket),
+            [4] => Some(Control::Poke),
+            _ => None,
+        }
+    }
+}
 
 /// A frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +135,8 @@ pub(crate) struct Head {
     pub nfds: usize,
     /// A region frame.
     pub shared: bool,
+    /// A control frame.
+    pub control: bool,
 }
 
 fn head(bytes: &[u8]) -> Option<Head> {
@@ -97,8 +144,9 @@ fn head(bytes: &[u8]) -> Option<Head> {
     let nfds = u32::from_le_bytes(bytes.get(4..HEADER)?.try_into().ok()?);
     Some(Head {
         len,
-        nfds: (nfds & !SHARED) as usize,
+        nfds: (nfds & !(SHARED | CONTROL)) as usize,
         shared: nfds & SHARED != 0,
+        control: nfds & CONTROL != 0,
     })
 }
 
@@ -123,8 +171,13 @@ fn check_header(h: Head) -> Result<(), WireError> {
     if h.nfds > MAX_PORTS + usize::from(h.shared) {
         return Err(WireError::TooManyPorts);
     }
-    if h.shared && (h.len != SHARED_FRAME - HEADER || h.nfds == 0) {
+    if h.shared && (h.len != SHARED_FRAME - HEADER || h.nfds == 0 || h.control) {
         return Err(CodecError::Invalid("a region frame is 8 bytes with its region").into());
+    }
+    if h.control && (h.len != 1 || h.nfds > 1) {
+        return Err(
+            CodecError::Invalid("a control frame is one byte and one descriptor at most").into(),
+        );
     }
     Ok(())
 }
@@ -321,7 +374,8 @@ impl FrameWriter {
         let flags = u8::from(record.socket.is_some())
             | u8::from(record.peer_gone) << 1
             | u8::from(record.closed) << 2;
-        let _ = ok(self.enc().array(5));
+        let rings = record.backlog.ring_in.is_some() || record.backlog.ring_out.is_some();
+        let _ = ok(self.enc().array(if rings { 6 } else { 5 }));
         let _ = ok(self.enc().u8(flags));
         self.fds.extend(record.socket);
         let _ = ok(self.enc().array(record.queued.len() as u64));
@@ -332,6 +386,8 @@ impl FrameWriter {
             prefix,
             prefix_fds,
             unsent,
+            ring_in,
+            ring_out,
         } = record.backlog;
         let _ = ok(self.enc().bytes(&prefix));
         let _ = ok(self.enc().u64(prefix_fds.len() as u64));
@@ -341,6 +397,15 @@ impl FrameWriter {
             let _ = ok(self.enc().bytes(&segment.bytes));
             let _ = ok(self.enc().u64(segment.fds.len() as u64));
             self.fds.extend(segment.fds);
+        }
+        if rings {
+            let _ = ok(self.enc().array(4));
+            for ring in [ring_in, ring_out] {
+                let state = ring.as_ref().map_or(0, |r| 1 + u8::from(r.active));
+                let _ = ok(self.enc().u8(state));
+                let _ = ok(self.enc().u32(ring.as_ref().map_or(0, |r| r.pos)));
+                self.fds.extend(ring.map(|r| r.fd));
+            }
         }
         if self.fds.len() > MAX_PORTS {
             return Err(PostError::TooManyPorts {
@@ -378,6 +443,14 @@ fn portless_frame(message: Outgoing) -> Result<Result<Frame, PostError>, Outgoin
         fds: Vec::new(),
         gaps: Vec::new(),
     }))
+}
+
+/// What comes before the data in the frame of a message without ports whose data is `data`
+/// bytes long (its header and the body's array head); `0x80` follows the data.
+pub(crate) fn portless_head(data: usize) -> [u8; HEADER + 1] {
+    let mut h = [0x82; HEADER + 1];
+    h[..HEADER].copy_from_slice(&frame_header(data + 2, 0));
+    h
 }
 
 /// The length of the frame of a message without ports whose data (its CBOR, complete) is
@@ -679,8 +752,9 @@ impl Reader<'_> {
     }
 
     fn record(&mut self, depth: usize) -> Result<Handover, WireError> {
-        if self.d.array().map_err(CodecError::from)? != Some(5) {
-            return Err(CodecError::Invalid("a port record has five fields").into());
+        let fields = self.d.array().map_err(CodecError::from)?;
+        if fields != Some(5) && fields != Some(6) {
+            return Err(CodecError::Invalid("a port record has five or six fields").into());
         }
         let flags = self.d.u8().map_err(CodecError::from)?;
         if flags > 7 {
@@ -724,6 +798,17 @@ impl Reader<'_> {
                 unsent.push(Segment { bytes, fds });
             }
         }
+        let (ring_in, ring_out) = if fields == Some(6) {
+            if self.d.array().map_err(CodecError::from)? != Some(4) {
+                return Err(CodecError::Invalid("a record's rings are four numbers").into());
+            }
+            (self.ring()?, self.ring()?)
+        } else {
+            (None, None)
+        };
+        if (ring_in.is_some() || ring_out.is_some()) && socket.is_none() {
+            return Err(CodecError::Invalid("rings without a socket").into());
+        }
         Ok(Handover {
             socket,
             peer_gone: flags & 2 != 0,
@@ -733,8 +818,26 @@ impl Reader<'_> {
                 prefix,
                 prefix_fds,
                 unsent,
+                ring_in,
+                ring_out,
             },
         })
+    }
+
+    /// One ring of a record: its state (0 none, 1 idle, 2 carrying its direction's frames),
+    /// its position, and its descriptor (the next one) unless none.
+    fn ring(&mut self) -> Result<Option<RingState>, WireError> {
+        let state = self.d.u8().map_err(CodecError::from)?;
+        let pos = self.d.u32().map_err(CodecError::from)?;
+        match state {
+            0 => Ok(None),
+            1 | 2 => Ok(Some(RingState {
+                fd: self.fds.pop_front().ok_or(WireError::Descriptors)?,
+                pos,
+                active: state == 2,
+            })),
+            _ => Err(CodecError::Invalid("unknown ring state").into()),
+        }
     }
 }
 
@@ -911,6 +1014,16 @@ mod tests {
                         fds: Vec::new(),
                     },
                 ],
+                ring_in: Some(RingState {
+                    fd: socket(),
+                    pos: 7,
+                    active: true,
+                }),
+                ring_out: Some(RingState {
+                    fd: socket(),
+                    pos: u32::MAX,
+                    active: false,
+                }),
             },
         };
         let big = Value::Binary(crate::value::Binary {
@@ -923,14 +1036,14 @@ mod tests {
             ports: vec![port],
         })
         .unwrap();
-        assert_eq!(frame.fds.len(), 5);
+        assert_eq!(frame.fds.len(), 7);
         assert!(
             frame.parts.len() >= 3,
             "the large byte string is a part of its own"
         );
         let bytes: Vec<u8> = frame.parts.concat();
         let Head { len, nfds, .. } = next_frame(&bytes).unwrap().unwrap();
-        assert_eq!((HEADER + len, nfds), (bytes.len(), 5));
+        assert_eq!((HEADER + len, nfds), (bytes.len(), 7));
         let decoded = decode_body(&bytes[HEADER..], frame.fds.into()).unwrap();
         assert_eq!(decoded.records, 2);
         assert_eq!(as_value(&decoded.message.data), data);
@@ -951,6 +1064,10 @@ mod tests {
         assert_eq!(port.backlog.unsent[0].bytes, [1, 2, 3]);
         assert_eq!(port.backlog.unsent[0].fds.len(), 2);
         assert_eq!(port.backlog.unsent[1].bytes, [4]);
+        let ring_in = port.backlog.ring_in.as_ref().unwrap();
+        assert_eq!((ring_in.pos, ring_in.active), (7, true));
+        let ring_out = port.backlog.ring_out.as_ref().unwrap();
+        assert_eq!((ring_out.pos, ring_out.active), (u32::MAX, false));
     }
 
     /// The frame writer's bytes are the codec's bytes (it only moves large byte strings into
