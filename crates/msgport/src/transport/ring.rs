@@ -279,13 +279,12 @@ impl RingIn {
             return Ok(None);
         };
         let map = shm::open_exact(fd.as_fd(), FILE)?;
-        // A fresh ring starts where its writer says it does (within the ring: checked at the
-        // first read).
-        let read = AtomicU32::new(word(&map, WRITE).load(Ordering::Acquire));
+        // An offered ring is a fresh one: its frames start at 0 (a writer uses it only once
+        // its reader says it pulls, after this).
         Ok(Some(RingIn {
             fd,
             map,
-            read,
+            read: AtomicU32::new(0),
             _counted: Some(counted),
         }))
     }
