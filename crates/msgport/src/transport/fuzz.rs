@@ -14,8 +14,14 @@ use crate::sys;
 /// piece = len: u8 | fds: u8 | bytes[len]
 /// fds   = 1 count[7]          ends of fresh socket pairs (at most 8)
 ///       | 0 1 sealed count[5] shared-memory regions (at most 4): bytes = split: u8 | sent[split] | region
-///       | 0 0 count[6]        /dev/null
+///       | 0 0 111111          a ring holding frames: bytes = split: u8 | sent[split] | frames
+///       | 0 0 count[6]        /dev/null (at most 62)
 /// ```
+///
+/// A ring is a sealed `memfd` of a ring's size whose `write` word says how many bytes of
+/// frames it holds (what the piece gives them, at most a ring's worth): offered by an OFFER
+/// frame and switched to by a TO_RING one that the fuzzer writes, its frames are read with the
+/// socket's, in the order the control frames say.
 ///
 /// A piece is one `sendmsg` of its bytes with `count` descriptors attached: `/dev/null`, ends of
 /// fresh socket pairs (so that records carrying sockets take the import path), or `memfd`
@@ -133,12 +139,27 @@ fn send_piece(raw: &OwnedFd, null: &OwnedFd, kind: u8, mut bytes: &[u8]) {
             regions.extend(region_with(region, kind & 0x20 != 0));
         }
         fds.extend(regions.iter().map(|r| r.as_fd()));
+    } else if kind & 0x3f == 0x3f {
+        let (sent, frames) = match bytes.split_first() {
+            Some((&split, rest)) => rest.split_at(usize::from(split).min(rest.len())),
+            None => (bytes, &[][..]),
+        };
+        bytes = sent;
+        regions.extend(ring_with(frames));
+        fds.extend(regions.iter().map(|r| r.as_fd()));
     } else {
         fds.extend(std::iter::repeat_n(null.as_fd(), usize::from(kind & 0x3f)));
     }
     if !bytes.is_empty() {
         let _ = sys::send(raw.as_fd(), &[IoSlice::new(bytes)], &fds);
     }
+}
+
+/// A ring (see `ring`) holding `frames`, published.
+fn ring_with(frames: &[u8]) -> Option<OwnedFd> {
+    let (fd, map) = super::ring::fuzz_ring(frames).ok()?;
+    drop(map);
+    Some(fd)
 }
 
 /// A `memfd` holding `body` at the body offset (after a state word saying "in flight"), sealed

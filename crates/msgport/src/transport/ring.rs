@@ -394,6 +394,16 @@ impl RingIn {
     }
 }
 
+/// A ring holding `frames` (at most a ring's worth), published, as a peer would make it: for
+/// the fuzz targets.
+pub(crate) fn fuzz_ring(frames: &[u8]) -> io::Result<(OwnedFd, Mapping)> {
+    let (fd, map) = shm::create_named("fuzz-ring", FILE)?;
+    let frames = &frames[..frames.len().min(RING)];
+    map.write(DATA, frames);
+    word(&map, WRITE).store(frames.len() as u32, Ordering::Release);
+    Ok((fd, map))
+}
+
 /// The CPU this thread runs on, plus one (0 when not known).
 fn this_cpu() -> u32 {
     u32::try_from(rustix::thread::sched_getcpu()).map_or(0, |cpu| cpu.saturating_add(1))
