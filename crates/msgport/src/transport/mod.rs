@@ -7,6 +7,9 @@
 //! - `wire`: the frames on a link and the records that describe a port in flight.
 //! - `reactor`: the thread that reads every link of the process (edge-triggered epoll); a
 //!   thread blocked in a pull reads its own port's socket instead (pull mode).
+//! - `shm`: large frames through shared-memory regions; `ring`: a link's small frames through
+//!   a shared-memory ring per direction while its reader pulls (a `futex` wake-up instead of a
+//!   socket round trip).
 //!
 //! Hand-off without loss (DESIGN §3): when a port that is already socket-backed leaves again,
 //! the reactor stops reading its socket first; the messages it had read but not delivered, the

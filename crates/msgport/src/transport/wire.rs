@@ -3,9 +3,15 @@
 //! ```text
 //! frame  = length: u32 LE (of body) | descriptors: u32 LE | body
 //! body   = CBOR [data, [record, ...]]            data: the message's Value (docs/wire-format.md)
-//! record = CBOR [flags, [body, ...], prefix: bytes, prefix_fds: uint, [unsent: bytes, fds: uint, ...]]
+//! record = CBOR [flags, [body, ...], prefix: bytes, prefix_fds: uint, [unsent: bytes, fds: uint, ...]
+//!                (, [in_state, in_pos, out_state, out_pos])?]
 //! flags  = bit 0: has a socket, bit 1: its peer is gone, bit 2: closed locally
 //! ```
+//!
+//! A record's sixth field, when there, is the link's rings (`ring`; state 0 none, 1 idle, 2
+//! carrying its direction's frames, and the position reached), whose descriptors come after all
+//! the record's others. Control frames (`Control`: bit 30 of the descriptor count, a one-byte
+//! body) offer a ring and switch a direction between socket and ring.
 //!
 //! A frame's descriptors are taken from the link's descriptor queue. They travel attached to
 //! bytes of their own frame (a `sendmsg` carrying them starts inside that frame), at most
