@@ -127,15 +127,20 @@ impl Drop for Mapping {
 /// A new region of `size` bytes: a close-on-exec `memfd`, sized and sealed (its size can never
 /// change again), mapped here with its pages populated.
 pub(crate) fn create(size: usize) -> io::Result<(OwnedFd, Mapping)> {
-    create_named("msgport-region", size)
+    create_named("msgport-region", size, true)
 }
 
-/// [`create`], the `memfd` named `name` (as `/proc/<pid>/fd` shows it).
-pub(crate) fn create_named(name: &str, size: usize) -> io::Result<(OwnedFd, Mapping)> {
+/// [`create`], the `memfd` named `name` (as `/proc/<pid>/fd` shows it), its pages populated
+/// at once or faulted in as they are first touched.
+pub(crate) fn create_named(
+    name: &str,
+    size: usize,
+    populate: bool,
+) -> io::Result<(OwnedFd, Mapping)> {
     let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     rustix::fs::ftruncate(&fd, size as u64)?;
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-    let map = Mapping::map(fd.as_fd(), size, true)?;
+    let map = Mapping::map(fd.as_fd(), size, populate)?;
     Ok((fd, map))
 }
 
@@ -169,7 +174,7 @@ pub(crate) fn open(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
 }
 
 /// Maps a whole region a peer sent that must be exactly `len` bytes long (sealed against
-/// shrinking and growing), its pages populated.
+/// shrinking and growing); its pages are faulted in as they are first touched.
 pub(crate) fn open_exact(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
     let seals = rustix::fs::fcntl_get_seals(fd)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a region is not a memfd"))?;
@@ -186,7 +191,7 @@ pub(crate) fn open_exact(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> 
             "a region is not of the size agreed",
         ));
     }
-    Mapping::map(fd, len, true)
+    Mapping::map(fd, len, false)
 }
 
 #[cfg(test)]

@@ -133,7 +133,8 @@ impl RingOut {
     /// A new ring, if this process writes fewer than [`MAX_WRITTEN`].
     pub(crate) fn create() -> Option<RingOut> {
         let counted = Counted::take(&WRITTEN, MAX_WRITTEN)?;
-        match shm::create_named("msgport-ring", FILE) {
+        // Not populated: a ring its reader never switches to costs the page of its words only.
+        match shm::create_named("msgport-ring", FILE, false) {
             Ok((fd, map)) => Some(RingOut {
                 fd,
                 map,
@@ -397,7 +398,7 @@ impl RingIn {
 /// A ring holding `frames` (at most a ring's worth), published, as a peer would make it: for
 /// the fuzz targets.
 pub(crate) fn fuzz_ring(frames: &[u8]) -> io::Result<(OwnedFd, Mapping)> {
-    let (fd, map) = shm::create_named("fuzz-ring", FILE)?;
+    let (fd, map) = shm::create_named("fuzz-ring", FILE, false)?;
     let frames = &frames[..frames.len().min(RING)];
     map.write(DATA, frames);
     word(&map, WRITE).store(frames.len() as u32, Ordering::Release);
