@@ -55,8 +55,10 @@
 //!   directly;
 //! - a port whose peer is in another process is backed by a Unix socket pair per channel, its
 //!   descriptors passed in the messages that transfer it, and read by one I/O thread per
-//!   process. Nothing changes in the API: the same [`MessagePort`] either way, plus
-//!   [`MessagePort::set_low_latency`];
+//!   process; large messages travel in shared memory, and a port that exchanges requests and
+//!   answers moves its small messages into a shared-memory ring per direction while a thread
+//!   waits on it (a `futex` wake-up instead of a socket write and read). Nothing changes in the
+//!   API: the same [`MessagePort`] either way, plus [`MessagePort::set_low_latency`];
 //! - [`process`]: a process's first port to another ([`process::spawn`] /
 //!   [`process::bootstrap`], [`process::listen`] / [`process::connect`]), and
 //!   [`process::flush`] before exiting;
