@@ -1516,18 +1516,7 @@ impl Link {
             };
             let cost =
                 wire::HEADER + size + frame.records * wire::RECORD_COST + nfds * wire::FD_COST;
-            let Outgoing {
-                data,
-                ports: handovers,
-            } = frame.message;
-            if !handovers.is_empty() {
-                ports.push((events.len(), handovers));
-            }
-            let payload = match (held, data) {
-                (Some(bytes), WireData::Cbor { plain, .. }) => Payload::Cbor { bytes, plain },
-                (_, data) => handoff::payload(data),
-            };
-            events.push((MessageEvent::new(payload, Vec::new()), cost));
+            push_event(events, ports, frame.message, held, cost);
             if io.inbuf.is_empty() {
                 // Its buffer went with the message: nothing else was in it.
                 io.filled = 0;
@@ -1882,23 +1871,35 @@ fn ring_frames(
             .clone()
             .map(|r| Held::copy_from(bytes, at + r.start..at + r.end));
         let cost = wire::HEADER + len + frame.records * wire::RECORD_COST;
-        let Outgoing {
-            data,
-            ports: handovers,
-        } = frame.message;
-        if !handovers.is_empty() {
-            ports.push((events.len(), handovers));
-        }
-        let payload = match (held, data) {
-            (Some(bytes), WireData::Cbor { plain, .. }) => Payload::Cbor { bytes, plain },
-            (_, data) => handoff::payload(data),
-        };
-        events.push((MessageEvent::new(payload, Vec::new()), cost));
+        push_event(events, ports, frame.message, held, cost);
     }
     if start != bytes.len() {
         return Err(invalid("a partial frame in a ring"));
     }
     Ok((start, false))
+}
+
+/// Queues the event of a decoded frame's `message` (`held`: its data where the frame left it,
+/// kept encoded), its ports still to import, counting `cost` against the port's budget.
+fn push_event(
+    events: &mut Vec<(MessageEvent, usize)>,
+    ports: &mut Vec<(usize, Vec<Handover>)>,
+    message: Outgoing,
+    held: Option<Held>,
+    cost: usize,
+) {
+    let Outgoing {
+        data,
+        ports: handovers,
+    } = message;
+    if !handovers.is_empty() {
+        ports.push((events.len(), handovers));
+    }
+    let payload = match (held, data) {
+        (Some(bytes), WireData::Cbor { plain, .. }) => Payload::Cbor { bytes, plain },
+        (_, data) => handoff::payload(data),
+    };
+    events.push((MessageEvent::new(payload, Vec::new()), cost));
 }
 
 /// What one read did.
