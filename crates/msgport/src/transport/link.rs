@@ -572,10 +572,7 @@ impl Link {
         let plain = frame.fds.is_empty() && frame.gaps.is_empty();
         let parts = &frame.parts;
         let ringed = plain && len <= ring::FRAME_MAX;
-        let mut put = |ring: &mut RingOut| {
-            let pieces: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-            ring.put(&pieces)
-        };
+        let mut put = |ring: &mut RingOut| ring.put(parts);
         let put: Option<&mut dyn FnMut(&mut RingOut) -> bool> = ringed.then_some(&mut put);
         if let Some((io, answer)) = self.send_queued(len, plain, put) {
             self.enqueue_frame(io, answer, len, plain, |out, burst| {

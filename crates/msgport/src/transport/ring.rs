@@ -190,13 +190,13 @@ impl RingOut {
     /// Copies a frame (its pieces one after another) into the ring, keeping room for the
     /// marker; false (nothing written) when it does not fit now. Not visible to the reader
     /// until [`publish`](Self::publish).
-    pub(crate) fn put(&mut self, pieces: &[&[u8]]) -> bool {
-        let len: usize = pieces.iter().map(|p| p.len()).sum();
+    pub(crate) fn put<P: AsRef<[u8]>>(&mut self, pieces: &[P]) -> bool {
+        let len: usize = pieces.iter().map(|p| p.as_ref().len()).sum();
         if !self.fits(len) {
             return false;
         }
         for piece in pieces {
-            self.copy_in(piece);
+            self.copy_in(piece.as_ref());
         }
         true
     }
@@ -493,7 +493,7 @@ mod tests {
         let (mut out, inp) = pair();
         word(&inp.map, READ).store(12345, Ordering::SeqCst);
         assert_eq!(out.unread(), None);
-        assert!(!out.put(&[b"x"]));
+        assert!(!out.put(&[&b"x"[..]]));
         assert!(!out.put_marker(&[0u8; MARKER]));
     }
 
@@ -503,7 +503,7 @@ mod tests {
         std::thread::scope(|s| {
             let writer = s.spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));
-                assert!(out.put(&[b"hello"]));
+                assert!(out.put(&[&b"hello"[..]]));
                 out.publish();
                 out
             });
@@ -522,9 +522,9 @@ mod tests {
             let mut out = writer.join().unwrap();
             // A reactor asks for a poke: the next publish says so, once.
             assert!(!inp.want_poke().unwrap());
-            assert!(out.put(&[b"again"]));
+            assert!(out.put(&[&b"again"[..]]));
             assert_eq!(out.publish(), Wake::Poke);
-            assert!(out.put(&[b"more"]));
+            assert!(out.put(&[&b"more"[..]]));
             assert_eq!(out.publish(), Wake::None);
         });
     }
