@@ -1205,11 +1205,8 @@ impl Link {
                 }
                 step
             };
-            for (i, handovers) in ports.drain(..) {
-                events[i].0.ports = handovers.into_iter().map(handoff::import).collect();
-            }
             let got = events.len();
-            let pause = got > 0 && self.target.push_remote(events, rejected);
+            let pause = self.hand_over_read(events, ports, rejected);
             match step {
                 Step::Read(n) => read += n,
                 Step::Dry | Step::Ended(_) => break,
@@ -1254,6 +1251,21 @@ impl Link {
         drop(rejected);
         self.run_callbacks();
         true
+    }
+
+    /// Queues what a read decoded at the endpoint, its ports imported first (outside `io`:
+    /// importing makes links and checks sockets); whether the endpoint is now over its
+    /// high-water mark.
+    fn hand_over_read(
+        &self,
+        events: &mut Vec<(MessageEvent, usize)>,
+        ports: &mut Vec<(usize, Vec<Handover>)>,
+        rejected: &mut Vec<MessageEvent>,
+    ) -> bool {
+        for (i, handovers) in ports.drain(..) {
+            events[i].0.ports = handovers.into_iter().map(handoff::import).collect();
+        }
+        !events.is_empty() && self.target.push_remote(events, rejected)
     }
 
     /// Sleeps in `recvmsg` on `fd` until something arrives (or the socket is shut, or a timed
@@ -1740,12 +1752,7 @@ impl Link {
                 self.release(&mut io);
             }
             drop(io);
-            for (i, handovers) in ports.drain(..) {
-                events[i].0.ports = handovers.into_iter().map(handoff::import).collect();
-            }
-            if !events.is_empty() {
-                self.target.push_remote(events, rejected);
-            }
+            self.hand_over_read(events, ports, rejected);
             drop(std::mem::take(rejected));
             io = lock(&self.io);
         }
